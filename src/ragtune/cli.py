@@ -1,0 +1,267 @@
+"""The `ragtune` command line: parses options and calls the library, nothing more.
+
+Each verb imports its stage lazily so `ragtune --help` is fast. A `RagtuneError` becomes one
+line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ragtune.errors import RagtuneError
+
+app = typer.Typer(
+    help="Teach a causal LM RAG-style thinking: ingest documents, synthesise QA, build "
+    "RAG training data, LoRA-tune, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RUN = typer.Option(Path("runs/latest"), "--run", help="Run folder the stage reads and writes.")
+
+
+# ------------------------------------------------------------------ ingest
+@app.command()
+def ingest(
+    docs: Path = typer.Argument(..., help="Folder of .txt/.md/.rst/.html/.pdf/.jsonl documents."),
+    run: Path = RUN,
+    tokenizer: str | None = typer.Option(None, help="Tokenizer (folder or hub id) that measures chunks."),
+    chunk_tokens: int = typer.Option(384, help="Target chunk size in tokens."),
+    max_chunk_tokens: int = typer.Option(512, help="Hard cap on chunk size in tokens."),
+    overlap_tokens: int = typer.Option(48, help="Tokens shared by neighbouring chunks."),
+) -> None:
+    """Read and chunk a folder of documents into RUN/chunks.jsonl, keeping provenance."""
+    from ragtune.config import IngestConfig, validated
+    from ragtune.ingest import ingest_to_run
+
+    cfg = validated(IngestConfig, "ingest", tokenizer=tokenizer, chunk_tokens=chunk_tokens,
+                    max_chunk_tokens=max_chunk_tokens, overlap_tokens=overlap_tokens)
+    ingest_to_run(docs, run, cfg)
+
+
+# ------------------------------------------------------------------ synth
+@app.command()
+def synth(
+    run: Path = RUN,
+    generator: str = typer.Option("extractive", help="Generator backend: extractive, openai, hf."),
+    questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
+    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions."),
+    model: str | None = typer.Option(None, help="Model name (openai) or folder / hub id (hf)."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    concurrency: int = typer.Option(8, help="Requests in flight at once (openai)."),
+    limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
+    dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl."""
+    from ragtune.config import SynthConfig, validated
+    from ragtune.synth import synth_to_run
+
+    cfg = validated(SynthConfig, "synth", generator=generator, questions_per_chunk=questions_per_chunk,
+                    unanswerable_share=unanswerable_share, model=model, base_url=base_url,
+                    concurrency=concurrency, limit=limit, dry_run=dry_run, seed=seed)
+    synth_to_run(run, cfg)
+
+
+# ------------------------------------------------------------------ import
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="JSONL, CSV, SQuAD v2 JSON or RAFT output."),
+    run: Path = RUN,
+) -> None:
+    """Import human-annotated QA into RUN/qa.jsonl (validated row by row)."""
+    from ragtune.importers import import_to_run
+
+    import_to_run(file, run)
+
+
+# ------------------------------------------------------------------ build
+@app.command()
+def build(
+    run: Path = RUN,
+    tokenizer: str | None = typer.Option(None, help="Tokenizer / chat template (default: the run's base model)."),
+    k_distractors: int = typer.Option(4, help="Distractor passages per example."),
+    oracle_p: float = typer.Option(0.8, help="Probability the oracle passage is in the context."),
+    distractors: str = typer.Option("hard", help="hard (retrieved), random, or mixed."),
+    retriever: str = typer.Option("bm25", help="bm25, dense or hybrid."),
+    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable examples."),
+    max_length: int | None = typer.Option(None, help="Token budget of prompt + answer."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Assemble RAG training examples (oracle among retrieved distractors) into RUN/dataset."""
+    from ragtune.build import build_to_run
+    from ragtune.config import BuildConfig, validated
+
+    cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
+                    distractors=distractors, retriever=retriever,
+                    unanswerable_share=unanswerable_share, max_length=max_length, seed=seed)
+    build_to_run(run, cfg, tokenizer=tokenizer)
+
+
+@app.command()
+def inspect(
+    dataset: Path = typer.Argument(..., help="A dataset folder written by `ragtune build`."),
+    n: int = typer.Option(3, help="Examples to show."),
+    tokenizer: str | None = typer.Option(None, help="Tokenizer (default: the one the build used)."),
+) -> None:
+    """Show rendered examples with trained tokens highlighted, and warn about masking problems."""
+    from ragtune.build import inspect_dataset
+
+    inspect_dataset(dataset, n=n, tokenizer=tokenizer)
+
+
+# ------------------------------------------------------------------ train
+@app.command()
+def train(
+    run: Path = RUN,
+    base_model: str | None = typer.Option(None, "--base-model", help="Base model (default: RUN/base_model)."),
+    method: str = typer.Option("lora", help="lora, qlora (GPU) or full."),
+    epochs: float = typer.Option(1.0),
+    max_steps: int | None = typer.Option(None),
+    max_minutes: float | None = typer.Option(None, help="Stop and save when this wall-clock budget is spent."),
+    lr: float = typer.Option(2e-4),
+    batch_size: int = typer.Option(8),
+    lora_r: int = typer.Option(16),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fine-tune the base model on RUN/dataset; write a PEFT adapter to RUN/adapter."""
+    from ragtune.config import TrainConfig, validated
+    from ragtune.train import train_to_run
+
+    cfg = validated(TrainConfig, "train", method=method, epochs=epochs, max_steps=max_steps,
+                    max_minutes=max_minutes, lr=lr, batch_size=batch_size, lora_r=lora_r, seed=seed)
+    train_to_run(run, cfg, base_model=base_model)
+
+
+@app.command()
+def export(
+    adapter: Path = typer.Option(..., help="Adapter folder written by `ragtune train`."),
+    out: Path = typer.Option(..., help="Folder for the merged model."),
+    merge: bool = typer.Option(True, help="Merge the adapter into a 16-bit base."),
+    base_model: str | None = typer.Option(None, "--base-model"),
+) -> None:
+    """Merge an adapter into its base model and save safetensors with the tokenizer."""
+    from ragtune.train import export_merged
+
+    export_merged(adapter, out, base_model=base_model, merge=merge)
+
+
+# ------------------------------------------------------------------ eval / ask / serve
+@app.command("eval")
+def eval_(
+    run: Path = RUN,
+    base_model: str | None = typer.Option(None, "--base-model"),
+    adapter: list[Path] = typer.Option([], help="Adapter(s) to compare with the base (default: RUN/adapter)."),
+    split: str = typer.Option("test"),
+    limit: int | None = typer.Option(None),
+    batch_size: int = typer.Option(16),
+    max_new_tokens: int = typer.Option(48),
+) -> None:
+    """Score the base and tuned models on the same held-out items; write RUN/eval/."""
+    from ragtune.config import EvalConfig, validated
+    from ragtune.evaluate import evaluate_run
+
+    cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens)
+    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None)
+
+
+@app.command()
+def ask(
+    question: str = typer.Option(..., help="The question."),
+    adapter: Path | None = typer.Option(None, help="Adapter folder (its base model is read from it)."),
+    base_model: str | None = typer.Option(None, "--base-model"),
+    context: Path | None = typer.Option(None, help="A text file used as the context."),
+    docs: Path | None = typer.Option(None, help="Retrieve passages from this folder (or a run folder)."),
+    k: int = typer.Option(4, help="Passages to retrieve with --docs."),
+) -> None:
+    """Answer one question from a given context or from passages retrieved from a knowledge base."""
+    from ragtune.ask import ask as ask_fn
+
+    typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k))
+
+
+@app.command()
+def serve(
+    model: str | None = typer.Option(None, help="Base model folder or hub id."),
+    adapter: Path | None = typer.Option(None),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
+    from ragtune.serve import serve as serve_fn
+
+    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env)
+
+
+# ------------------------------------------------------------------ models
+@app.command("tiny-model")
+def tiny_model(
+    corpus: Path = typer.Option(..., help="Folder of documents to train the tokenizer and model on."),
+    out: Path = typer.Option(..., help="Output model folder."),
+    recipe: str = typer.Option("fast", help="fast (tests, quickstart) or reader (copies from context)."),
+    minutes: float | None = typer.Option(None, help="Wall-clock pretraining budget."),
+    vocab_size: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build a small Llama and a BPE tokenizer from a corpus, offline."""
+    from ragtune.config import TinyModelConfig, validated
+    from ragtune.pipeline import tiny_model_from_docs
+
+    cfg = validated(TinyModelConfig, "tiny-model", recipe=recipe, minutes=minutes,
+                    vocab_size=vocab_size, seed=seed)
+    tiny_model_from_docs(corpus, out, cfg)
+
+
+@app.command()
+def probe(
+    model: str = typer.Argument(..., help="Model folder or hub id."),
+    lengths: str = typer.Option("8,32,128", help="Span lengths to probe."),
+) -> None:
+    """Induction probe: loss on the first vs second copy of repeated random spans."""
+    from ragtune.reader import probe_model
+
+    probe_model(model, [int(x) for x in lengths.split(",")])
+
+
+@app.command()
+def pretrain(
+    model: str = typer.Option(..., help="Model folder or hub id to adapt."),
+    corpus: Path = typer.Option(..., help="Folder of domain documents."),
+    out: Path = typer.Option(...),
+    minutes: float = typer.Option(10.0),
+) -> None:
+    """Domain adaptation: continue causal-LM training of a model on a document folder."""
+    from ragtune.pipeline import pretrain_on_docs
+
+    pretrain_on_docs(model, corpus, out, minutes=minutes)
+
+
+# ------------------------------------------------------------------ run
+@app.command("run")
+def run_(config: Path = typer.Argument(..., help="YAML config with sections named after the stages.")) -> None:
+    """Run the whole pipeline from one YAML config into one run folder."""
+    from ragtune.config import load_run_config
+    from ragtune.pipeline import run_pipeline
+
+    run_pipeline(load_run_config(config))
+
+
+def main() -> None:
+    try:
+        app()
+    except RagtuneError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; finished work is on disk, re-run to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""How a (question, passages) pair becomes model input, and a target becomes labels.
+
+One `PromptTemplate` is used to build the dataset, saved beside the adapter as
+`ragtune_prompt.json`, and loaded again by `eval`, `ask` and `serve`, so the text a model
+is trained on is the text it is asked with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ragtune.config import REFUSAL
+
+PROMPT_FILE = "ragtune_prompt.json"
+IGNORE_INDEX = -100
+
+DEFAULT_INSTRUCTION = (
+    "Answer the question using only the passages in the context. Give a short answer "
+    "copied from the passages. If the passages do not contain the answer, reply exactly: "
+    "{refusal}"
+)
+
+
+@dataclass
+class Passage:
+    title: str
+    text: str
+    id: str = ""
+
+
+@dataclass
+class PromptTemplate:
+    """`chat` renders through the tokenizer's chat template; `plain` through fixed headings."""
+
+    style: Literal["chat", "plain"] = "plain"
+    instruction: str = DEFAULT_INSTRUCTION
+    refusal: str = REFUSAL
+    passage_format: str = "[{n}] {title}\n{text}"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, refusal: str = REFUSAL) -> PromptTemplate:
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        return cls(style=style, refusal=refusal)
+
+    @property
+    def system(self) -> str:
+        return self.instruction.format(refusal=self.refusal)
+
+    def context_block(self, passages: Sequence[Passage]) -> str:
+        return "\n\n".join(
+            self.passage_format.format(n=i + 1, title=p.title, text=p.text, id=p.id)
+            for i, p in enumerate(passages)
+        )
+
+    def messages(self, question: str, passages: Sequence[Passage]) -> list[dict[str, str]]:
+        user = f"Context:\n{self.context_block(passages)}\n\nQuestion: {question}"
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def render(self, tokenizer: Any, question: str, passages: Sequence[Passage]) -> str:
+        """The prompt text, ending where the model's answer starts."""
+        if self.style == "chat":
+            return tokenizer.apply_chat_template(
+                self.messages(question, passages), tokenize=False, add_generation_prompt=True
+            )
+        return (
+            f"### Instruction:\n{self.system}\n\n### Context:\n{self.context_block(passages)}"
+            f"\n\n### Question:\n{question}\n\n### Answer:\n"
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PROMPT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PromptTemplate:
+        return cls(**json.loads((Path(directory) / PROMPT_FILE).read_text(encoding="utf-8")))
+
+
+def end_of_answer(tokenizer: Any, template: PromptTemplate) -> str:
+    """The text that closes an answer: the chat template's end of turn, else the EOS token.
+
+    Found by rendering a turn with a marker answer, so any template works without a
+    per-family table.
+    """
+    eos = tokenizer.eos_token or ""
+    if template.style != "chat":
+        return eos
+    marker = "\u2063RAGTUNE\u2063"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
+        tokenize=False,
+    )
+    tail = text.split(marker, 1)[1]
+    if eos and eos in tail:
+        return tail[: tail.index(eos) + len(eos)]
+    return tail.rstrip() or eos
+
+
+def encode_example(
+    tokenizer: Any, prompt: str, completion: str, template: PromptTemplate
+) -> dict[str, list[int]]:
+    """Token ids and labels: the prompt masked with -100, the answer and its end token trained.
+
+    Prompt and completion are tokenised separately and concatenated, so the prompt is an
+    exact prefix of the training sequence and the same prompt ids are seen at inference.
+    """
+    add_special = template.style == "plain"  # chat templates already carry BOS in the text
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    target_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    end = end_of_answer(tokenizer, template)
+    end_ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    if tokenizer.eos_token_id is not None and (not end_ids or end_ids[-1] != tokenizer.eos_token_id):
+        end_ids = [*end_ids, tokenizer.eos_token_id]
+    answer_ids = target_ids + end_ids
+    return {
+        "input_ids": prompt_ids + answer_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+    }
+
+
+def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate) -> list[int]:
+    """The ids a model is given at inference; identical to the masked part of `encode_example`."""
+    return tokenizer(prompt, add_special_tokens=template.style == "plain")["input_ids"]
