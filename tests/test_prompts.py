@@ -1,0 +1,38 @@
+from ragtune.config import REFUSAL
+from ragtune.prompts import IGNORE_INDEX, Passage, PromptTemplate, encode_example, prompt_ids
+
+PASSAGES = [Passage("Lists", "A list is a mutable sequence."), Passage("Tuples", "A tuple is immutable.")]
+
+
+def test_plain_template_has_every_part(tokenizer):
+    tpl = PromptTemplate.for_tokenizer(tokenizer)
+    assert tpl.style == "plain"
+    text = tpl.render(tokenizer, "What is a list?", PASSAGES)
+    for part in ("### Instruction:", REFUSAL, "[1] Lists", "[2] Tuples", "What is a list?"):
+        assert part in text
+    assert text.endswith("### Answer:\n")
+
+
+def test_labels_mask_exactly_the_prompt_and_train_eos(tokenizer):
+    tpl = PromptTemplate.for_tokenizer(tokenizer)
+    prompt = tpl.render(tokenizer, "What is a list?", PASSAGES)
+    enc = encode_example(tokenizer, prompt, "a mutable sequence", tpl)
+    n_prompt = len(prompt_ids(tokenizer, prompt, tpl))
+    assert enc["input_ids"][:n_prompt] == prompt_ids(tokenizer, prompt, tpl)
+    assert enc["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    trained = enc["labels"][n_prompt:]
+    assert trained == enc["input_ids"][n_prompt:]
+    assert IGNORE_INDEX not in trained
+    assert trained[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(trained, skip_special_tokens=True).strip() == "a mutable sequence"
+
+
+def test_pad_is_not_eos(tokenizer):
+    assert tokenizer.pad_token_id is not None
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_template_round_trips_through_its_file(tmp_path):
+    tpl = PromptTemplate(style="plain", refusal="No answer.")
+    tpl.save(tmp_path)
+    assert PromptTemplate.load(tmp_path) == tpl
