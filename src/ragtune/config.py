@@ -41,7 +41,7 @@ class TinyModelConfig(_Config):
     scale: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: bigger model, more tokens per step
     warmup_steps: int = 100
     max_span: int = 128  # longest repeated random span in the copy curriculum
-    widen_steps: int = 600  # copy spans widen from 16 to max_span over this many steps
+    widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
     short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
     copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
     copy_switch_acc: float = 0.9  # leave the copy-only phase once training copies are this exact

@@ -36,7 +36,7 @@ from ragtune.prompts import Passage, PromptTemplate
 
 # Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, two layers.
 READER_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 512, "hidden_size": 256, "num_layers": 2, "num_heads": 4,
+    "vocab_size": 512, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
     "intermediate_size": 256, "seq_len": 320, "batch_size": 16, "lr": 3e-3, "minutes": 15.0,
 }
 # Untested preset for a GPU: same recipe, bigger model and batches.
@@ -248,20 +248,21 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
     budget = cfg.minutes * 60
     t0 = last_save = time.perf_counter()
     step, switch_step, switch_s, acc_avg, tokens = 0, None, None, 0.0, 0
+    max_span = min(16, cfg.max_span)
     log: list[dict] = []
     task_loss: dict[str, list[float]] = {t: [] for t in names}
     while (elapsed := time.perf_counter() - t0) < budget and (cfg.max_steps is None or step < cfg.max_steps):
         frac = elapsed / budget
         if switch_step is None:
-            # Span length widens 16 -> max_span over `widen_steps` steps (steps, not seconds,
-            # so a busy CPU does not widen spans before the heads have formed); rows are only
-            # as long as two of the longest spans, so early steps are cheap.
-            max_span = int(16 + (cfg.max_span - 16) * min(1.0, step / max(cfg.widen_steps, 1)))
-            row_len = min(cfg.seq_len, max(64, 2 * max_span + 2))
+            # Self-paced: spans start at 16 tokens in short rows (cheap steps, many copies
+            # per step) and widen only while the training copies are exact, so a busy CPU
+            # never widens them before the heads have formed.
+            if acc_avg >= cfg.widen_acc and step % 5 == 0:
+                max_span = min(cfg.max_span, max_span + 4)
+            row_len = min(cfg.seq_len, max(128, 2 * max_span + 2))
             rows = [tasks.row("copy", rng, row_len, max_span) for _ in range(cfg.batch_size)]
             task = "copy"
         else:
-            max_span = cfg.max_span
             task = rng.choices(names, weights)[0]
             rows = [tasks.row(task, rng, cfg.late_seq_len, max_span) for _ in range(late_batch)]
         ids, mask = batch_of(rows, device)
@@ -296,6 +297,7 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9)),
         "copy_phase_steps": switch_step or step,
+        "copy_max_span": max_span,
         "copy_phase_seconds": switch_s or round(seconds, 1),
         "copy_train_acc": round(acc_avg, 3),
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
