@@ -169,6 +169,7 @@ def collate(
         "target_ids": torch.tensor(target, dtype=torch.long),
         "target_example": torch.tensor(example, dtype=torch.long),
         "n_examples": torch.tensor(slot),
+        "example_index": torch.tensor([j for row in rows for j in row], dtype=torch.long),  # slot -> example
         "n_tokens": torch.tensor(sum(lengths[j] for j in indices)),
     }
     if packing:

@@ -277,14 +277,16 @@ def run_training(
             log.write(row)
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{res.tokens / max(elapsed, 1e-9):.0f}")
-        if cfg.save_steps and step % cfg.save_steps == 0 and main:
+        out_of_time = elapsed > budget and step < total
+        if main and ((cfg.save_steps and step % cfg.save_steps == 0) or out_of_time):
+            # a budget stop always leaves a checkpoint, so `resume` continues the same run
             save_checkpoint(ckpt_dir / "last", inner.model, tok, template, {
                 "step": step, "best": best, "bad_evals": bad_evals, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state()})
         if evaluated and cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience:
             res.stop_reason = "early_stopping"
             break
-        if elapsed > budget:
+        if out_of_time:
             res.stop_reason = "max_minutes"
             break
     bar.close()
