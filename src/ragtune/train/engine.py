@@ -181,7 +181,8 @@ def run_training(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    acc = Accelerator(mixed_precision="no")  # autocast is ours: bf16 only where the hardware has it
+    # autocast is ours (bf16 only where the hardware has it); cpu=True lets torchrun start gloo processes
+    acc = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     step_size = cfg.batch_size * cfg.grad_accum * world
