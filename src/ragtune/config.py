@@ -208,6 +208,7 @@ def config_reference() -> str:
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             ann = f.annotation
             kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-            lines.append(f"| `{key}` | `{kind}` | `{default}` |".replace(" | None", " or None"))
+            kind = kind.replace(" | ", " or ")  # a bare pipe would split the table cell
+            lines.append(f"| `{key}` | `{kind}` | `{default}` |")
         lines.append("")
     return "\n".join(lines)
