@@ -115,6 +115,11 @@ class TrainConfig(_Config):
     early_stopping_patience: int | None = None
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     seed: int = 0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # after linear warmup
+    max_grad_norm: float | None = 1.0
+    pack_length: int | None = None  # tokens per packed row; None: the longest example
+    eval_limit: int | None = 256  # validation examples scored per evaluation (None: all)
+    resume: bool = False  # continue from OUT/checkpoints/last when it exists
 
 
 class EvalConfig(_Config):
