@@ -134,3 +134,16 @@ def test_missing_inputs_are_one_line_errors(tmp_path, tiny_model_dir):
         evaluate_run(tmp_path, EvalConfig(), show=False)
     with pytest.raises(RagtuneError, match="adapter_config.json"):
         evaluate_run(tmp_path, EvalConfig(), base_model=str(tiny_model_dir), adapters=[tmp_path], show=False)
+
+
+def test_eval_on_imported_squad_qa(tmp_path, run_dir, tiny_model_dir):
+    """`ragtune eval --qa`: prompts rendered from each item's own context with the adapter's template."""
+    from test_importers import SQUAD
+
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps(SQUAD))
+    m = evaluate_run(tmp_path / "qarun", EvalConfig(**CFG), adapters=[run_dir / "adapter"], qa=f, show=False)
+    assert m["n"] == 2 and m["dataset"] == str(f) and "robustness" not in m
+    assert m["models"]["tuned"]["has_ans"]["n"] == 1 and m["models"]["tuned"]["no_ans"]["n"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "qarun" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["answers"] == ["10th and 11th centuries", "in the 10th and 11th centuries"]
