@@ -150,3 +150,56 @@ def test_squad2_sample(shared_data):
     assert len(items) == 234
     assert sum(q.answerable for q in items) == 132 and sum(not q.answerable for q in items) == 102
     assert all(q.contexts and q.question for q in items)
+
+
+def test_prediction_file_scores_match_the_official_algorithm(tmp_path):
+    """Scoring through import + score_prediction_file equals the SQuAD v2 algorithm by hand."""
+    from ragtune.evaluate import score_prediction_file
+
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps(SQUAD))
+    preds = tmp_path / "preds.json"
+    # a1: "in the 10th century" vs best reference "in the 10th and 11th centuries":
+    # normalised "in 10th century" vs "in 10th and 11th centuries": overlap 2, p 2/3, r 2/5 -> F1 0.5
+    preds.write_text(json.dumps({"a1": "in the 10th century", "u1": ""}))
+    s = score_prediction_file(f, preds)
+    assert s["exact"] == 50.0 and s["f1"] == pytest.approx(75.0)
+    assert (s["HasAns_exact"], s["NoAns_exact"], s["NoAns_f1"]) == (0.0, 100.0, 100.0)
+    assert s["HasAns_f1"] == pytest.approx(50.0)
+    assert score_prediction_file(f, {"a1": "10th and 11th centuries"})["exact"] == 100.0  # missing u1 = ""
+
+
+def test_cli_scores_a_prediction_file(tmp_path):
+    f = tmp_path / "dev.json"
+    f.write_text(json.dumps(SQUAD))
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({"a1": "the 10th and 11th centuries", "u1": "Normans"}))
+    p = subprocess.run([sys.executable, "-m", "ragtune", "eval", "--qa", str(f), "--predictions", str(preds)],
+                       capture_output=True, text=True, timeout=120, env=_env_with_this_checkout())
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert (s["exact"], s["HasAns_exact"], s["NoAns_exact"], s["total"]) == (50.0, 100.0, 0.0, 2)
+
+
+@pytest.mark.shared
+def test_squad2_sample_prediction_files(shared_data):
+    from ragtune.evaluate import score_prediction_file
+    from ragtune.metrics import squad_v2_scores
+
+    path = shared_data / "squad2-sample" / "dev-sample-v2.0.json"
+    data = json.loads(path.read_text())["data"]
+    qas = [qa for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    unans = [qa["id"] for qa in qas if not qa["answers"]]
+    # Every answerable question answered with its gold; half the unanswerable ones answered wrongly.
+    preds = {qa["id"]: qa["answers"][0]["text"] for qa in qas if qa["answers"]}
+    preds.update({i: "a made-up answer" for i in unans[::2]})
+    s = score_prediction_file(path, preds)
+    wrong = len(unans[::2])  # 51
+    assert s["total"] == 234 and s["HasAns_total"] == 132 and s["NoAns_total"] == 102
+    assert s["exact"] == pytest.approx(100 * (234 - wrong) / 234) and s["f1"] == pytest.approx(s["exact"])
+    assert s["HasAns_exact"] == 100.0 and s["NoAns_exact"] == pytest.approx(100 * (102 - wrong) / 102)
+    # The import path and the direct SQuAD-JSON path agree on a messier file too.
+    messy = {qa["id"]: (qa["answers"][-1]["text"].split()[0] if qa["answers"] else "") for qa in qas}
+    a, b = score_prediction_file(path, messy), squad_v2_scores(data, messy)
+    for key in ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"):
+        assert a[key] == pytest.approx(b[key])

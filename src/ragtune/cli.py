@@ -168,10 +168,20 @@ def eval_(
     precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
     cache: bool = typer.Option(True, help="Reuse predictions cached in RUN/cache."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
+    predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
+                                            "(official SQuAD v2 algorithm) instead of running models."),
 ) -> None:
     """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
+    import json
+
     from ragtune.config import EvalConfig, validated
-    from ragtune.evaluate import evaluate_run
+    from ragtune.evaluate import evaluate_run, score_prediction_file
+
+    if predictions is not None:
+        if qa is None:
+            raise RagtuneError("--predictions needs --qa FILE (the questions and gold answers)")
+        typer.echo(json.dumps(score_prediction_file(qa, predictions), indent=2))
+        return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)

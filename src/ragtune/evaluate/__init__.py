@@ -26,7 +26,7 @@ from ragtune.runfolder import RunFolder
 __all__ = [
     "EvalResult", "ModelSpec", "ModelOutput", "PredictionCache", "answer_nll", "comparison_table",
     "evaluate", "evaluate_run", "format_table", "markdown_table", "predict", "print_table", "qa_examples",
-    "resolve_base_model",
+    "resolve_base_model", "score_prediction_file",
 ]
 
 
@@ -173,6 +173,46 @@ def load_template(candidates: Sequence[Path], tokenizer_source: str, refusal: st
     from ragtune.models import load_tokenizer
 
     return PromptTemplate.for_tokenizer(load_tokenizer(tokenizer_source), refusal=refusal)
+
+
+def score_prediction_file(
+    qa: str | Path, predictions: str | Path | dict[str, str], refusal: str | None = None
+) -> dict[str, Any]:
+    """Score a prediction file ({question id: answer text}, the official SQuAD v2 input) against
+    a QA file, exactly as the official SQuAD v2 script does: overall, HasAns_* and NoAns_*.
+    With `refusal`, refusal sentences first count as the empty answer."""
+    from ragtune.importers import import_file
+    from ragtune.metrics import exact_match, f1, max_over, scored_answer
+
+    if isinstance(predictions, dict):
+        preds = predictions
+    else:
+        try:
+            preds = json.loads(Path(predictions).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise RagtuneError(f"cannot read predictions {predictions} ({type(e).__name__}); pass a JSON "
+                               "object mapping question id to answer text") from None
+        if not isinstance(preds, dict):
+            raise RagtuneError(f"{predictions}: expected a JSON object mapping question id to answer text")
+    items = import_file(qa)
+    exact, f1s, has = {}, {}, {}
+    for q in items:
+        pred = str(preds.get(q.id, ""))
+        if refusal is not None:
+            pred = scored_answer(pred, refusal)
+        golds = q.answers if q.answerable else []
+        exact[q.id], f1s[q.id], has[q.id] = max_over(exact_match, pred, golds), max_over(f1, pred, golds), bool(golds)
+
+    def block(ids: list[str]) -> dict[str, float]:
+        return {"exact": 100.0 * sum(exact[i] for i in ids) / len(ids),
+                "f1": 100.0 * sum(f1s[i] for i in ids) / len(ids), "total": len(ids)}
+
+    out = block(list(exact))
+    for prefix, ids in (("HasAns", [i for i in exact if has[i]]), ("NoAns", [i for i in exact if not has[i]])):
+        if ids:
+            out.update({f"{prefix}_{k}": v for k, v in block(ids).items()})
+    out["missing_predictions"] = sum(1 for i in exact if i not in preds)
+    return out
 
 
 # ---------------------------------------------------------------- the stage
