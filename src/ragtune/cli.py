@@ -70,13 +70,15 @@ def synth(
 # ------------------------------------------------------------------ import
 @app.command("import")
 def import_(
-    file: Path = typer.Argument(..., help="JSONL, CSV, SQuAD v2 JSON or RAFT output."),
+    file: Path = typer.Argument(..., help="SQuAD v2 JSON, HotpotQA-style JSON/JSONL, RAFT output, JSONL or CSV."),
     run: Path = RUN,
+    format: str | None = typer.Option(None, "--format", help="squad, hotpot, raft, jsonl or csv (default: detected)."),
+    skip_invalid: bool = typer.Option(False, help="Import the valid rows; list the others in RUN/qa_rejected.jsonl."),
 ) -> None:
-    """Import human-annotated QA into RUN/qa.jsonl (validated row by row)."""
+    """Import human-annotated QA into RUN/qa.jsonl (validated row by row, errors name their lines)."""
     from ragtune.importers import import_to_run
 
-    import_to_run(file, run)
+    import_to_run(file, run, fmt=format, skip_invalid=skip_invalid)
 
 
 # ------------------------------------------------------------------ build
@@ -173,20 +175,36 @@ def export(
 @app.command("eval")
 def eval_(
     run: Path = RUN,
-    base_model: str | None = typer.Option(None, "--base-model"),
+    base_model: str | None = typer.Option(None, "--base-model",
+                                          help="Base model (default: the adapter's, else RUN/base_model)."),
     adapter: list[Path] = typer.Option([], help="Adapter(s) to compare with the base (default: RUN/adapter)."),
-    split: str = typer.Option("test"),
-    limit: int | None = typer.Option(None),
-    batch_size: int = typer.Option(16),
-    max_new_tokens: int = typer.Option(48),
+    qa: Path | None = typer.Option(None, help="Score an imported QA file (SQuAD v2, HotpotQA, RAFT, JSONL, CSV)."),
+    split: str = typer.Option("test", help="Dataset split of RUN/dataset to score."),
+    limit: int | None = typer.Option(None, help="Only the first N items."),
+    batch_size: int = typer.Option(16, help="Prompts generated together."),
+    max_new_tokens: int = typer.Option(48, help="Longest answer generated."),
+    robustness: bool = typer.Option(True, help="Also score closed book / oracle + k distractors / oracle removed."),
+    precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
+    cache: bool = typer.Option(True, help="Reuse predictions cached in RUN/cache."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
+    predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
+                                            "(official SQuAD v2 algorithm) instead of running models."),
 ) -> None:
-    """Score the base and tuned models on the same held-out items; write RUN/eval/."""
+    """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
+    import json
+
     from ragtune.config import EvalConfig, validated
-    from ragtune.evaluate import evaluate_run
+    from ragtune.evaluate import evaluate_run, score_prediction_file
+
+    if predictions is not None:
+        if qa is None:
+            raise RagtuneError("--predictions needs --qa FILE (the questions and gold answers)")
+        typer.echo(json.dumps(score_prediction_file(qa, predictions), indent=2))
+        return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens)
-    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None)
+                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
+    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
 
 
 @app.command()
@@ -195,13 +213,15 @@ def ask(
     adapter: Path | None = typer.Option(None, help="Adapter folder (its base model is read from it)."),
     base_model: str | None = typer.Option(None, "--base-model"),
     context: Path | None = typer.Option(None, help="A text file used as the context."),
-    docs: Path | None = typer.Option(None, help="Retrieve passages from this folder (or a run folder)."),
+    docs: Path | None = typer.Option(None, help="Retrieve passages from a run folder (chunks.jsonl) or documents."),
     k: int = typer.Option(4, help="Passages to retrieve with --docs."),
+    max_new_tokens: int = typer.Option(128, help="Longest answer generated."),
 ) -> None:
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
 
-    typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k))
+    typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
+                      max_new_tokens=max_new_tokens))
 
 
 @app.command()
