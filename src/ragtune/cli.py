@@ -121,21 +121,40 @@ def inspect(
 def train(
     run: Path = RUN,
     base_model: str | None = typer.Option(None, "--base-model", help="Base model (default: RUN/base_model)."),
-    method: str = typer.Option("lora", help="lora, qlora (GPU) or full."),
+    method: str = typer.Option("lora", help="lora, qlora (4-bit, needs a CUDA GPU) or full."),
     epochs: float = typer.Option(1.0),
     max_steps: int | None = typer.Option(None),
     max_minutes: float | None = typer.Option(None, help="Stop and save when this wall-clock budget is spent."),
     lr: float = typer.Option(2e-4),
-    batch_size: int = typer.Option(8),
+    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     lora_r: int = typer.Option(16),
+    lora_alpha: int = typer.Option(32),
+    lora_dropout: float = typer.Option(0.05),
+    target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names."),
+    dora: bool = typer.Option(False, "--dora", help="Weight-decomposed LoRA (DoRA)."),
+    rslora: bool = typer.Option(False, "--rslora", help="Rank-stabilised LoRA scaling."),
+    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), bf16, fp32, fp16 (GPU)."),
+    packing: bool = typer.Option(False, "--packing", help="Pack several examples per row (isolated by a block mask)."),
+    eval_steps: int | None = typer.Option(None, help="Validation loss every N steps."),
+    save_steps: int | None = typer.Option(None, help="Checkpoint every N steps (keeps last and best)."),
+    early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/adapter/checkpoints/last."),
+    report_to: str = typer.Option("none", help="none, tensorboard or wandb."),
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune the base model on RUN/dataset; write a PEFT adapter to RUN/adapter."""
     from ragtune.config import TrainConfig, validated
     from ragtune.train import train_to_run
 
+    targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
     cfg = validated(TrainConfig, "train", method=method, epochs=epochs, max_steps=max_steps,
-                    max_minutes=max_minutes, lr=lr, batch_size=batch_size, lora_r=lora_r, seed=seed)
+                    max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                    lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                    use_dora=dora, use_rslora=rslora, precision=precision, packing=packing,
+                    eval_steps=eval_steps, save_steps=save_steps,
+                    early_stopping_patience=early_stopping_patience, resume=resume, report_to=report_to,
+                    seed=seed)
     train_to_run(run, cfg, base_model=base_model)
 
 
