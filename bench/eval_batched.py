@@ -58,7 +58,8 @@ def one_at_a_time(model, tok, ids: list[list[int]], max_new_tokens: int, stops: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model folder (default: build a 4 M-parameter Llama on the QA text)")
+    ap.add_argument("--model", help="model folder; built there (4 M-parameter Llama on the QA text) when "
+                    "missing; default: a temporary one")
     ap.add_argument("--qa", default=str(DEFAULT_QA), help="QA file (SQuAD v2 JSON, JSONL, CSV)")
     ap.add_argument("--n", type=int, default=64, help="questions")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -70,8 +71,9 @@ def main() -> None:
 
     qa = import_file(args.qa)[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else build_model(
-            [c for q in import_file(args.qa) for c in q.contexts], Path(tmp) / "model", args.pretrain_steps)
+        model_dir = Path(args.model or Path(tmp) / "model")
+        if not (model_dir / "config.json").is_file():
+            build_model([c for q in import_file(args.qa) for c in q.contexts], model_dir, args.pretrain_steps)
         model, tok = load_model(model_dir, precision=args.precision)
         template = PromptTemplate.for_tokenizer(tok)
         items = qa_examples(qa, tok, template)
