@@ -28,9 +28,11 @@ def questions_for(prompt: str) -> str:
     words = [w for w in re.findall(r"[A-Za-z_]{4,}", text) if w.lower() not in STOP]
     uniq = list(dict.fromkeys(words))
     qs = []
+    how = "explanatory" in prompt
     for i in range(n):
-        picked = uniq[i * 4:(i + 1) * 4] or uniq[:4] or ["nothing"]
-        qs.append(f"What does the documentation say about {' '.join(picked)}?")
+        picked = uniq[i * 4 + 4 * how:(i + 1) * 4 + 4 * how] or uniq[:4] or ["nothing"]
+        qs.append(f"How do {' '.join(picked)} work?" if how else
+                  f"What does the documentation say about {' '.join(picked)}?")
     digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
     if digest % 3 == 0:
         return f"Here are {n} questions:\n" + "\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs)) + "\nHope this helps"
@@ -64,9 +66,9 @@ def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2"
             return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, status_code=429,
                                 headers={"Retry-After": retry_after})
         prompt = body["messages"][-1]["content"]
+        app.state.log.append((time.monotonic(), prompt))  # on arrival: a call killed in flight counts
         await asyncio.sleep(delay_s)
         text = answer_for(prompt) if "Question:" in prompt and "Context:" in prompt else questions_for(prompt)
-        app.state.log.append((time.monotonic(), prompt))
         return {"id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "stop"}],
