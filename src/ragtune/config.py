@@ -121,6 +121,11 @@ class TrainConfig(_Config):
     early_stopping_patience: int | None = None
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     seed: int = 0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # after linear warmup
+    max_grad_norm: float | None = 1.0
+    pack_length: int | None = None  # tokens per packed row; None: the longest example
+    eval_limit: int | None = 256  # validation examples scored per evaluation (None: all)
+    resume: bool = False  # continue from OUT/checkpoints/last when it exists
 
 
 class EvalConfig(_Config):
@@ -129,7 +134,12 @@ class EvalConfig(_Config):
     max_new_tokens: int = 48
     limit: int | None = None
     robustness_k: list[int] = Field(default_factory=lambda: [0, 2, 4])
+    robustness: bool = True  # closed book / oracle + k distractors / oracle removed curves
+    robustness_limit: int | None = 100  # questions per robustness point (None: all)
     refusal: str = REFUSAL
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
+    html: bool = True  # write report.html with the plots inlined
     seed: int = 0
 
 

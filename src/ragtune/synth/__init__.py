@@ -148,7 +148,7 @@ def _summary(cfg: SynthConfig, todo: list[Chunk], items: list[QAItem], rejection
 
 def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) -> SynthResult:
     """Read RUN/chunks.jsonl, write RUN/qa.jsonl and RUN/qa_rejected.jsonl (resumable), record
-    the stage. Imported human rows already in RUN/qa.jsonl (kind "human") are kept."""
+    the stage. Imported rows already in RUN/qa.jsonl (origin "import:...") are kept."""
     from rich.console import Console
 
     run = RunFolder(Path(run_dir))
@@ -162,7 +162,7 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         console.print(f"synth dry run: {result.summary}")
         return result
     old = read_jsonl_repaired(run.qa)
-    human = [r for r in old if r.get("kind") == "human"]
+    human = [r for r in old if str(r.get("origin", "")).startswith("import:")]
     have_items = {r["id"] for r in old}
     have_rejections = {rejection_id(from_dict(Rejection, r)) for r in read_jsonl_repaired(run.qa_rejected)}
     with JsonlAppender(run.qa) as qa_out, JsonlAppender(run.qa_rejected) as rej_out:
