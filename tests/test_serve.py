@@ -141,6 +141,7 @@ def test_concurrent_requests_are_all_served(server):
     assert not errors and len(results) == 6
     stats = httpx.get(f"{server}/ragtune/stats").json()
     assert stats["completions"] >= 6
+    assert stats["max_batch"] >= 2  # requests that waited together were generated together
 
 
 def test_rag_request_renders_like_training(tokenizer):

@@ -147,6 +147,8 @@ class ServeConfig(_Config):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str | None = None
+    model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
+    batch_size: int = 8  # greedy requests waiting together are generated as one batch
 
 
 class RunConfig(_Config):

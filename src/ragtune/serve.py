@@ -136,17 +136,87 @@ class _Job:
 
 
 class Engine:
-    """Runs generation jobs one at a time on a worker thread; safe to call from any request."""
+    """Runs generation on one worker thread; safe to call from any request.
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    Greedy non-streaming requests that wait together (same token budget and stop strings)
+    are generated as one left-padded batch (`ragtune.generation.generate`), so concurrent
+    clients raise throughput; sampled and streamed requests run one at a time.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8) -> None:
         from ragtune.generation import stop_token_ids
 
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
-        self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.batch_size = max(1, batch_size)
+        self.pending: list[tuple[_Job, asyncio.Future]] = []
+        self.drainer: asyncio.Task | None = None
+        self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "batches": 0, "max_batch": 0}
         self._stats_lock = threading.Lock()
+
+    async def run_greedy(self, job: _Job) -> _Job:
+        """Queue a greedy job; it runs in the next batch of jobs with the same settings."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((job, future))
+        if self.drainer is None or self.drainer.done():
+            self.drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            await asyncio.sleep(0)  # requests that arrived in this same turn join the batch
+            key = _batch_key(self.pending[0][0])
+            batch = [p for p in self.pending if _batch_key(p[0]) == key][: self.batch_size]
+            taken = {id(j) for j, _ in batch}
+            self.pending = [p for p in self.pending if id(p[0]) not in taken]
+            try:
+                await loop.run_in_executor(self.executor, self.run_batch, [j for j, _ in batch])
+            except Exception as e:  # noqa: BLE001 - each waiting request gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for job, fut in batch:
+                if not fut.done():
+                    fut.set_result(job)
+
+    def run_batch(self, jobs: list[_Job]) -> None:
+        """Greedy generation of jobs with left padding (as `ragtune.generation.generate` does),
+        keeping the token ids so usage and finish_reason are exact."""
+        import torch
+
+        width = max(len(j.ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, job in enumerate(jobs):
+            ids[r, width - len(job.ids):] = torch.tensor(job.ids)
+            mask[r, width - len(job.ids):] = 1
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.stop_ids,
+                pad_token_id=self.pad_id, use_cache=True)[:, width:]
+        for r, job in enumerate(jobs):
+            toks, job.finish_reason = out[r].tolist(), "length"
+            for k, t in enumerate(toks):
+                if t in self.stop_ids:
+                    toks, job.finish_reason = toks[:k], "stop"
+                    break
+            job.n_tokens = min(len(toks) + (job.finish_reason == "stop"), job.max_new_tokens)
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            cut = _first_stop(text, job.stops)
+            if cut is not None:
+                text, job.finish_reason = text[:cut], "stop"
+            job.text = text.strip()
+            self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
 
     def count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -203,6 +273,10 @@ class Engine:
         return job
 
 
+def _batch_key(job: _Job) -> tuple[int, tuple[str, ...]]:
+    return job.max_new_tokens, tuple(job.stops)
+
+
 def _first_stop(text: str, stops: list[str]) -> int | None:
     hits = [text.find(s) for s in stops if s in text]
     return min(hits) if hits else None
@@ -221,9 +295,10 @@ def create_app(
     api_key: str | None = None,
     model_name: str = "ragtune",
     default_max_tokens: int = 256,
+    batch_size: int = 8,
 ) -> Any:
     """A FastAPI app serving `model` with OpenAI's chat-completions protocol."""
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, batch_size)
     app = FastAPI(title="ragtune", docs_url=None, redoc_url=None)
     app.state.engine = engine
     created = int(time.time())
@@ -281,8 +356,10 @@ def create_app(
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             return StreamingResponse(_stream(engine, job, cid, model_name), media_type="text/event-stream")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(engine.executor, engine.run, job)
+        if job.temperature == 0:
+            await engine.run_greedy(job)
+        else:
+            await asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
         return {
             "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
@@ -373,6 +450,7 @@ def serve(
     port: int = 8000,
     api_key_env: str | None = None,
     model_name: str | None = None,
+    batch_size: int = 8,
 ) -> None:
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
@@ -391,7 +469,7 @@ def serve(
     lm, tok = load_model(model, adapter=adapter)
     template = load_template(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
-    app = create_app(lm, tok, template, api_key=api_key, model_name=name)
+    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")
