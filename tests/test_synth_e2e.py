@@ -29,7 +29,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_synth_openai_against_ragtune_serve_on_python_docs(shared_data, tiny_model_dir, tmp_path):
+@pytest.fixture
+def data_dir(request) -> Path:
+    """The shared data folder; RAGTUNE_SHARED_DATA points elsewhere (e.g. from a worktree)."""
+    if os.environ.get("RAGTUNE_SHARED_DATA"):
+        return Path(os.environ["RAGTUNE_SHARED_DATA"])
+    return request.getfixturevalue("shared_data")
+
+
+def test_synth_openai_against_ragtune_serve_on_python_docs(data_dir, tiny_model_dir, tmp_path):
+    shared_data = data_dir
     docs = tmp_path / "docs"
     docs.mkdir()
     for name in ("tutorial/classes.rst.txt", "library/json.rst.txt"):
