@@ -47,23 +47,49 @@ def ingest(
 @app.command()
 def synth(
     run: Path = RUN,
-    generator: str = typer.Option("extractive", help="Generator backend: extractive, openai, hf."),
+    generator: str = typer.Option("extractive", "--generator", "--backend",
+                                  help="Generator backend: extractive, openai, hf."),
     questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
-    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions."),
+    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions (extractive)."),
+    question_types: str | None = typer.Option(
+        None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable."),
+    answer_style: str | None = typer.Option(None, help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
     model: str | None = typer.Option(None, help="Model name (openai) or folder / hub id (hf)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-    concurrency: int = typer.Option(8, help="Requests in flight at once (openai)."),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key (openai)."),
+    concurrency: int | None = typer.Option(None, help="Requests in flight at once (openai; default 8)."),
+    rpm: int | None = typer.Option(None, help="Requests-per-minute limit (openai)."),
+    tpm: int | None = typer.Option(None, help="Tokens-per-minute limit (openai)."),
+    timeout_s: float | None = typer.Option(None, help="Per-request timeout in seconds (openai)."),
+    max_tokens: int | None = typer.Option(None, help="Reply length cap of every LLM call."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature (openai)."),
+    batch_size: int | None = typer.Option(None, help="Prompts generated together (hf)."),
+    prompts_dir: str | None = typer.Option(None, help="Folder of prompt template files overriding the built-in ones."),
+    no_filter: list[str] = typer.Option([], "--no-filter", help="Switch a filter off (repeatable): quotes, "
+                                        "grounding, roundtrip, dedupe, non_question, parse, not_in_context, "
+                                        "unanswerable_check."),
     limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
     dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl."""
+    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
+
+    Resumable: re-run the same command after an interruption; finished LLM calls come from
+    RUN/cache and rows already written are not written twice."""
     from ragtune.config import SynthConfig, validated
     from ragtune.synth import synth_to_run
+    from ragtune.synth.filters import FILTERS
 
+    unknown = [f for f in no_filter if f not in FILTERS]
+    if unknown:
+        raise RagtuneError(f"unknown filter(s) {unknown}; choose from {', '.join(FILTERS)}")
+    kinds = [k.strip() for k in question_types.split(",") if k.strip()] if question_types else None
     cfg = validated(SynthConfig, "synth", generator=generator, questions_per_chunk=questions_per_chunk,
-                    unanswerable_share=unanswerable_share, model=model, base_url=base_url,
-                    concurrency=concurrency, limit=limit, dry_run=dry_run, seed=seed)
+                    unanswerable_share=unanswerable_share, question_types=kinds, answer_style=answer_style,
+                    model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                    rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
+                    batch_size=batch_size, prompts_dir=prompts_dir,
+                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
     synth_to_run(run, cfg)
 
 
@@ -233,11 +259,14 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
+    model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
+    batch_size: int = typer.Option(8, help="Greedy requests waiting together are generated as one batch of up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn
 
-    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env)
+    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
+             model_name=model_name, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------ models

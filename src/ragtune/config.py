@@ -71,6 +71,12 @@ class SynthConfig(_Config):
     prompts_dir: str | None = None  # user overrides of the prompt template files
     filters: dict[str, bool] = Field(default_factory=dict)  # switch individual filters off
     dry_run: bool = False
+    response_format: Literal["json_schema", "json_object", "none"] = "json_object"  # question calls
+    batch_size: int = 8  # hf: prompts generated together
+    grounding_threshold: float = 0.5  # share of answer content words found in the chunk
+    roundtrip_k: int = 10  # the question must retrieve its chunk within the top k (BM25)
+    dedupe_threshold: float = 0.8  # MinHash Jaccard above which questions are duplicates
+    cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
 
 
 class BuildConfig(_Config):
@@ -141,6 +147,8 @@ class ServeConfig(_Config):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str | None = None
+    model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
+    batch_size: int = 8  # greedy requests waiting together are generated as one batch
 
 
 class RunConfig(_Config):
