@@ -367,7 +367,15 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    to_dataset_dict(result.splits).save_to_disk(str(tmp))
+    import datasets
+
+    quiet = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        to_dataset_dict(result.splits).save_to_disk(str(tmp))
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
     for s in SPLITS:
         write_jsonl(tmp / f"{s}.jsonl", result.splits[s])
     result.template.save(tmp)
