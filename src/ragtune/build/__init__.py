@@ -16,7 +16,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from ragtune.build.assembly import (
     split_documents,
 )
 from ragtune.build.budget import fit_passages
+from ragtune.build.card import dataset_card
+from ragtune.build.targets import target_text
 from ragtune.config import BuildConfig
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate, end_of_answer, prompt_ids
@@ -121,6 +123,7 @@ def assemble_examples(
     split_of.update(split_documents(lone, cfg.split, cfg.seed + 1) if lone else {})
 
     template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal)
+    template.extra["tokenizer"] = str(getattr(tokenizer, "name_or_path", "") or "")  # for `ragtune inspect`
     max_length = cfg.max_length or default_max_length(tokenizer)
     encoder = _Encoder(tokenizer, template)
     counters: Counter[str] = Counter()
@@ -210,9 +213,14 @@ def _example(plan: Plan, ranked: list[str], pool: list[Chunk], by_id: dict[str, 
     a = assemble(plan, ranked, pool, by_id, cfg, rng)
     gold = [x for x in (item.answers or [item.answer]) if x]
     answered = plan.answerable and a.oracle_in_context
-    completion = gold[0] if answered else cfg.refusal
-    n_target = enc.n_target(completion)
     oracle_ids = {o.id for o in plan.oracles} if answered else set()
+
+    def target(shown: Sequence[Chunk]) -> str:
+        idx = next((i for i, p in enumerate(shown) if p.id in oracle_ids), None)
+        return target_text(gold[0] if answered else None, cfg.refusal,
+                           shown[idx].text if idx is not None else None, idx, item.evidence, cfg.cot, cfg.cite)
+
+    n_target = enc.n_target(target(a.passages))
     distractor_ids = [p.id for p in a.passages if p.id not in oracle_ids]
     if exact:
         def count(ps: Sequence[Chunk]) -> int:
@@ -220,7 +228,7 @@ def _example(plan: Plan, ranked: list[str], pool: list[Chunk], by_id: dict[str, 
     else:
         def count(ps: Sequence[Chunk]) -> int:
             return enc.estimate(item.question, ps)
-    fitted = fit_passages(a.passages, distractor_ids, completion if answered else "", oracle_ids,
+    fitted = fit_passages(a.passages, distractor_ids, gold[0] if answered else "", oracle_ids,
                           count, max_length - n_target)
     if fitted.passages is None:
         counters["dropped_too_long"] += 1
@@ -231,6 +239,8 @@ def _example(plan: Plan, ranked: list[str], pool: list[Chunk], by_id: dict[str, 
     counters["hard_distractors"] += a.n_hard
     counters["random_distractors"] += a.n_random
     passages = fitted.passages
+    completion = target(passages)  # the quote comes from the passage as shown
+    n_target = enc.n_target(completion)
     prompt = enc.prompt(item.question, passages)
     oracle_index = next((i for i, p in enumerate(passages) if p.id in oracle_ids), None)
     return Example(
@@ -258,6 +268,8 @@ def _example(plan: Plan, ranked: list[str], pool: list[Chunk], by_id: dict[str, 
             "n_hard": a.n_hard,
             "n_random": a.n_random,
             "origin": item.origin,
+            "cot": cfg.cot,
+            "cite": cfg.cite,
             "seed": cfg.seed,
         },
     )
@@ -380,6 +392,10 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
         write_jsonl(tmp / f"{s}.jsonl", result.splits[s])
     result.template.save(tmp)
     (tmp / "build_report.json").write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
+    first = next((to_dict(result.splits[s][0]) for s in SPLITS if result.splits[s]), None)
+    card = dataset_card(result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")),
+                        first)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -394,5 +410,12 @@ def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
     return list(read_jsonl(path, Example))
 
 
-__all__ = ["BuildResult", "assemble_examples", "build", "build_to_run", "contains_answer", "load_examples",
-           "overlaps", "replace", "to_dataset_dict", "write_dataset"]
+def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train") -> dict[str, Any]:
+    """`ragtune inspect`: see build/inspect.py."""
+    from ragtune.build.inspect import inspect_dataset as _inspect
+
+    return _inspect(dataset, n=n, tokenizer=tokenizer, split=split)
+
+
+__all__ = ["BuildResult", "assemble_examples", "build", "build_to_run", "contains_answer", "inspect_dataset",
+           "load_examples", "overlaps", "to_dataset_dict", "write_dataset"]
