@@ -34,12 +34,16 @@ def questions_for(prompt: str) -> str:
         qs.append(f"How do {' '.join(picked)} work?" if how else
                   f"What does the documentation say about {' '.join(picked)}?")
     digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+    if "does NOT answer" in prompt and digest % 2 == 0:  # a good unanswerable question
+        qs = [f"Which release added quantum teleportation to {uniq[i] if i < len(uniq) else 'it'}?" for i in range(n)]
     if digest % 3 == 0:
         return f"Here are {n} questions:\n" + "\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs)) + "\nHope this helps"
     return '{"questions": [' + ", ".join(f'"{q}"' for q in qs) + "]}"
 
 
 def answer_for(prompt: str) -> str:
+    if "quantum teleportation" in prompt.rsplit("Question:", 1)[1]:
+        return "NOT IN CONTEXT"
     context = prompt.split("Context:\n", 1)[1].split("\n\nQuestion:", 1)[0]
     body = context.split("\n", 1)[-1] if "\n" in context else context
     sentence = re.split(r"(?<=[.!?])\s", body.strip(), maxsplit=1)[0][:200]
@@ -48,8 +52,10 @@ def answer_for(prompt: str) -> str:
     return sentence
 
 
-def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2") -> FastAPI:
-    """`fail_first` requests get 429 with `Retry-After` before any succeeds."""
+def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2",
+             no_response_format: bool = False) -> FastAPI:
+    """`fail_first` requests get 429 with `Retry-After` before any succeeds;
+    `no_response_format` answers 400 to requests that ask for structured output."""
     app = FastAPI()
     app.state.log = []  # (time, first 60 chars of prompt, full prompt)
     app.state.rejected = 0
@@ -65,6 +71,9 @@ def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2"
             app.state.rejected += 1
             return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, status_code=429,
                                 headers={"Retry-After": retry_after})
+        if no_response_format and "response_format" in body:
+            return JSONResponse({"error": {"message": "response_format is not supported", "type": "invalid"}},
+                                status_code=400)
         prompt = body["messages"][-1]["content"]
         app.state.log.append((time.monotonic(), prompt))  # on arrival: a call killed in flight counts
         await asyncio.sleep(delay_s)

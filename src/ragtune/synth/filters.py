@@ -107,11 +107,13 @@ class Deduper:
     """Normalised exact match, then MinHash LSH over word uni- and bigrams (datasketch)."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
-        from datasketch import MinHashLSH
+        from datasketch import MinHash, MinHashLSH
 
         self.threshold, self.num_perm = threshold, num_perm
         self.exact: set[str] = set()
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        template = MinHash(num_perm=num_perm, seed=1)
+        self.permutations, self.scheme = template.permutations, template.scheme  # made once, reused
         self.n = 0
 
     def _minhash(self, norm: str) -> Any:
@@ -119,9 +121,8 @@ class Deduper:
 
         toks = norm.split()
         shingles = set(toks) | {f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)}
-        m = MinHash(num_perm=self.num_perm, seed=1)
-        for s in shingles:
-            m.update(s.encode("utf-8"))
+        m = MinHash(num_perm=self.num_perm, seed=1, permutations=self.permutations, scheme=self.scheme)
+        m.update_batch([s.encode("utf-8") for s in shingles])
         return m
 
     def seen(self, question: str) -> bool:

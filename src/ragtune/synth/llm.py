@@ -126,10 +126,6 @@ def parse_questions(reply: str, n: int) -> tuple[list[str], list[str]]:
     return questions[:n], rejected
 
 
-def words_of(text: str) -> list[str]:
-    return re.findall(r"\w+", text)
-
-
 def parse_answer(reply: str, style: str) -> tuple[str | None, list[str]]:
     """(final answer or None when unparseable, quoted evidence spans)."""
     text = reply.strip()
@@ -305,13 +301,16 @@ class LLMGenerator:
         elif refused and enabled(self.cfg.filters, "not_in_context"):
             return Rejection("answer_not_in_context", chunk.id, question=question, raw=reply.text, meta=meta)
         item_meta: dict[str, Any] = {"answer_style": self.cfg.answer_style}
+        if kind == "unanswerable":  # no oracle; like extractive's, the source is kept out of its context
+            item_meta["source_chunk"] = chunk.id
         if partner is not None:
             item_meta["partner_chunk_id"] = partner.id
         if self.cfg.answer_style == "cot" and kind != "unanswerable":
             item_meta["cot"] = reply.text.strip()
         return QAItem(
             id=content_id(chunk.id, kind, question), question=question, answer=final,
-            answers=[final] if final else [], chunk_id=chunk.id, answerable=kind != "unanswerable",
+            answers=[final] if final else [], chunk_id=None if kind == "unanswerable" else chunk.id,
+            answerable=kind != "unanswerable",
             kind=kind, origin=f"{self.name}:{self.model_id}", evidence=quotes, doc_id=chunk.doc_id,
             meta=item_meta,
         )

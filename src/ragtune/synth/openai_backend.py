@@ -101,13 +101,14 @@ class OpenAIComplete:
         import openai
 
         est = sum(len(m["content"]) for m in messages) // 4 + self.cfg.max_tokens
-        last = "no attempt"
-        for attempt in range(self.cfg.max_retries + 1):
+        last, attempt = "no attempt", 0
+        while attempt <= self.cfg.max_retries:
             await self.limiter.acquire(est)
             wait = None
+            request = self.request(messages, json_mode)
             try:
                 async with self.semaphore:
-                    r = await self.client.chat.completions.create(**self.request(messages, json_mode))
+                    r = await self.client.chat.completions.create(**request)
                 text = (r.choices[0].message.content or "") if r.choices else ""
                 usage = r.usage
                 return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
@@ -119,10 +120,9 @@ class OpenAIComplete:
                 if e.status_code == 404:
                     raise RagtuneError(f"the endpoint has no model '{self.model}' or no chat-completions route "
                                        f"(HTTP 404); check --model and --base-url") from None
-                if (e.status_code == 400 and json_mode and self.response_format != "none"
-                        and "response_format" in str(e.message)):
+                if e.status_code == 400 and "response_format" in request and "response_format" in str(e.message):
                     self.response_format = "none"  # this server does not do structured output
-                    continue
+                    continue  # not a failed attempt: the same call again, without it
                 if e.status_code != 429 and e.status_code < 500:
                     raise CallFailed(last) from None
                 wait = retry_after(e.response)
@@ -130,6 +130,7 @@ class OpenAIComplete:
                 last = f"{type(e).__name__}: {e}"
             if attempt < self.cfg.max_retries:
                 await asyncio.sleep(wait if wait is not None else backoff(attempt))
+            attempt += 1
         raise CallFailed(f"gave up after {self.cfg.max_retries + 1} attempts; last error: {last}")
 
     def request(self, messages: list[dict[str, str]], json_mode: bool) -> dict[str, Any]:
