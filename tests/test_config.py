@@ -35,3 +35,15 @@ def test_paths_relative_to_the_yaml(tmp_path):
     cfg = load_run_config(p)
     assert cfg.docs == str((tmp_path / "kb").resolve())
     assert cfg.run_dir == "runs/x"
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+
+    from ragtune.config import config_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8").strip() == config_reference().strip(), (
+        "regenerate: python -c 'from ragtune.config import config_reference as c; print(c())' "
+        "> docs/configuration.md"
+    )

@@ -47,36 +47,64 @@ def ingest(
 @app.command()
 def synth(
     run: Path = RUN,
-    generator: str = typer.Option("extractive", help="Generator backend: extractive, openai, hf."),
+    generator: str = typer.Option("extractive", "--generator", "--backend",
+                                  help="Generator backend: extractive, openai, hf."),
     questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
-    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions."),
+    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions (extractive)."),
+    question_types: str | None = typer.Option(
+        None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable."),
+    answer_style: str | None = typer.Option(None, help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
     model: str | None = typer.Option(None, help="Model name (openai) or folder / hub id (hf)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-    concurrency: int = typer.Option(8, help="Requests in flight at once (openai)."),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key (openai)."),
+    concurrency: int | None = typer.Option(None, help="Requests in flight at once (openai; default 8)."),
+    rpm: int | None = typer.Option(None, help="Requests-per-minute limit (openai)."),
+    tpm: int | None = typer.Option(None, help="Tokens-per-minute limit (openai)."),
+    timeout_s: float | None = typer.Option(None, help="Per-request timeout in seconds (openai)."),
+    max_tokens: int | None = typer.Option(None, help="Reply length cap of every LLM call."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature (openai)."),
+    batch_size: int | None = typer.Option(None, help="Prompts generated together (hf)."),
+    prompts_dir: str | None = typer.Option(None, help="Folder of prompt template files overriding the built-in ones."),
+    no_filter: list[str] = typer.Option([], "--no-filter", help="Switch a filter off (repeatable): quotes, "
+                                        "grounding, roundtrip, dedupe, non_question, parse, not_in_context, "
+                                        "unanswerable_check."),
     limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
     dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl."""
+    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
+
+    Resumable: re-run the same command after an interruption; finished LLM calls come from
+    RUN/cache and rows already written are not written twice."""
     from ragtune.config import SynthConfig, validated
     from ragtune.synth import synth_to_run
+    from ragtune.synth.filters import FILTERS
 
+    unknown = [f for f in no_filter if f not in FILTERS]
+    if unknown:
+        raise RagtuneError(f"unknown filter(s) {unknown}; choose from {', '.join(FILTERS)}")
+    kinds = [k.strip() for k in question_types.split(",") if k.strip()] if question_types else None
     cfg = validated(SynthConfig, "synth", generator=generator, questions_per_chunk=questions_per_chunk,
-                    unanswerable_share=unanswerable_share, model=model, base_url=base_url,
-                    concurrency=concurrency, limit=limit, dry_run=dry_run, seed=seed)
+                    unanswerable_share=unanswerable_share, question_types=kinds, answer_style=answer_style,
+                    model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                    rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
+                    batch_size=batch_size, prompts_dir=prompts_dir,
+                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
     synth_to_run(run, cfg)
 
 
 # ------------------------------------------------------------------ import
 @app.command("import")
 def import_(
-    file: Path = typer.Argument(..., help="JSONL, CSV, SQuAD v2 JSON or RAFT output."),
+    file: Path = typer.Argument(..., help="SQuAD v2 JSON, HotpotQA-style JSON/JSONL, RAFT output, JSONL or CSV."),
     run: Path = RUN,
+    format: str | None = typer.Option(None, "--format", help="squad, hotpot, raft, jsonl or csv (default: detected)."),
+    skip_invalid: bool = typer.Option(False, help="Import the valid rows; list the others in RUN/qa_rejected.jsonl."),
 ) -> None:
-    """Import human-annotated QA into RUN/qa.jsonl (validated row by row)."""
+    """Import human-annotated QA into RUN/qa.jsonl (validated row by row, errors name their lines)."""
     from ragtune.importers import import_to_run
 
-    import_to_run(file, run)
+    import_to_run(file, run, fmt=format, skip_invalid=skip_invalid)
 
 
 # ------------------------------------------------------------------ build
@@ -119,21 +147,40 @@ def inspect(
 def train(
     run: Path = RUN,
     base_model: str | None = typer.Option(None, "--base-model", help="Base model (default: RUN/base_model)."),
-    method: str = typer.Option("lora", help="lora, qlora (GPU) or full."),
+    method: str = typer.Option("lora", help="lora, qlora (4-bit, needs a CUDA GPU) or full."),
     epochs: float = typer.Option(1.0),
     max_steps: int | None = typer.Option(None),
     max_minutes: float | None = typer.Option(None, help="Stop and save when this wall-clock budget is spent."),
     lr: float = typer.Option(2e-4),
-    batch_size: int = typer.Option(8),
+    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     lora_r: int = typer.Option(16),
+    lora_alpha: int = typer.Option(32),
+    lora_dropout: float = typer.Option(0.05),
+    target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names."),
+    dora: bool = typer.Option(False, "--dora", help="Weight-decomposed LoRA (DoRA)."),
+    rslora: bool = typer.Option(False, "--rslora", help="Rank-stabilised LoRA scaling."),
+    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), bf16, fp32, fp16 (GPU)."),
+    packing: bool = typer.Option(False, "--packing", help="Pack several examples per row (isolated by a block mask)."),
+    eval_steps: int | None = typer.Option(None, help="Validation loss every N steps."),
+    save_steps: int | None = typer.Option(None, help="Checkpoint every N steps (keeps last and best)."),
+    early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/adapter/checkpoints/last."),
+    report_to: str = typer.Option("none", help="none, tensorboard or wandb."),
     seed: int = typer.Option(0),
 ) -> None:
     """Fine-tune the base model on RUN/dataset; write a PEFT adapter to RUN/adapter."""
     from ragtune.config import TrainConfig, validated
     from ragtune.train import train_to_run
 
+    targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
     cfg = validated(TrainConfig, "train", method=method, epochs=epochs, max_steps=max_steps,
-                    max_minutes=max_minutes, lr=lr, batch_size=batch_size, lora_r=lora_r, seed=seed)
+                    max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                    lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                    use_dora=dora, use_rslora=rslora, precision=precision, packing=packing,
+                    eval_steps=eval_steps, save_steps=save_steps,
+                    early_stopping_patience=early_stopping_patience, resume=resume, report_to=report_to,
+                    seed=seed)
     train_to_run(run, cfg, base_model=base_model)
 
 
@@ -154,20 +201,38 @@ def export(
 @app.command("eval")
 def eval_(
     run: Path = RUN,
-    base_model: str | None = typer.Option(None, "--base-model"),
+    base_model: str | None = typer.Option(None, "--base-model",
+                                          help="Base model (default: the adapter's, else RUN/base_model)."),
     adapter: list[Path] = typer.Option([], help="Adapter(s) to compare with the base (default: RUN/adapter)."),
-    split: str = typer.Option("test"),
-    limit: int | None = typer.Option(None),
-    batch_size: int = typer.Option(16),
-    max_new_tokens: int = typer.Option(48),
+    qa: Path | None = typer.Option(None, help="Score an imported QA file (SQuAD v2, HotpotQA, RAFT, JSONL, CSV)."),
+    split: str = typer.Option("test", help="Dataset split of RUN/dataset to score."),
+    limit: int | None = typer.Option(None, help="Only the first N items."),
+    batch_size: int = typer.Option(16, help="Prompts generated together."),
+    max_new_tokens: int = typer.Option(48, help="Longest answer generated."),
+    robustness: bool = typer.Option(True, help="Also score closed book / oracle + k distractors / oracle removed."),
+    precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
+    cache: bool = typer.Option(True, help="Reuse predictions cached in RUN/cache."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
+    predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
+                                            "(official SQuAD v2 algorithm) instead of running models."),
 ) -> None:
-    """Score the base and tuned models on the same held-out items; write RUN/eval/."""
+    """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
+    import json
+
     from ragtune.config import EvalConfig, validated
-    from ragtune.evaluate import evaluate_run
+    from ragtune.evaluate import evaluate_run, format_table, score_prediction_file
+
+    if predictions is not None:
+        if qa is None:
+            raise RagtuneError("--predictions needs --qa FILE (the questions and gold answers)")
+        typer.echo(json.dumps(score_prediction_file(qa, predictions), indent=2))
+        return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens)
-    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None)
+                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
+    metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
+    typer.echo(format_table(metrics))
+    typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
 
 
 @app.command()
@@ -176,13 +241,15 @@ def ask(
     adapter: Path | None = typer.Option(None, help="Adapter folder (its base model is read from it)."),
     base_model: str | None = typer.Option(None, "--base-model"),
     context: Path | None = typer.Option(None, help="A text file used as the context."),
-    docs: Path | None = typer.Option(None, help="Retrieve passages from this folder (or a run folder)."),
+    docs: Path | None = typer.Option(None, help="Retrieve passages from a run folder (chunks.jsonl) or documents."),
     k: int = typer.Option(4, help="Passages to retrieve with --docs."),
+    max_new_tokens: int = typer.Option(128, help="Longest answer generated."),
 ) -> None:
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
 
-    typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k))
+    typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
+                      max_new_tokens=max_new_tokens))
 
 
 @app.command()
@@ -192,11 +259,14 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
+    model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
+    batch_size: int = typer.Option(8, help="Greedy requests waiting together are generated as one batch of up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn
 
-    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env)
+    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
+             model_name=model_name, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------ models

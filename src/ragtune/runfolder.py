@@ -65,6 +65,16 @@ class RunFolder:
         if inputs:
             entry["inputs"] = {str(p): file_hash(p) for p in inputs if Path(p).is_file()}
         manifest.setdefault("stages", {})[stage] = entry
+        self._write(manifest)
+
+    def update_stage(self, stage: str, **info: Any) -> None:
+        """Add fields to a stage's entry without replacing what the stage wrote."""
+        manifest = self.read_manifest()
+        manifest.setdefault("stages", {}).setdefault(stage, {}).update(info)
+        self._write(manifest)
+
+    def _write(self, manifest: dict[str, Any]) -> None:
+        self.ensure()
         tmp = self.manifest.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self.manifest)

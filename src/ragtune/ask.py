@@ -1,0 +1,112 @@
+"""`ragtune ask`: answer one question from a context file or from passages retrieved from a
+knowledge base, with the prompt template the adapter was trained with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import RagtuneError
+from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
+from ragtune.records import Chunk, read_jsonl
+
+
+def base_of_adapter(adapter: str | Path) -> str:
+    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record)."""
+    from ragtune.evaluate import read_train_info
+
+    info = read_train_info(Path(adapter))
+    for key in ("base_model", "base_model_name_or_path"):
+        if isinstance(info.get(key), str) and info[key]:
+            return info[key]
+    raise RagtuneError(f"cannot tell the base model of adapter '{adapter}'; pass --base-model")
+
+
+def load_for_inference(
+    adapter: str | Path | None = None, base_model: str | None = None, precision: str = "auto"
+) -> tuple[Any, Any, PromptTemplate]:
+    """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter."""
+    from ragtune.models import load_model
+
+    if adapter is None and base_model is None:
+        raise RagtuneError("pass --adapter (a folder `ragtune train` wrote) or --base-model")
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
+    base = base_model or base_of_adapter(adapter)  # type: ignore[arg-type]
+    model, tok = load_model(base, adapter, precision=precision)
+    if adapter is not None and (Path(adapter) / PROMPT_FILE).is_file():
+        template = PromptTemplate.load(adapter)
+    else:
+        template = PromptTemplate.for_tokenizer(tok)
+    return model, tok, template
+
+
+def context_passages(path: str | Path) -> list[Passage]:
+    p = Path(path)
+    if not p.is_file():
+        raise RagtuneError(f"context file {p} not found; pass a text file with --context")
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise RagtuneError(f"context file {p} is not UTF-8 text; convert it or use --docs") from None
+    if not text:
+        raise RagtuneError(f"context file {p} is empty; put the passage text in it")
+    return [Passage(title=p.stem, text=text)]
+
+
+def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None) -> list[Chunk]:
+    """Chunks of a run folder (chunks.jsonl), or of a documents folder ingested on the spot."""
+    d = Path(docs)
+    if (d / "chunks.jsonl").is_file():
+        return list(read_jsonl(d / "chunks.jsonl", Chunk))
+    if d.is_file() and d.suffix == ".jsonl":
+        return list(read_jsonl(d, Chunk))
+    if not d.is_dir():
+        raise RagtuneError(f"{d} is neither a run folder nor a documents folder; pass one with --docs")
+    from ragtune.config import IngestConfig
+    from ragtune.ingest import ingest
+
+    return ingest(d, IngestConfig(tokenizer=tokenizer_source)).chunks
+
+
+def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int) -> list[Passage]:
+    from ragtune.evaluate.robustness import retrieve
+
+    if not chunks:
+        raise RagtuneError("the knowledge base holds no chunks; run `ragtune ingest` on a folder with text")
+    hits = retrieve(chunks, [question], k)[0]
+    return [Passage(title=chunks[i].title, text=chunks[i].text, id=chunks[i].id) for i in hits]
+
+
+def ask(
+    question: str,
+    adapter: str | Path | None = None,
+    base_model: str | None = None,
+    context: str | Path | None = None,
+    docs: str | Path | None = None,
+    k: int = 4,
+    max_new_tokens: int = 128,
+    precision: str = "auto",
+) -> str:
+    """The model's greedy answer to `question` given a context file or retrieved passages."""
+    from ragtune.evaluate.core import stop_strings
+    from ragtune.generation import generate
+    from ragtune.prompts import prompt_ids
+
+    if not question.strip():
+        raise RagtuneError("the question is empty; pass --question \"...\"")
+    if (context is None) == (docs is None):
+        raise RagtuneError("pass exactly one of --context FILE or --docs DIR (a run or documents folder)")
+    passages = context_passages(context) if context is not None else None
+    model, tok, template = load_for_inference(adapter, base_model, precision)
+    if passages is None:
+        source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_model
+        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k)  # type: ignore[arg-type]
+    ids = prompt_ids(tok, template.render(tok, question, passages), template)
+    limit = getattr(tok, "model_max_length", None)
+    if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:
+        raise RagtuneError(f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
+                           "context file or use --docs with a smaller --k")
+    return generate(model, tok, [ids], max_new_tokens=max_new_tokens, batch_size=1,
+                    stop_strings=stop_strings(template))[0]

@@ -1,0 +1,84 @@
+"""`ragtune train` and `ragtune export`: fine-tune a base model on the dataset's prompt /
+completion rows (LoRA, DoRA, rsLoRA, QLoRA on GPU, or full fine-tuning) and merge adapters.
+
+`train` is the library entry point; `train_to_run` reads and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ragtune.config import TrainConfig
+from ragtune.errors import RagtuneError
+from ragtune.prompts import PROMPT_FILE, PromptTemplate
+from ragtune.runfolder import RunFolder
+from ragtune.train.data import Encoded, encode_rows
+from ragtune.train.engine import TRAIN_INFO, TRAIN_LOG, TrainResult, load_for_training, result_dict, run_training
+from ragtune.train.export import export_merged
+
+__all__ = ["TrainResult", "train", "train_to_run", "export_merged", "encode_rows", "TRAIN_INFO", "TRAIN_LOG"]
+
+
+def train(
+    dataset: Any, base_model: str | Path, cfg: TrainConfig, out: str | Path,
+    template: PromptTemplate | None = None,
+) -> TrainResult:
+    """Fine-tune `base_model` on `dataset` (a DatasetDict with `train`, optional `validation`,
+    rows with `prompt` and `completion`); write the adapter, tokenizer, template and logs to `out`."""
+    from ragtune.models import pick_device
+
+    if "train" not in dataset:
+        raise RagtuneError("the dataset has no 'train' split; build it with `ragtune build`")
+    missing = {"prompt", "completion"} - set(dataset["train"].column_names)
+    if missing:
+        raise RagtuneError(f"the dataset rows lack {sorted(missing)}; build it with `ragtune build`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok, compute = load_for_training(str(base_model), cfg, pick_device())
+    template = template or PromptTemplate.for_tokenizer(tok)
+    max_length = cfg.max_length or min(int(getattr(tok, "model_max_length", 2048) or 2048), 4096)
+    train_enc = encode_rows(dataset["train"], tok, template, max_length)
+    if not len(train_enc):
+        raise RagtuneError(f"no training example fits max_length {max_length}; raise train.max_length")
+    val_enc: Encoded | None = None
+    if "validation" in dataset and len(dataset["validation"]):
+        val = dataset["validation"]
+        if cfg.eval_limit and len(val) > cfg.eval_limit:
+            val = val.select(range(cfg.eval_limit))
+        val_enc = encode_rows(val, tok, template, max_length)
+    res = run_training(train_enc, val_enc, model, tok, template, cfg, out, compute)
+    res.dropped = {"too_long": train_enc.dropped_too_long, "no_target": train_enc.dropped_no_target}
+    info = {"base_model": str(base_model), "method": cfg.method, "config": cfg.model_dump(),
+            "template_style": template.style, "result": result_dict(res)}
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        (out / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return res
+
+
+def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None = None) -> TrainResult:
+    """Train on RUN/dataset from RUN/base_model (or `base_model`); write RUN/adapter."""
+    from datasets import load_from_disk
+
+    run = RunFolder(Path(run_dir))
+    if not run.dataset.is_dir():
+        raise RagtuneError(f"{run.dataset} does not exist; run `ragtune build --run {run.root}` first")
+    base = base_model or str(run.base_model)
+    if base_model is None and not run.base_model.is_dir():
+        raise RagtuneError(f"{run.base_model} does not exist; pass --base-model or run `ragtune tiny-model`")
+    dataset = load_from_disk(str(run.dataset))
+    template = PromptTemplate.load(run.dataset) if (run.dataset / PROMPT_FILE).is_file() else None
+    res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
+                         steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
+                         tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)
+        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss "
+              f"{res.first_loss:.4f} -> {res.train_loss:.4f}, val {res.eval_loss}, "
+              f"{res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
+    return res

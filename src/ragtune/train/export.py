@@ -1,0 +1,62 @@
+"""`ragtune export`: merge a LoRA adapter into a 16-bit base and save a standalone model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ragtune.errors import RagtuneError
+from ragtune.prompts import PROMPT_FILE
+
+
+def adapter_base(adapter: Path) -> str:
+    info = adapter / "ragtune_train.json"
+    if info.is_file():
+        return json.loads(info.read_text(encoding="utf-8"))["base_model"]
+    cfg = adapter / "adapter_config.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    raise RagtuneError(f"{adapter} holds no ragtune_train.json or adapter_config.json; pass --base-model")
+
+
+def export_merged(adapter: str | Path, out: str | Path, base_model: str | None = None, merge: bool = True,
+                  dtype: torch.dtype | None = None) -> Path:
+    """Merge `adapter` into its base (de-quantised, 16-bit: bf16, or fp16 on GPUs without bf16)
+    and save safetensors, tokenizer, generation config and the prompt template to `out`.
+    With `merge=False` the 16-bit base is saved with the adapter beside it in `out/adapter`."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.models import load_tokenizer
+
+    adapter, out = Path(adapter), Path(out)
+    if not (adapter / "adapter_config.json").is_file():
+        raise RagtuneError(f"{adapter} holds no adapter_config.json; pass the folder `ragtune train` wrote")
+    base = base_model or adapter_base(adapter)
+    if dtype is None:
+        gpu_fp16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+        dtype = torch.float16 if gpu_fp16 else torch.bfloat16
+    tok = load_tokenizer(adapter)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise RagtuneError(f"cannot load the base model '{base}' ({type(e).__name__}); pass --base-model") from None
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+    out.mkdir(parents=True, exist_ok=True)
+    if merge:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    else:
+        shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.save_pretrained(str(out))
+    if (adapter / PROMPT_FILE).is_file():
+        shutil.copyfile(adapter / PROMPT_FILE, out / PROMPT_FILE)
+    return out
