@@ -3,14 +3,12 @@
     nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
 
 Values are parsed as JSON where possible (numbers, dicts). Prints and writes OUT_DIR/result.json.
-Until `ragtune.ingest.load_documents` lands, reads the .rst.txt files directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -22,20 +20,10 @@ DOCS = Path(os.environ.get("RAGTUNE_DOCS") or next(
 
 
 def load_texts(root: Path) -> list[str]:
-    try:
-        from ragtune.ingest import load_documents  # type: ignore[attr-defined]
+    """The documents as `ragtune tiny-model` reads them (ingest's loader)."""
+    from ragtune.pipeline import corpus_texts
 
-        return [d.text for d in load_documents(root)]
-    except ImportError:
-        pass
-    texts = []
-    for f in sorted(root.rglob("*.txt")):
-        t = f.read_text(encoding="utf-8", errors="replace")
-        t = re.sub(r"^\.\. .*$", "", t, flags=re.M)  # directives
-        t = re.sub(r":[a-z:]+:`~?([^`<]*?)(?: <[^>]*>)?`", r"\1", t)  # roles
-        t = re.sub(r"^[=\-~^*#]{3,}\s*$", "", t, flags=re.M)  # underlines
-        texts.append(t)
-    return texts
+    return corpus_texts(root)
 
 
 def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:

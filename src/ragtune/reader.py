@@ -6,9 +6,11 @@ copy an answer out of a passage. The recipe here forms them first, with the loss
 second copies of repeated random spans (the decisive lever, docs/reader-model.md), then
 keeps them while it learns the corpus and tasks shaped like RAG prompts:
 
-- phase 1 (copy): rows of `<s> span span <s> span span ...`; span length widens over the
-  phase, a share stays short. It ends when training copies are exact (`copy_switch_acc`) or
-  at `copy_phase_max` of the budget, whichever comes first, so a busy CPU gets more time.
+- phase 1 (copy): rows of `<s> span span <s> span span ...` of random tokens. Spans start
+  at up to 16 tokens in 128-token rows (cheap steps, many copies per step: the induction
+  phase change came after ~400 steps) and widen to `max_span` only while the training
+  copies are exact (`widen_acc`); a share stays short. The phase ends when the longest spans
+  are copied (`copy_switch_acc`) or at `copy_phase_max` of the budget.
 - phase 2 (mix): per row one task drawn from `task_mix`: copy, key-value lookup, "find the
   sentence and continue it", RAG-shaped cloze (`### Context:` / `### Question:` /
   `### Answer:` + a span of the oracle passage), and plain text; at `late_seq_len`.
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
@@ -37,7 +40,7 @@ from ragtune.prompts import Passage, PromptTemplate
 # Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, two layers.
 READER_DEFAULTS: dict[str, Any] = {
     "vocab_size": 512, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
-    "intermediate_size": 256, "seq_len": 320, "batch_size": 16, "lr": 3e-3, "minutes": 15.0,
+    "intermediate_size": 256, "seq_len": 336, "batch_size": 16, "lr": 3e-3, "minutes": 15.0,
 }
 # Untested preset for a GPU: same recipe, bigger model and batches.
 READER_GPU_DEFAULTS: dict[str, Any] = {
@@ -45,6 +48,7 @@ READER_GPU_DEFAULTS: dict[str, Any] = {
     "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
 }
 TASKS = ("copy", "lookup", "continue", "rag", "text")
+console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
 
 
@@ -144,16 +148,20 @@ class Tasks:
 
     def rag(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """A cloze question on a sentence of the oracle passage among two distractors."""
-        oracle = self.corpus.pick(rng, max_words=90)
+        # Short passages, so three of them, the instruction and the answer fit late_seq_len.
+        oracle = self.corpus.pick(rng, max_words=45)
         sent = rng.choice(oracle[2]).split()
         if len(sent) < 5:
             return self.cont(rng, max_len)
         n = rng.randint(1, min(4, len(sent) - 3))
         start = rng.randint(1, len(sent) - n)
         answer = " ".join(sent[start : start + n]).strip(".,;:()")
-        question = " ".join([*sent[:start], "____", *sent[start + n :]])
-        question = rng.choice(["Fill in the blank: ", "", "Complete: "]) + question
-        passages = [oracle] + [self.corpus.pick(rng, max_words=90) for _ in range(2)]
+        before, after = " ".join(sent[:start]), " ".join(sent[start + n :])
+        if rng.random() < 0.5:  # the two question styles of the extractive synth generator
+            question = f"Fill in the blank: {before} ____ {after}".strip()
+        else:
+            question = re.sub(r"[.!:;]+$", "", f"{before} what {after}".strip()) + "?"
+        passages = [oracle] + [self.corpus.pick(rng, max_words=45) for _ in range(2)]
         rng.shuffle(passages)
         prompt = self.template.render(None, question, [Passage(t, x) for t, x, _ in passages])
         p_ids = [self.bos, *self.enc(prompt)]
@@ -267,6 +275,8 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
             rows = [tasks.row(task, rng, cfg.late_seq_len, max_span) for _ in range(late_batch)]
         ids, mask = batch_of(rows, device)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        if switch_s is not None:  # linear decay to 10% over the mixed phase sharpens the copies
+            lr *= 1.0 - 0.9 * min(1.0, (elapsed - switch_s) / max(budget - switch_s, 1e-9))
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -282,9 +292,13 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
             done = max_span >= cfg.max_span and acc_avg >= cfg.copy_switch_acc
             if done or frac >= cfg.copy_phase_max:
                 switch_step, switch_s = step, round(time.perf_counter() - t0, 1)
+                console.print(f"reader: copy phase done at step {step} ({switch_s:.0f} s): training copies "
+                              f"{acc_avg:.0%} exact, spans up to {max_span} tokens; mixing in the corpus tasks")
         else:
             task_loss[task].append(loss.item())
         if step % 50 == 0:
+            if step % 500 == 0:
+                console.print(f"reader: step {step}, {elapsed:.0f}/{budget:.0f} s, {task} loss {loss.item():.3f}")
             log.append({"step": step, "s": round(elapsed, 1), "task": task, "loss": round(float(loss), 3),
                         "acc": round(float(hits), 3), "max_span": max_span})
         if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
