@@ -71,6 +71,8 @@ def test_cli_probe(tiny_model_dir):
     result = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8"])
     assert result.exit_code == 0, result.output
     assert "ratio" in result.output
+    bad = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8,x"])
+    assert bad.exit_code != 0 and "comma-separated" in str(bad.exception)
 
 
 def test_reader_defaults_fill_only_unset_fields():

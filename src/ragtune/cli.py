@@ -293,10 +293,15 @@ def probe(
     model: str = typer.Argument(..., help="Model folder or hub id."),
     lengths: str = typer.Option("8,32,128", help="Span lengths to probe."),
 ) -> None:
-    """Induction probe: loss on the first vs second copy of repeated random spans."""
+    """Induction probe: loss on the first vs second copy of repeated random spans, and the
+    share of the repeated tokens the model continues exactly (greedy)."""
     from ragtune.reader import probe_model
 
-    probe_model(model, [int(x) for x in lengths.split(",")])
+    try:
+        spans = [int(x) for x in lengths.split(",") if x.strip()]
+    except ValueError:
+        raise RagtuneError(f"--lengths '{lengths}' is not a comma-separated list of integers; e.g. 8,32,128") from None
+    probe_model(model, spans)
 
 
 @app.command()

@@ -49,7 +49,6 @@ class TinyModelConfig(_Config):
     task_mix: dict[str, float] = Field(
         default_factory=lambda: {"copy": 0.35, "lookup": 0.05, "continue": 0.15, "rag": 0.3, "text": 0.15}
     )
-    compile: bool = False  # torch.compile the model (pays off on GPU; not measured to help on CPU)
 
 
 class IngestConfig(_Config):

@@ -222,7 +222,7 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
     model = tiny_llama(cfg, tokenizer)
     prep_s = time.perf_counter() - t_start
     stats = train_reader(model, tokenizer, Tasks(tokenizer, corpus, stream, cfg), cfg, out)
-    probe = probe_model(model, tokenizer=tokenizer, show=False)
+    probe = probe_model(model, tokenizer=tokenizer)
     info = {
         "recipe": "reader",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -246,7 +246,6 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
     """The two-phase loop within `cfg.minutes`; checkpoints to `out` so a kill loses little."""
     device = pick_device()
     model.to(device).train()
-    step_fn = torch.compile(model) if cfg.compile else model
     dtype = pick_dtype("auto", device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
     rng = random.Random(cfg.seed)
@@ -280,7 +279,7 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, hits = masked_loss(step_fn(input_ids=ids).logits, ids, mask)
+            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
