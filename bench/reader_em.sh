@@ -4,6 +4,9 @@
 #   bench/reader_em.sh MODEL_DIR RUN_DIR [DOCS] [TRAIN_MINUTES]
 # Chunks are ~96 reader tokens (~35 words), the passage size the reader recipe trains on,
 # so prompt + answer fit the model's trained length (640). An existing RUN/chunks.jsonl is reused.
+# Env: LIMIT (synth chunks), EVAL_LIMIT, EVAL_SPLIT. synth --limit takes the first chunks, i.e.
+# few documents: with small limits the split by document can leave the test split nearly
+# empty; use EVAL_SPLIT=validation (documents also held out of LoRA training) then.
 set -euo pipefail
 M=$1; R=$2; DOCS=${3:-../../shared/data/python-docs}; MIN=${4:-10}
 export PYTHONPATH=src
@@ -12,4 +15,4 @@ rt() { python -m ragtune "$@"; }
 rt synth --run "$R" --limit "${LIMIT:-4000}"
 rt build --run "$R" --tokenizer "$M" --k-distractors 2 --max-length 640
 rt train --run "$R" --base-model "$M" --max-minutes "$MIN" --lr 1e-3
-rt eval --run "$R" --base-model "$M" --limit "${EVAL_LIMIT:-200}" --max-new-tokens 16 --no-robustness
+rt eval --run "$R" --base-model "$M" --split "${EVAL_SPLIT:-test}" --limit "${EVAL_LIMIT:-200}" --max-new-tokens 16 --no-robustness

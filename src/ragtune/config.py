@@ -46,6 +46,7 @@ class TinyModelConfig(_Config):
     copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
     copy_switch_acc: float = 0.9  # leave the copy-only phase once training copies are this exact
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
+    threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(
         default_factory=lambda: {"copy": 0.35, "lookup": 0.05, "continue": 0.15, "rag": 0.3, "text": 0.15}
     )

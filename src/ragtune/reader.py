@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import random
 import re
 import time
@@ -247,6 +248,28 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
     device = pick_device()
     model.to(device).train()
     dtype = pick_dtype("auto", device)
+    threads_before = torch.get_num_threads()
+    threads = cpu_threads(cfg, device)
+    torch.set_num_threads(threads)
+    try:
+        return _train_loop(model, tasks, cfg, out, device, dtype) | {"threads": threads}
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def cpu_threads(cfg: TinyModelConfig, device: torch.device) -> int:
+    """One thread on a CPU that is already busy: at this size two threads that wait on each
+    other ran 2-6x slower than one when other jobs shared the cores (docs/reader-model.md)."""
+    if cfg.threads:
+        return cfg.threads
+    n = torch.get_num_threads()
+    if device.type == "cpu" and os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5:
+        return 1
+    return n
+
+
+def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, device: torch.device,
+                dtype: torch.dtype) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
     rng = random.Random(cfg.seed)
     names = [t for t in TASKS if cfg.task_mix.get(t, 0) > 0]
@@ -298,8 +321,8 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
         if step % 50 == 0:
             if step % 500 == 0:
                 console.print(f"reader: step {step}, {elapsed:.0f}/{budget:.0f} s, {task} loss {loss.item():.3f}")
-            log.append({"step": step, "s": round(elapsed, 1), "task": task, "loss": round(float(loss), 3),
-                        "acc": round(float(hits), 3), "max_span": max_span})
+            log.append({"step": step, "s": round(elapsed, 1), "task": task, "loss": round(loss.item(), 3),
+                        "acc": round(hits.item(), 3), "max_span": max_span})
         if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
             model.save_pretrained(str(out))
             last_save = time.perf_counter()
