@@ -263,6 +263,10 @@ def evaluate_run(
                       dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
+    if cfg.judge:
+        from ragtune.evaluate.judge import judge_rows
+
+        metrics["judge"] = judge_rows(result.rows, ["\n\n".join(ex.passage_texts) for ex in items], cfg)
     if cfg.robustness and qa is None:
         from ragtune.evaluate.robustness import robustness_for_run
 
