@@ -61,3 +61,19 @@ def test_ask_input_errors(tmp_path, tiny_model_dir):
         ask("q?", adapter=tmp_path, context=tmp_path / "x.txt")
     with pytest.raises(RagtuneError, match="question is empty"):
         ask("  ", base_model=str(tiny_model_dir), context=tmp_path / "x.txt")
+
+
+def test_base_model_of_an_adapter(tmp_path):
+    import json
+
+    from ragtune.ask import base_of_adapter
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "ragtune_train.json").write_text(json.dumps({"base_model": "runs/elsewhere/base_model"}))
+    assert base_of_adapter(run / "adapter") == "runs/elsewhere/base_model"  # taken as a hub id
+    (run / "base_model").mkdir()
+    (run / "base_model" / "config.json").write_text("{}")
+    assert base_of_adapter(run / "adapter") == str(run / "base_model")  # the run's own, seen from here
+    (run / "adapter" / "ragtune_train.json").write_text(json.dumps({"base_model": str(tmp_path)}))
+    assert base_of_adapter(run / "adapter") == str(tmp_path)

@@ -13,13 +13,20 @@ from ragtune.records import Chunk, read_jsonl
 
 
 def base_of_adapter(adapter: str | Path) -> str:
-    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record)."""
+    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record); a
+    recorded relative path that does not resolve from here falls back to the run's base_model/."""
     from ragtune.evaluate import read_train_info
 
     info = read_train_info(Path(adapter))
-    for key in ("base_model", "base_model_name_or_path"):
-        if isinstance(info.get(key), str) and info[key]:
-            return info[key]
+    recorded = [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
+    for value in recorded:
+        if Path(value).exists():
+            return value
+    sibling = Path(adapter).parent / "base_model"
+    if (sibling / "config.json").is_file():
+        return str(sibling)
+    if recorded:
+        return recorded[0]  # a hub id
     raise RagtuneError(f"cannot tell the base model of adapter '{adapter}'; pass --base-model")
 
 
