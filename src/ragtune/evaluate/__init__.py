@@ -278,7 +278,9 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    run.record_stage("eval", config=cfg, inputs=[], seconds=round(time.perf_counter() - t0, 1),
+    inputs = [Path(qa)] if qa is not None else [run.dataset / "dataset_dict.json", run.dataset / f"{cfg.split}.jsonl"]
+    inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
+    run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
     return metrics
 
