@@ -16,6 +16,7 @@ ROWS: list[tuple[str, Callable[[dict], Any], int, bool]] = [
     ("HasAns EM", lambda m: m["has_ans"].get("em"), 1, False),
     ("HasAns F1", lambda m: m["has_ans"].get("f1"), 1, False),
     ("HasAns refused %", lambda m: m["has_ans"].get("refused"), 1, True),
+    ("HasAns empty output %", lambda m: m["has_ans"].get("empty"), 1, True),
     ("NoAns EM (correct refusals)", lambda m: m["no_ans"].get("em"), 1, False),
     ("NoAns refused %", lambda m: m["no_ans"].get("refused"), 1, False),
     ("contains-match", lambda m: m.get("contains"), 1, False),
