@@ -223,6 +223,10 @@ def eval_(
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
                                             "(official SQuAD v2 algorithm) instead of running models."),
+    judge: bool = typer.Option(False, help="Also judge faithfulness and correctness with an LLM (not refusals)."),
+    judge_base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
+    judge_model: str | None = typer.Option(None, help="Judge model (default: the endpoint's first)."),
+    judge_repeats: int = typer.Option(3, help="Judge repeats (seeds) for the confidence interval."),
 ) -> None:
     """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
     import json
@@ -237,7 +241,8 @@ def eval_(
         return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
+                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache,
+                    judge=judge, judge_base_url=judge_base_url, judge_model=judge_model, judge_repeats=judge_repeats)
     metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
     typer.echo(format_table(metrics))
     typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")

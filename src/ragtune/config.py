@@ -141,6 +141,15 @@ class EvalConfig(_Config):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
     html: bool = True  # write report.html with the plots inlined
+    # Optional LLM judge (faithfulness, correctness) over an OpenAI-compatible endpoint
+    judge: bool = False
+    judge_model: str | None = None  # default: the first model the endpoint lists
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_repeats: int = 3
+    judge_temperature: float = 0.0
+    judge_seed: int = 0
+    judge_concurrency: int = 8
     seed: int = 0
 
 
