@@ -167,3 +167,54 @@ def test_server_starts_and_stops_quickly(model_and_tokenizer):
     with serving(create_app(model, tok)) as url:
         assert httpx.get(f"{url}/v1/models").status_code == 200  # no key configured: open
     assert time.perf_counter() - t0 < 10
+
+
+def test_cli_serves_an_adapter_with_its_training_template(tiny_model_dir, tmp_path):
+    """`ragtune serve --adapter A` as a real process: the base model comes from the adapter's
+    config, and a RAG request is answered through the adapter's ragtune_prompt.json."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    PromptTemplate(style="plain", refusal="No idea.").save(adapter)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--adapter", str(adapter), "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(root / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = httpx.get(f"{url}/v1/models").json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        tpl = PromptTemplate.load(adapter)
+        msgs = tpl.messages("What is a list?", [Passage("Lists", "A list is mutable.")])
+        r = client(url, key="none").chat.completions.create(model="adapter", messages=msgs, max_tokens=4,
+                                                            temperature=0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert models["data"][0]["id"] == "adapter"
+    from ragtune.models import load_tokenizer
+    from ragtune.prompts import prompt_ids
+
+    tok = load_tokenizer(tiny_model_dir)
+    trained = tpl.render(tok, "What is a list?", [Passage("Lists", "A list is mutable.")])
+    assert r.usage.prompt_tokens == len(prompt_ids(tok, trained, tpl))  # rendered exactly as in training
+    assert "No idea." in trained and r.choices[0].finish_reason in ("stop", "length")
