@@ -147,3 +147,13 @@ def test_eval_on_imported_squad_qa(tmp_path, run_dir, tiny_model_dir):
     assert m["models"]["tuned"]["has_ans"]["n"] == 1 and m["models"]["tuned"]["no_ans"]["n"] == 1
     rows = [json.loads(line) for line in (tmp_path / "qarun" / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert rows[0]["answers"] == ["10th and 11th centuries", "in the 10th and 11th centuries"]
+
+
+def test_model_names_for_several_adapters(tmp_path):
+    from ragtune.evaluate import model_specs
+
+    a, b, c = tmp_path / "r1" / "adapter", tmp_path / "r2" / "adapter", tmp_path / "lora-dora"
+    assert [s.name for s in model_specs("m", [a])] == ["base", "tuned"]
+    specs = model_specs("m", [a, b, c])
+    assert [s.name for s in specs] == ["base", "adapter", "adapter-2", "lora-dora"]
+    assert all(s.base_model == "m" for s in specs) and specs[2].adapter == str(b)

@@ -174,9 +174,26 @@ def test_full_fine_tuning_and_dora_run(tiny_model_dir, tokenizer, tmp_path):
     full = train(ds, tiny_model_dir, TrainConfig(method="full", max_steps=2, batch_size=4), tmp_path / "full")
     assert full.trainable_params == full.total_params and (tmp_path / "full" / "config.json").is_file()
     dora = train(ds, tiny_model_dir, TrainConfig(max_steps=2, batch_size=4, use_dora=True, use_rslora=True,
-                                                 target_modules=["q_proj", "v_proj"]), tmp_path / "dora")
+                                                 target_modules=["q_proj", "v_proj"], gradient_checkpointing=True),
+                 tmp_path / "dora")
     cfg = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
     assert cfg["use_dora"] and cfg["use_rslora"] and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
     assert dora.trainable_params < full.trainable_params
     with pytest.raises(RagtuneError, match="target modules"):
         train(ds, tiny_model_dir, TrainConfig(max_steps=1, target_modules=["nope"]), tmp_path / "bad")
+
+
+def test_trackers_only_when_asked_and_named_when_missing(tiny_model_dir, tokenizer, tmp_path):
+    import importlib.util
+
+    from ragtune.train import train
+
+    ds = rag_dataset(tokenizer, 8, 2)
+    train(ds, tiny_model_dir, TrainConfig(max_steps=1, batch_size=4), tmp_path / "plain")
+    assert not (tmp_path / "plain" / "tensorboard").exists()
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(RagtuneError, match="pip install tensorboard"):
+            train(ds, tiny_model_dir, TrainConfig(max_steps=1, batch_size=4, report_to="tensorboard"), tmp_path / "tb")
+    else:
+        train(ds, tiny_model_dir, TrainConfig(max_steps=1, batch_size=4, report_to="tensorboard"), tmp_path / "tb")
+        assert (tmp_path / "tb" / "tensorboard").is_dir()

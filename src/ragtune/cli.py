@@ -220,7 +220,7 @@ def eval_(
     import json
 
     from ragtune.config import EvalConfig, validated
-    from ragtune.evaluate import evaluate_run, score_prediction_file
+    from ragtune.evaluate import evaluate_run, format_table, score_prediction_file
 
     if predictions is not None:
         if qa is None:
@@ -230,7 +230,9 @@ def eval_(
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
-    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
+    metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
+    typer.echo(format_table(metrics))
+    typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
 
 
 @app.command()

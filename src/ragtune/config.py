@@ -135,7 +135,7 @@ class EvalConfig(_Config):
     limit: int | None = None
     robustness_k: list[int] = Field(default_factory=lambda: [0, 2, 4])
     robustness: bool = True  # closed book / oracle + k distractors / oracle removed curves
-    robustness_limit: int | None = 100  # questions per robustness point (None: all)
+    robustness_limit: int | None = 50  # questions per robustness point (None: all)
     refusal: str = REFUSAL
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import EvalConfig
+from ragtune.config import REFUSAL, EvalConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
@@ -26,7 +26,7 @@ from ragtune.runfolder import RunFolder
 __all__ = [
     "EvalResult", "ModelSpec", "ModelOutput", "PredictionCache", "answer_nll", "comparison_table",
     "evaluate", "evaluate_run", "format_table", "markdown_table", "predict", "print_table", "qa_examples",
-    "resolve_base_model", "score_prediction_file",
+    "model_specs", "resolve_base_model", "score_prediction_file",
 ]
 
 
@@ -225,7 +225,10 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     show: bool = True,
 ) -> dict[str, Any]:
-    """Score base and tuned models on the run's held-out split (or `qa`) and write RUN/eval/."""
+    """Score base and tuned models on the run's held-out split (or `qa`) and write RUN/eval/.
+
+    Returns the metrics.json content; `format_table(metrics)` is the before/after table.
+    `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
     t0 = time.perf_counter()
     adapter_dirs = [Path(a) for a in adapters] if adapters else (
@@ -251,7 +254,9 @@ def evaluate_run(
         source = f"{run.dataset}:{cfg.split}"
     if cfg.limit:
         items = items[: cfg.limit]
-    template.refusal = cfg.refusal if cfg.refusal else template.refusal
+    if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
+        # The dataset was built with its own refusal sentence: detect that one.
+        cfg = cfg.model_copy(update={"refusal": template.refusal})
     out = Path(out_dir) if out_dir else run.eval
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(items, specs, cfg, template, cache_path=run.cache / "eval_predictions.jsonl",
@@ -267,9 +272,6 @@ def evaluate_run(
     write_outputs(out, metrics, result.rows, cfg)
     run.record_stage("eval", config=cfg, inputs=[], seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
-    if show:
-        print_table(metrics)
-        print(f"wrote {out}/metrics.json, predictions.jsonl, report.md")
     return metrics
 
 

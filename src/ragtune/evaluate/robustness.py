@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ragtune.config import EvalConfig
-from ragtune.evaluate.core import ModelSpec, PredictionCache, run_model
+from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, run_model
 from ragtune.metrics import normalize_answer
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, Example, QAItem, read_jsonl
@@ -112,23 +112,33 @@ def robustness_for_run(
     items = [ex for _, ex in pairs]
     cache = PredictionCache(run.cache / "eval_predictions.jsonl" if cfg.cache else None)
     result: dict[str, Any] = {"k": list(cfg.robustness_k), "n": settings.count("closed_book"),
-                              "closed_book": {}, "no_oracle_refused": {}}
+                              "closed_book": {}, "no_oracle_refused": {}, "answer_nll": {},
+                              "closed_book_nll": {}}
+    groups: dict[str, list[int]] = {}
+    for i, st in enumerate(settings):
+        groups.setdefault(st, []).append(i)
     for spec in specs:
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(items), desc=f"robustness {spec.name}", unit="item", leave=False)
-        out = run_model(spec, items, template, cfg, cache, progress=bar.update if bar else None, with_nll=False)
+        out = run_model(spec, items, template, cfg, cache, progress=bar.update if bar else None)
         if bar is not None:
             bar.close()
-
-        def mean_f1(setting: str, scores: Any = out.scores) -> float:
-            vals = [s.f1 for s, st in zip(scores, settings, strict=True) if st == setting]
-            return round(100.0 * sum(vals) / len(vals), 2)
-
-        result[spec.name] = [mean_f1(f"k={k}") for k in cfg.robustness_k]
-        result["closed_book"][spec.name] = mean_f1("closed_book")
-        refused = [s.refused for s, st in zip(out.scores, settings, strict=True) if st == "no_oracle"]
+        result[spec.name] = [_f1(out, groups[f"k={k}"]) for k in cfg.robustness_k]
+        result["answer_nll"][spec.name] = [_nll(out, groups[f"k={k}"]) for k in cfg.robustness_k]
+        result["closed_book"][spec.name] = _f1(out, groups["closed_book"])
+        result["closed_book_nll"][spec.name] = _nll(out, groups["closed_book"])
+        refused = [out.scores[i].refused for i in groups["no_oracle"]]
         result["no_oracle_refused"][spec.name] = round(100.0 * sum(refused) / len(refused), 2)
     return result
+
+
+def _f1(out: ModelOutput, idx: list[int]) -> float:
+    return round(100.0 * sum(out.scores[i].f1 for i in idx) / len(idx), 2)
+
+
+def _nll(out: ModelOutput, idx: list[int]) -> float | None:
+    tokens = sum(out.n_tokens[i] for i in idx)
+    return round(sum(out.nll[i] for i in idx) / tokens, 4) if tokens else None

@@ -42,15 +42,16 @@ class Encoded:
 def check_template(tokenizer: Any, template: PromptTemplate, prompts: Sequence[str]) -> None:
     """The dataset's prompts must come from this tokenizer's template (no train/serve drift).
 
-    Every rendered prompt starts with the same head (chat preamble + system instruction, or the
-    plain instruction heading); re-render it with the tokenizer used for training and compare.
+    Re-render a probe with the tokenizer used for training: every prompt must carry the same
+    instruction and end with the same generation-prompt tail (the chat template's assistant
+    header, or the plain "### Answer:" heading). Dates some templates insert are allowed to differ.
     """
     if template.style == "chat" and not getattr(tokenizer, "chat_template", None):
         raise RagtuneError("the dataset was rendered with a chat template but this tokenizer has none; "
                            "train with the base model the dataset was built for, or rebuild the dataset")
     probe = template.render(tokenizer, "\u2063Q", [Passage(title="\u2063T", text="\u2063X")])
-    head = probe.split("Context:", 1)[0] if template.style == "chat" else probe.split("### Context:", 1)[0]
-    bad = sum(1 for p in prompts if not p.startswith(head))
+    tail = probe.split("\u2063Q", 1)[1]
+    bad = sum(1 for p in prompts if not (p.endswith(tail) and template.system in p))
     if bad:
         raise RagtuneError(f"{bad} of {len(prompts)} prompts were not rendered with this tokenizer's "
                            "template; rebuild the dataset with the base model you train (`ragtune build`)")
@@ -130,11 +131,11 @@ def pack(indices: Sequence[int], lengths: Sequence[int], row_tokens: int) -> lis
 
 def collate(
     enc: Encoded, indices: Sequence[int], pad_id: int, packing: bool, row_tokens: int | None = None
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Any]:
     """Tensors for one micro-batch. Targets are gathered here (positions whose next token is
     trained), so the model computes the LM head only there.
 
-    Unpacked: one example per row, right padding, a 2-D attention mask.
+    Unpacked: one example per row, right padding, no mask (causal attention suffices).
     Packed: several examples per row, positions restarting at 0 for each, and a 4-D
     block-diagonal causal mask (True = may attend), so examples never see each other.
     """
@@ -179,5 +180,8 @@ def collate(
         mask |= torch.eye(width, dtype=torch.bool)  # pad rows attend to themselves: no NaN
         batch["attention_mask"] = mask[:, None]
     else:
-        batch["attention_mask"] = (seg >= 0).long()
+        # Right padding under a causal mask: real tokens never attend to the pads after them,
+        # so no padding mask is needed and SDPA takes its fused causal kernel (no L x L mask).
+        batch["attention_mask"] = None
+        batch["position_ids"] = None
     return batch

@@ -26,7 +26,7 @@ from ragtune.errors import RagtuneError
 from ragtune.models import load_tokenizer, pick_dtype, require_gpu
 from ragtune.prompts import PromptTemplate
 from ragtune.train.data import Encoded, collate, plan_steps, split_step
-from ragtune.train.loss import AnswerLoss
+from ragtune.train.loss import AnswerLoss, causal_lm
 
 TRAIN_INFO = "ragtune_train.json"
 TRAIN_LOG = "training_log.jsonl"
@@ -135,7 +135,7 @@ def evaluate_loss(
     order = sorted(range(len(enc)), key=lambda j: -enc.lengths[j])
     ex_sum, tok_sum, n_tok = 0.0, 0.0, 0
     for s in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in collate(enc, order[s:s + batch_size], pad_id, False).items()}
+        batch = to_device(collate(enc, order[s:s + batch_size], pad_id, False), device)
         with _autocast(device, dtype):
             _, per_example = loss_fn(batch)
         counts = torch.bincount(batch["target_example"], minlength=len(per_example))
@@ -144,6 +144,10 @@ def evaluate_loss(
         n_tok += int(counts.sum())
     loss_fn.train(was_training)
     return ex_sum / max(1, len(enc)), tok_sum / max(1, n_tok)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> Any:
@@ -181,7 +185,8 @@ def run_training(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    acc = Accelerator(mixed_precision="no")  # autocast is ours: bf16 only where the hardware has it
+    # autocast is ours (bf16 only where the hardware has it); cpu=True lets torchrun start gloo processes
+    acc = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     step_size = cfg.batch_size * cfg.grad_accum * world
@@ -190,7 +195,9 @@ def run_training(
                            "lower batch_size / grad_accum or the number of processes")
     steps_per_epoch = len(plan_steps(train_enc.lengths, step_size, cfg.seed, 0, cfg.group_by_length, world > 1))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    loss_fn = AnswerLoss(model.to(device))
+    if not getattr(causal_lm(model), "is_loaded_in_4bit", False):  # 4-bit weights are placed at load
+        model = model.to(device)
+    loss_fn = AnswerLoss(model)
     params = [p for p in loss_fn.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
@@ -240,8 +247,7 @@ def run_training(
         scale = world / len(examples)
         step_loss = torch.zeros((), device=device)
         for k, idx in enumerate(micro):
-            batch = {key: v.to(device) for key, v in collate(train_enc, idx, pad_id, cfg.packing,
-                                                              cfg.pack_length).items()}
+            batch = to_device(collate(train_enc, idx, pad_id, cfg.packing, cfg.pack_length), device)
             sync = k == len(micro) - 1
             with (acc.no_sync(wrapped) if not sync and world > 1 else _null()), _autocast(device, compute):
                 loss, per_example = wrapped(batch, scale)

@@ -35,8 +35,8 @@ class AnswerLoss(nn.Module):
         lm = causal_lm(self.model)
         hidden = lm.get_decoder()(
             input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
             use_cache=False,
         ).last_hidden_state
         picked = hidden.flatten(0, 1).index_select(0, batch["target_pos"])

@@ -1,0 +1,261 @@
+"""ragtune train vs TRL's SFTTrainer on the same tiny model, RAG data, LoRA settings and epochs.
+
+Not a test: a measurement. Builds (once, cached in --work) a tiny Llama pretrained on the
+python-docs corpus and >= 2,000 RAG examples from its chunks (oracle passage among 1-4 random
+distractors, long contexts, short cloze answers), then runs ragtune and TRL alternately, each
+in a fresh process (so peak RSS is per run), and prints real (non-pad) tokens/s, answer
+tokens/s, peak memory and the final validation loss of both, scored by one shared evaluator.
+
+    OMP_NUM_THREADS=1 python bench/train_vs_trl.py --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+# ---------------------------------------------------------------- data
+def prepare(args: argparse.Namespace) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from ragtune.config import IngestConfig, TinyModelConfig
+    from ragtune.ingest import ingest
+    from ragtune.models import load_tokenizer, make_tiny_model
+    from ragtune.prompts import Passage, PromptTemplate
+
+    work = Path(args.work)
+    if (work / "dataset" / "dataset_dict.json").is_file():
+        return
+    t0 = time.perf_counter()
+    chunks = ingest(Path(args.docs), IngestConfig(chunk_tokens=160, min_chunk_tokens=40, max_chunk_tokens=256,
+                                                  overlap_tokens=0)).chunks
+    print(f"ingest: {len(chunks)} chunks in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not (work / "model" / "config.json").is_file():
+        info = make_tiny_model([c.text for c in chunks], work / "model",
+                               TinyModelConfig(vocab_size=4096, minutes=args.pretrain_minutes))
+        print(f"tiny model: {info}", flush=True)
+    tok = load_tokenizer(work / "model")
+    template = PromptTemplate.for_tokenizer(tok)
+    rng = random.Random(0)
+    docs = sorted({c.doc_id for c in chunks})
+    rng.shuffle(docs)
+    val_docs = set(docs[: len(docs) // 10])
+    rows: dict[str, list[dict]] = {"train": [], "validation": []}
+    order = list(range(len(chunks)))
+    rng.shuffle(order)
+    for i in order:
+        c = chunks[i]
+        split = "validation" if c.doc_id in val_docs else "train"
+        want = args.examples if split == "train" else args.val
+        if len(rows[split]) >= want:
+            continue
+        sents = [s for s in re.split(r"(?<=[.!?])\s+", c.text) if 8 <= len(s.split()) <= 40]
+        if not sents:
+            continue
+        words = rng.choice(sents).split()
+        n = rng.randint(1, 4)
+        at = rng.randrange(0, len(words) - n)
+        answer = " ".join(words[at:at + n])
+        question = "Fill in the blank: " + " ".join(words[:at] + ["____"] + words[at + n:])
+        passages = [Passage(c.title, c.text)] + [
+            Passage(d.title, d.text) for d in rng.sample(chunks, rng.randint(1, 4))]
+        rng.shuffle(passages)
+        rows[split].append({"prompt": template.render(tok, question, passages), "completion": answer})
+        if all(len(rows[s]) >= (args.examples if s == "train" else args.val) for s in rows):
+            break
+    ds = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})
+    ds.save_to_disk(str(work / "dataset"))
+    template.save(work / "dataset")
+    print(f"dataset: {len(ds['train'])} train / {len(ds['validation'])} validation rows", flush=True)
+
+
+def lora_config(args: argparse.Namespace):
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none",
+                      task_type="CAUSAL_LM")
+
+
+def subset(rows, args: argparse.Namespace):
+    return rows.select(range(min(len(rows), args.train_examples))) if args.train_examples else rows
+
+
+# ---------------------------------------------------------------- shared evaluator
+def validation_loss(work: Path, adapter: Path, val_n: int) -> dict[str, float]:
+    """Both runs' adapters scored the same way: fp32, answer tokens only, ragtune's labels."""
+    import torch
+    from datasets import load_from_disk
+
+    from ragtune.models import load_model
+    from ragtune.prompts import PromptTemplate
+    from ragtune.train.data import encode_rows
+    from ragtune.train.engine import evaluate_loss
+    from ragtune.train.loss import AnswerLoss
+
+    model, tok = load_model(work / "model", adapter, precision="fp32")
+    val = load_from_disk(str(work / "dataset"))["validation"]
+    enc = encode_rows(val.select(range(min(len(val), val_n))), tok,
+                      PromptTemplate.load(work / "dataset"), None)
+    per_example, per_token = evaluate_loss(AnswerLoss(model), enc, 16, tok.pad_token_id, torch.device("cpu"),
+                                           torch.float32)
+    return {"val_loss_token": round(per_token, 4), "val_loss_example": round(per_example, 4)}
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------- workers (one per process)
+def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
+    from datasets import DatasetDict, load_from_disk
+
+    from ragtune.config import TrainConfig
+    from ragtune.prompts import PromptTemplate
+    from ragtune.train import train
+
+    work = Path(args.work)
+    ds = load_from_disk(str(work / "dataset"))
+    ds = DatasetDict({"train": subset(ds["train"], args)})  # validation: scored afterwards, shared evaluator
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_r=16, lora_alpha=32,
+                      lora_dropout=0.05, warmup_ratio=0.05, packing=args.packing, seed=0)
+    t0 = time.perf_counter()
+    res = train(ds, work / "model", cfg, out, template=PromptTemplate.load(work / "dataset"))
+    total = time.perf_counter() - t0
+    return {"train_s": res.seconds, "total_s": round(total, 1), "tokens": res.tokens,
+            "answer_tokens": res.answer_tokens, "steps": res.steps, "final_train_loss": res.train_loss}
+
+
+def worker_trl(args: argparse.Namespace, out: Path) -> dict:
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from ragtune.models import load_tokenizer
+
+    work = Path(args.work)
+    ds = subset(load_from_disk(str(work / "dataset"))["train"], args).select_columns(["prompt", "completion"])
+    t0 = time.perf_counter()
+    tok = load_tokenizer(work / "model")
+    dtype = torch.bfloat16 if args.trl_weights == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=dtype)
+    cfg = SFTConfig(
+        output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0,
+        completion_only_loss=True, packing=False, padding_free=False, max_length=None,
+        gradient_checkpointing=False,  # its default (True) is ~20% slower and memory is ample here
+        bf16=True, use_cpu=True, dataloader_num_workers=0, logging_steps=25, save_strategy="no",
+        report_to=[], seed=0, dataset_num_proc=1,
+    )
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
+                         peft_config=lora_config(args))
+    prepared = trainer.train_dataset
+    tokens = sum(len(x) for x in prepared["input_ids"])
+    answer_tokens = sum(sum(t != -100 for t in lab) for lab in prepared["labels"])
+    t1 = time.perf_counter()
+    out_train = trainer.train()
+    t2 = time.perf_counter()
+    trainer.model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    steps = out_train.global_step
+    return {"train_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 1), "tokens": tokens * args.epochs,
+            "answer_tokens": answer_tokens * args.epochs, "steps": steps,
+            "final_train_loss": out_train.training_loss}
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    fn = worker_ragtune if args.worker == "ragtune" else worker_trl
+    res = fn(args, out)
+    res["peak_rss_mb"] = peak_rss_mb()  # training peak, before the evaluator loads anything
+    res.update(validation_loss(Path(args.work), out, args.val_eval))
+    res["tokens_per_s"] = round(res["tokens"] / res["train_s"], 1)
+    res["answer_tokens_per_s"] = round(res["answer_tokens"] / res["train_s"], 2)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# ---------------------------------------------------------------- driver
+def run_worker(args: argparse.Namespace, kind: str, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--out", str(out)] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        if k not in ("worker", "out", "rounds", "packing") and v is not None]
+    if args.packing:
+        cmd.append("--packing")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"{kind} failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(line[-1][7:])
+    res["load_before"] = round(load, 2)
+    res["load_after"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    near = (ROOT.parent / "shared", ROOT.parents[1] / "shared")
+    shared = next((d for d in near if d.is_dir()), near[0])
+    p.add_argument("--docs", default=str(shared / "data" / "python-docs"), help="../shared/data/python-docs")
+    p.add_argument("--work", default="/tmp/ragtune_bench")
+    p.add_argument("--examples", type=int, default=2000)
+    p.add_argument("--val", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--train-examples", type=int, default=None, help="train on the first N rows only (slow CPUs)")
+    p.add_argument("--val-eval", type=int, default=200, help="validation rows scored")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--pretrain-minutes", type=float, default=1.0)
+    p.add_argument("--packing", action="store_true", help="ragtune packs rows (block-diagonal mask)")
+    p.add_argument("--trl-weights", choices=["fp32", "bf16"], default="fp32",
+                   help="dtype of TRL's frozen base weights (bf16 autocast either way)")
+    p.add_argument("--worker", choices=["ragtune", "trl"])
+    p.add_argument("--out")
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    prepare(args)
+    results: dict[str, list[dict]] = {"ragtune": [], "trl": []}
+    for r in range(args.rounds):
+        for kind in ("ragtune", "trl") if r % 2 == 0 else ("trl", "ragtune"):
+            res = run_worker(args, kind, Path(args.work) / "runs" / f"{kind}-{r}")
+            results[kind].append(res)
+            print(f"round {r} {kind}: {json.dumps(res)}", flush=True)
+    report(results)
+
+
+def report(results: dict[str, list[dict]]) -> None:
+    def med(kind: str, key: str) -> float:
+        vals = sorted(x[key] for x in results[kind])
+        return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+
+    keys = ["tokens_per_s", "answer_tokens_per_s", "train_s", "total_s", "peak_rss_mb", "val_loss_token",
+            "val_loss_example", "final_train_loss"]
+    print(f"\n{'metric (median over rounds)':32s} {'ragtune':>12s} {'trl':>12s} {'ragtune/trl':>12s}")
+    for k in keys:
+        a, b = med("ragtune", k), med("trl", k)
+        print(f"{k:32s} {a:12.3f} {b:12.3f} {a / b:12.3f}")
+
+
+if __name__ == "__main__":
+    main()
