@@ -139,7 +139,7 @@ def test_concurrent_requests_are_all_served(server):
     for t in threads:
         t.join(60)
     assert not errors and len(results) == 6
-    stats = httpx.get(f"{server}/ragtune/stats").json()
+    stats = httpx.get(f"{server}/ragtune/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert stats["completions"] >= 6
     assert stats["max_batch"] >= 2  # requests that waited together were generated together
 
