@@ -96,6 +96,7 @@ def test_bad_key_gets_401(server):
     assert e.value.status_code == 401
     r = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server}/ragtune/stats").status_code == 401
 
 
 @pytest.mark.parametrize("body", [
