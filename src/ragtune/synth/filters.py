@@ -99,7 +99,7 @@ def normalise_question(q: str) -> str:
 class Deduper:
     """Normalised exact match, then MinHash LSH over word uni- and bigrams (datasketch)."""
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128) -> None:
         from datasketch import MinHash, MinHashLSH
 
         self.threshold, self.num_perm = threshold, num_perm
@@ -138,7 +138,7 @@ class RowFilters:
     reason, or None when the row is kept (and then remembered for dedupe)."""
 
     def __init__(self, corpus: Sequence[Chunk], filters: dict[str, bool], grounding_threshold: float = 0.5,
-                 roundtrip_k: int = 10, dedupe_threshold: float = 0.8) -> None:
+                 roundtrip_k: int = 10, dedupe_threshold: float = 0.9) -> None:
         self.filters = filters
         self.texts = {c.id: c.text for c in corpus}
         self.grounding_threshold = grounding_threshold
