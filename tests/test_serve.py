@@ -145,6 +145,24 @@ def test_concurrent_requests_are_all_served(server):
     assert stats["max_batch"] >= 2  # requests that waited together were generated together
 
 
+def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    with serving(create_app(model, tok)) as url:
+        msgs = [{"role": "user", "content": "Tell me everything."}]
+        long = threading.Thread(target=lambda: client(url, key="x").chat.completions.create(
+            model="m", messages=msgs, max_tokens=300, temperature=1.0, seed=1))
+        long.start()
+        time.sleep(0.3)  # the first request is now generating; the next one queues behind it
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="m", messages=msgs, max_tokens=300, temperature=1.0, seed=2)
+        long.join(120)
+        time.sleep(0.5)
+        stats = httpx.get(f"{url}/ragtune/stats").json()
+    assert stats["abandoned"] == 1
+    assert stats["completions"] == 1  # the abandoned one never ran
+
+
 def test_rag_request_renders_like_training(tokenizer):
     tpl = PromptTemplate.for_tokenizer(tokenizer)
     passages = [Passage("Lists", "A list is mutable."), Passage("Tuples", "A tuple is not.")]

@@ -148,7 +148,7 @@ class ServeConfig(_Config):
     port: int = 8000
     api_key_env: str | None = None
     model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
-    batch_size: int = 8  # greedy requests waiting together are generated as one batch
+    batch_size: int = 8  # requests waiting together with equal settings are generated as one batch
 
 
 class RunConfig(_Config):
