@@ -273,7 +273,7 @@ def serve(
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
     model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
-    batch_size: int = typer.Option(8, help="Greedy requests waiting together are generated as one batch of up to N."),
+    batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn

@@ -89,7 +89,7 @@ class SynthConfig(_Config):
     batch_size: int = 8  # hf: prompts generated together
     grounding_threshold: float = 0.5  # share of answer content words found in the chunk
     roundtrip_k: int = 10  # the question must retrieve its chunk within the top k (BM25)
-    dedupe_threshold: float = 0.8  # MinHash Jaccard above which questions are duplicates
+    dedupe_threshold: float = 0.9  # MinHash Jaccard above which questions are duplicates (distilabel: 0.9)
     cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
 
 
@@ -172,7 +172,7 @@ class ServeConfig(_Config):
     port: int = 8000
     api_key_env: str | None = None
     model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
-    batch_size: int = 8  # greedy requests waiting together are generated as one batch
+    batch_size: int = 8  # requests waiting together with equal settings are generated as one batch
 
 
 class RunConfig(_Config):
