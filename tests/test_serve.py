@@ -96,6 +96,7 @@ def test_bad_key_gets_401(server):
     assert e.value.status_code == 401
     r = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server}/ragtune/stats").status_code == 401
 
 
 @pytest.mark.parametrize("body", [
@@ -139,9 +140,27 @@ def test_concurrent_requests_are_all_served(server):
     for t in threads:
         t.join(60)
     assert not errors and len(results) == 6
-    stats = httpx.get(f"{server}/ragtune/stats").json()
+    stats = httpx.get(f"{server}/ragtune/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert stats["completions"] >= 6
     assert stats["max_batch"] >= 2  # requests that waited together were generated together
+
+
+def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    with serving(create_app(model, tok)) as url:
+        msgs = [{"role": "user", "content": "Tell me everything."}]
+        long = threading.Thread(target=lambda: client(url, key="x").chat.completions.create(
+            model="m", messages=msgs, max_tokens=300, temperature=1.0, seed=1))
+        long.start()
+        time.sleep(0.3)  # the first request is now generating; the next one queues behind it
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="m", messages=msgs, max_tokens=300, temperature=1.0, seed=2)
+        long.join(120)
+        time.sleep(0.5)
+        stats = httpx.get(f"{url}/ragtune/stats").json()
+    assert stats["abandoned"] == 1
+    assert stats["completions"] == 1  # the abandoned one never ran
 
 
 def test_rag_request_renders_like_training(tokenizer):
@@ -167,3 +186,54 @@ def test_server_starts_and_stops_quickly(model_and_tokenizer):
     with serving(create_app(model, tok)) as url:
         assert httpx.get(f"{url}/v1/models").status_code == 200  # no key configured: open
     assert time.perf_counter() - t0 < 10
+
+
+def test_cli_serves_an_adapter_with_its_training_template(tiny_model_dir, tmp_path):
+    """`ragtune serve --adapter A` as a real process: the base model comes from the adapter's
+    config, and a RAG request is answered through the adapter's ragtune_prompt.json."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    PromptTemplate(style="plain", refusal="No idea.").save(adapter)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--adapter", str(adapter), "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(root / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = httpx.get(f"{url}/v1/models").json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        tpl = PromptTemplate.load(adapter)
+        msgs = tpl.messages("What is a list?", [Passage("Lists", "A list is mutable.")])
+        r = client(url, key="none").chat.completions.create(model="adapter", messages=msgs, max_tokens=4,
+                                                            temperature=0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert models["data"][0]["id"] == "adapter"
+    from ragtune.models import load_tokenizer
+    from ragtune.prompts import prompt_ids
+
+    tok = load_tokenizer(tiny_model_dir)
+    trained = tpl.render(tok, "What is a list?", [Passage("Lists", "A list is mutable.")])
+    assert r.usage.prompt_tokens == len(prompt_ids(tok, trained, tpl))  # rendered exactly as in training
+    assert "No idea." in trained and r.choices[0].finish_reason in ("stop", "length")

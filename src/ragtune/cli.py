@@ -118,6 +118,13 @@ def build(
     retriever: str = typer.Option("bm25", help="bm25, dense or hybrid."),
     unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable examples."),
     max_length: int | None = typer.Option(None, help="Token budget of prompt + answer."),
+    dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
+    cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
+    cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
+    format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
+                                     "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
+                                     "openai, raft, parquet (repeat the option)."),
+    push_to_hub: str | None = typer.Option(None, help="Push the dataset (private) to this hub id."),
     seed: int = typer.Option(0),
 ) -> None:
     """Assemble RAG training examples (oracle among retrieved distractors) into RUN/dataset."""
@@ -125,8 +132,9 @@ def build(
     from ragtune.config import BuildConfig, validated
 
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
-                    distractors=distractors, retriever=retriever,
-                    unanswerable_share=unanswerable_share, max_length=max_length, seed=seed)
+                    distractors=distractors, retriever=retriever, dense_model=dense_model,
+                    unanswerable_share=unanswerable_share, max_length=max_length, cot=cot, cite=cite,
+                    formats=format or None, push_to_hub=push_to_hub, seed=seed)
     build_to_run(run, cfg, tokenizer=tokenizer)
 
 
@@ -265,7 +273,7 @@ def serve(
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
     model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
-    batch_size: int = typer.Option(8, help="Greedy requests waiting together are generated as one batch of up to N."),
+    batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn
