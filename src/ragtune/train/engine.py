@@ -87,7 +87,10 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
         model.resize_token_embeddings(len(tok))
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "full":
         return model, tok, compute
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
