@@ -68,13 +68,35 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
     return path
 
 
+_NAMES = ["Mara Quill", "Otto Brandvik", "Ilse Varga", "Tomas Reed", "Nadia Okonkwo", "Pavel Horak",
+          "Lena Strand", "Ravi Menon", "Greta Holm", "Jonas Pike", "Aiko Tanaka", "Bruno Salles"]
+_PLACES = ["Kestrel Point", "Velden", "Sorrel Bay", "Millford", "Hatherley", "Mount Orla", "Ashgrove",
+           "Brindle Cove", "Carrow", "Dunmere", "Elsworth", "Fallowmere"]
+_THINGS = ["lighthouse", "glassworks", "orchard", "railway", "apiary", "weather station", "mill",
+           "harbour", "library", "bridge", "observatory", "brewery"]
+
+
+def varied_paragraph(doc: int, p: int) -> str:
+    """Three sentences with names, places, years and numbers that differ per document and paragraph."""
+    import random
+
+    rng = random.Random(doc * 1000 + p)
+    name, place, thing = rng.choice(_NAMES), rng.choice(_PLACES), rng.choice(_THINGS)
+    year, n = 1700 + rng.randrange(300), 10 + rng.randrange(900)
+    code = f"{place.split()[0].lower()}_{thing.split()[0]}_{doc}{p}"
+    return (f"The {thing} near {place} was founded in {year} by the surveyor {name}. "
+            f"Records list {n} workers who kept the {thing} running through the long winters. "
+            f"Its ledger is filed under the reference {code} in the county archive.")
+
+
 def make_kb(root: Path, n_docs: int = 12, paragraphs: int = 3) -> Path:
-    """A folder of markdown documents, one topic each, several paragraphs per document."""
+    """A folder of markdown documents: a heading, varied paragraphs, a second section."""
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n_docs):
         title = TOPICS[i % len(TOPICS)][0]
+        body = "\n\n".join(varied_paragraph(i, p) for p in range(paragraphs))
         (root / f"doc{i:02d}.md").write_text(
-            f"# {title} {i}\n\n{prose(i, paragraphs)}\n\n## Details\n\n"
+            f"# {title} {i}\n\n{body}\n\n## Details\n\n"
             f"Record {i} was filed by clerk number {100 + i} in the archive of {title}.\n",
             encoding="utf-8",
         )

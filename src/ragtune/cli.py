@@ -47,23 +47,49 @@ def ingest(
 @app.command()
 def synth(
     run: Path = RUN,
-    generator: str = typer.Option("extractive", help="Generator backend: extractive, openai, hf."),
+    generator: str = typer.Option("extractive", "--generator", "--backend",
+                                  help="Generator backend: extractive, openai, hf."),
     questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
-    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions."),
+    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions (extractive)."),
+    question_types: str | None = typer.Option(
+        None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable."),
+    answer_style: str | None = typer.Option(None, help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
     model: str | None = typer.Option(None, help="Model name (openai) or folder / hub id (hf)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-    concurrency: int = typer.Option(8, help="Requests in flight at once (openai)."),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key (openai)."),
+    concurrency: int | None = typer.Option(None, help="Requests in flight at once (openai; default 8)."),
+    rpm: int | None = typer.Option(None, help="Requests-per-minute limit (openai)."),
+    tpm: int | None = typer.Option(None, help="Tokens-per-minute limit (openai)."),
+    timeout_s: float | None = typer.Option(None, help="Per-request timeout in seconds (openai)."),
+    max_tokens: int | None = typer.Option(None, help="Reply length cap of every LLM call."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature (openai)."),
+    batch_size: int | None = typer.Option(None, help="Prompts generated together (hf)."),
+    prompts_dir: str | None = typer.Option(None, help="Folder of prompt template files overriding the built-in ones."),
+    no_filter: list[str] = typer.Option([], "--no-filter", help="Switch a filter off (repeatable): quotes, "
+                                        "grounding, roundtrip, dedupe, non_question, parse, not_in_context, "
+                                        "unanswerable_check."),
     limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
     dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl."""
+    """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
+
+    Resumable: re-run the same command after an interruption; finished LLM calls come from
+    RUN/cache and rows already written are not written twice."""
     from ragtune.config import SynthConfig, validated
     from ragtune.synth import synth_to_run
+    from ragtune.synth.filters import FILTERS
 
+    unknown = [f for f in no_filter if f not in FILTERS]
+    if unknown:
+        raise RagtuneError(f"unknown filter(s) {unknown}; choose from {', '.join(FILTERS)}")
+    kinds = [k.strip() for k in question_types.split(",") if k.strip()] if question_types else None
     cfg = validated(SynthConfig, "synth", generator=generator, questions_per_chunk=questions_per_chunk,
-                    unanswerable_share=unanswerable_share, model=model, base_url=base_url,
-                    concurrency=concurrency, limit=limit, dry_run=dry_run, seed=seed)
+                    unanswerable_share=unanswerable_share, question_types=kinds, answer_style=answer_style,
+                    model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                    rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
+                    batch_size=batch_size, prompts_dir=prompts_dir,
+                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
     synth_to_run(run, cfg)
 
 
@@ -92,6 +118,13 @@ def build(
     retriever: str = typer.Option("bm25", help="bm25, dense or hybrid."),
     unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable examples."),
     max_length: int | None = typer.Option(None, help="Token budget of prompt + answer."),
+    dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
+    cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
+    cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
+    format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
+                                     "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
+                                     "openai, raft, parquet (repeat the option)."),
+    push_to_hub: str | None = typer.Option(None, help="Push the dataset (private) to this hub id."),
     seed: int = typer.Option(0),
 ) -> None:
     """Assemble RAG training examples (oracle among retrieved distractors) into RUN/dataset."""
@@ -99,8 +132,9 @@ def build(
     from ragtune.config import BuildConfig, validated
 
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
-                    distractors=distractors, retriever=retriever,
-                    unanswerable_share=unanswerable_share, max_length=max_length, seed=seed)
+                    distractors=distractors, retriever=retriever, dense_model=dense_model,
+                    unanswerable_share=unanswerable_share, max_length=max_length, cot=cot, cite=cite,
+                    formats=format or None, push_to_hub=push_to_hub, seed=seed)
     build_to_run(run, cfg, tokenizer=tokenizer)
 
 
@@ -189,12 +223,16 @@ def eval_(
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
                                             "(official SQuAD v2 algorithm) instead of running models."),
+    judge: bool = typer.Option(False, help="Also judge faithfulness and correctness with an LLM (not refusals)."),
+    judge_base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
+    judge_model: str | None = typer.Option(None, help="Judge model (default: the endpoint's first)."),
+    judge_repeats: int = typer.Option(3, help="Judge repeats (seeds) for the confidence interval."),
 ) -> None:
     """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
     import json
 
     from ragtune.config import EvalConfig, validated
-    from ragtune.evaluate import evaluate_run, score_prediction_file
+    from ragtune.evaluate import evaluate_run, format_table, score_prediction_file
 
     if predictions is not None:
         if qa is None:
@@ -203,8 +241,11 @@ def eval_(
         return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
-    evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
+                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache,
+                    judge=judge, judge_base_url=judge_base_url, judge_model=judge_model, judge_repeats=judge_repeats)
+    metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
+    typer.echo(format_table(metrics))
+    typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
 
 
 @app.command()
@@ -231,11 +272,14 @@ def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
+    model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
+    batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn
 
-    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env)
+    serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
+             model_name=model_name, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------ models

@@ -36,6 +36,20 @@ class TinyModelConfig(_Config):
     minutes: float = 2.0  # wall-clock budget for pretraining
     max_steps: int | None = None  # stop early when set (tests)
     seed: int = 0
+    # `reader` recipe only (ragtune.reader). Shape / budget fields above that are not set
+    # explicitly take the reader's measured defaults (READER_DEFAULTS, or the GPU preset).
+    scale: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: bigger model, more tokens per step
+    warmup_steps: int = 100
+    max_span: int = 160  # longest repeated random span in the copy curriculum
+    widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
+    short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
+    copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
+    copy_switch_acc: float = 0.9  # leave the copy-only phase once training copies are this exact
+    late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: {"copy": 0.35, "lookup": 0.05, "continue": 0.15, "rag": 0.3, "text": 0.15}
+    )
+    compile: bool = False  # torch.compile the model (pays off on GPU; not measured to help on CPU)
 
 
 class IngestConfig(_Config):
@@ -71,6 +85,12 @@ class SynthConfig(_Config):
     prompts_dir: str | None = None  # user overrides of the prompt template files
     filters: dict[str, bool] = Field(default_factory=dict)  # switch individual filters off
     dry_run: bool = False
+    response_format: Literal["json_schema", "json_object", "none"] = "json_object"  # question calls
+    batch_size: int = 8  # hf: prompts generated together
+    grounding_threshold: float = 0.5  # share of answer content words found in the chunk
+    roundtrip_k: int = 10  # the question must retrieve its chunk within the top k (BM25)
+    dedupe_threshold: float = 0.9  # MinHash Jaccard above which questions are duplicates (distilabel: 0.9)
+    cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
 
 
 class BuildConfig(_Config):
@@ -85,7 +105,8 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
-    formats: list[str] = Field(default_factory=list)
+    formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
+    push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0
 
 
@@ -129,11 +150,20 @@ class EvalConfig(_Config):
     limit: int | None = None
     robustness_k: list[int] = Field(default_factory=lambda: [0, 2, 4])
     robustness: bool = True  # closed book / oracle + k distractors / oracle removed curves
-    robustness_limit: int | None = 100  # questions per robustness point (None: all)
+    robustness_limit: int | None = 50  # questions per robustness point (None: all)
     refusal: str = REFUSAL
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
     html: bool = True  # write report.html with the plots inlined
+    # Optional LLM judge (faithfulness, correctness) over an OpenAI-compatible endpoint
+    judge: bool = False
+    judge_model: str | None = None  # default: the first model the endpoint lists
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_repeats: int = 3
+    judge_temperature: float = 0.0
+    judge_seed: int = 0
+    judge_concurrency: int = 8
     seed: int = 0
 
 
@@ -141,6 +171,8 @@ class ServeConfig(_Config):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str | None = None
+    model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
+    batch_size: int = 8  # requests waiting together with equal settings are generated as one batch
 
 
 class RunConfig(_Config):

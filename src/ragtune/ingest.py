@@ -603,9 +603,9 @@ def ingest(docs_dir: Path, cfg: IngestConfig, tokenizer: Any | None = None) -> I
         tokenizer = load_tokenizer(cfg.tokenizer)
     docs, skipped = load_documents(Path(docs_dir), cfg)
     if not docs:
+        reasons = ", ".join(f"{n} {r}" for r, n in Counter(_reason_kind(s.reason) for s in skipped).items())
         raise RagtuneError(
-            f"no readable documents in {docs_dir} ({len(skipped)} files skipped, see the reasons "
-            "with --verbose or in ingest_report.json); add .txt/.md/.rst/.html/.pdf/.jsonl files"
+            f"no readable documents in {docs_dir} (skipped: {reasons}); add .txt/.md/.rst/.html/.pdf/.jsonl files"
         )
     spans, count = token_spans_fn(tokenizer), count_fn(tokenizer)
     chunks: list[Chunk] = []

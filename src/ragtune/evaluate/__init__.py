@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import EvalConfig
+from ragtune.config import REFUSAL, EvalConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
@@ -26,7 +26,7 @@ from ragtune.runfolder import RunFolder
 __all__ = [
     "EvalResult", "ModelSpec", "ModelOutput", "PredictionCache", "answer_nll", "comparison_table",
     "evaluate", "evaluate_run", "format_table", "markdown_table", "predict", "print_table", "qa_examples",
-    "resolve_base_model", "score_prediction_file",
+    "model_specs", "resolve_base_model", "score_prediction_file",
 ]
 
 
@@ -104,17 +104,21 @@ def read_train_info(adapter: Path) -> dict[str, Any]:
 
 
 def resolve_base_model(run: RunFolder, base_model: str | None, adapters: Sequence[Path]) -> str:
-    """--base-model, else the adapter's recorded base, else RUN/base_model."""
+    """--base-model, else the adapter's recorded base (a folder that exists, or a hub id),
+    else RUN/base_model."""
     if base_model:
         return str(base_model)
+    recorded = []
     for a in adapters:
         info = read_train_info(Path(a))
-        for key in ("base_model", "base_model_name_or_path"):
-            value = info.get(key)
-            if isinstance(value, str) and value and (Path(value).exists() or not value.startswith((".", "/"))):
-                return value
+        recorded += [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
+    for value in recorded:
+        if Path(value).exists():
+            return value
     if (run.base_model / "config.json").is_file():
-        return str(run.base_model)
+        return str(run.base_model)  # also where a relative recorded path pointed, seen from elsewhere
+    if recorded:
+        return recorded[0]  # a hub id
     raise RagtuneError(f"no base model found for {run.root}; pass --base-model (a model folder or hub id)")
 
 
@@ -225,7 +229,10 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     show: bool = True,
 ) -> dict[str, Any]:
-    """Score base and tuned models on the run's held-out split (or `qa`) and write RUN/eval/."""
+    """Score base and tuned models on the run's held-out split (or `qa`) and write RUN/eval/.
+
+    Returns the metrics.json content; `format_table(metrics)` is the before/after table.
+    `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
     t0 = time.perf_counter()
     adapter_dirs = [Path(a) for a in adapters] if adapters else (
@@ -251,13 +258,19 @@ def evaluate_run(
         source = f"{run.dataset}:{cfg.split}"
     if cfg.limit:
         items = items[: cfg.limit]
-    template.refusal = cfg.refusal if cfg.refusal else template.refusal
+    if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
+        # The dataset was built with its own refusal sentence: detect that one.
+        cfg = cfg.model_copy(update={"refusal": template.refusal})
     out = Path(out_dir) if out_dir else run.eval
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate(items, specs, cfg, template, cache_path=run.cache / "eval_predictions.jsonl",
                       dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
+    if cfg.judge:
+        from ragtune.evaluate.judge import judge_rows
+
+        metrics["judge"] = judge_rows(result.rows, ["\n\n".join(ex.passage_texts) for ex in items], cfg)
     if cfg.robustness and qa is None:
         from ragtune.evaluate.robustness import robustness_for_run
 
@@ -265,11 +278,10 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    run.record_stage("eval", config=cfg, inputs=[], seconds=round(time.perf_counter() - t0, 1),
+    inputs = [Path(qa)] if qa is not None else [run.dataset / "dataset_dict.json", run.dataset / f"{cfg.split}.jsonl"]
+    inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
+    run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
-    if show:
-        print_table(metrics)
-        print(f"wrote {out}/metrics.json, predictions.jsonl, report.md")
     return metrics
 
 

@@ -70,19 +70,30 @@ def plot_robustness(metrics: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     names = [n for n in metrics["models"] if n in rob]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110, gridspec_kw={"width_ratios": [3, 1.3]})
+    fig, (ax, ax_nll, ax2) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110,
+                                          gridspec_kw={"width_ratios": [3, 3, 1.4]})
+    top = 0.0
     for j, name in enumerate(names):
         color = f"C{j}"
         ax.plot(rob["k"], rob[name], marker="o", color=color, label=f"{name}: oracle + k")
         cb = rob.get("closed_book", {}).get(name)
         if cb is not None:
             ax.axhline(cb, color=color, linestyle=":", label=f"{name}: closed book")
-    ax.set_xlabel("distractor passages k (oracle always present)")
-    ax.set_ylabel("F1 (answerable questions)")
-    ax.set_xticks(rob["k"])
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"F1 vs distractors (n = {rob.get('n', '?')})")
-    ax.legend(fontsize=7)
+        top = max([top, cb or 0.0, *rob[name]])
+        nll = rob.get("answer_nll", {}).get(name)
+        if nll and all(v is not None for v in nll):
+            ax_nll.plot(rob["k"], nll, marker="o", color=color, label=f"{name}: oracle + k")
+            cbn = rob.get("closed_book_nll", {}).get(name)
+            if cbn is not None:
+                ax_nll.axhline(cbn, color=color, linestyle=":", label=f"{name}: closed book")
+    for a, ylabel, title in ((ax, "F1 (answerable questions)", "F1 vs distractors"),
+                             (ax_nll, "answer NLL / token (lower is better)", "answer NLL vs distractors")):
+        a.set_xlabel("distractor passages k (oracle present)")
+        a.set_ylabel(ylabel, fontsize=9)
+        a.set_xticks(rob["k"])
+        a.set_title(f"{title} (n = {rob.get('n', '?')})", fontsize=10)
+        a.legend(fontsize=7)
+    ax.set_ylim(0, max(10.0, top * 1.15))
     refused = [rob.get("no_oracle_refused", {}).get(n) or 0.0 for n in names]
     bars = ax2.bar(names, refused, color=[f"C{j}" for j in range(len(names))])
     ax2.bar_label(bars, fmt="%.1f", fontsize=8)
@@ -95,7 +106,9 @@ def plot_robustness(metrics: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_plots(out: Path, metrics: dict[str, Any]) -> list[str]:
-    """Write the report's PNGs into `out`; returns their file names."""
-    paths = [plot_scores(metrics, out / "scores.png"), plot_abstention(metrics, out / "abstention.png"),
-             plot_robustness(metrics, out / "robustness.png")]
-    return [p.name for p in paths if p is not None]
+    """Write the report's PNGs into `out` (removing a stale one); returns their file names."""
+    paths = [plot_scores(metrics, out / "scores.png"), plot_abstention(metrics, out / "abstention.png")]
+    rob = plot_robustness(metrics, out / "robustness.png")
+    if rob is None:
+        (out / "robustness.png").unlink(missing_ok=True)
+    return [p.name for p in [*paths, rob] if p is not None]

@@ -96,22 +96,46 @@ def abstention_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ROBUSTNESS_NOTE = ("answerable questions with a known oracle chunk; distractors are the top BM25 chunks "
+                   "that do not hold a gold answer.")
+
+
+def robustness_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rob = metrics.get("robustness") or {}
+    names = [n for n in metrics["models"] if n in rob]
+    nll = rob.get("answer_nll", {})
+    header = ["context", *(h for n in names for h in (f"{n} F1", f"{n} answer NLL"))]
+    rows = []
+    if "closed_book" in rob:
+        rows.append(["closed book", *(v for n in names for v in (
+            _fmt(rob["closed_book"].get(n), 1), _fmt(rob.get("closed_book_nll", {}).get(n), 3)))])
+    for j, k in enumerate(rob.get("k", [])):
+        label = "oracle only" if k == 0 else f"oracle + {k} distractors"
+        rows.append([label, *(v for n in names for v in (
+            _fmt(rob[n][j], 1), _fmt((nll.get(n) or [None] * len(rob["k"]))[j], 3)))])
+    if "no_oracle_refused" in rob:
+        rows.append(["oracle removed: refused %", *(v for n in names for v in (
+            _fmt(rob["no_oracle_refused"].get(n), 1), ""))])
+    return header, rows
+
+
 def robustness_markdown(metrics: dict[str, Any]) -> str:
     rob = metrics.get("robustness")
     if not rob:
         return ""
-    names = [n for n in metrics["models"] if n in rob]
-    lines = ["| context | " + " | ".join(f"{n} F1" for n in names) + " |", "|---|" + "---|" * len(names)]
-    if "closed_book" in rob:
-        lines.append("| closed book | " + " | ".join(_fmt(rob["closed_book"].get(n), 1) for n in names) + " |")
-    for j, k in enumerate(rob["k"]):
-        label = "oracle only" if k == 0 else f"oracle + {k} distractors"
-        lines.append(f"| {label} | " + " | ".join(_fmt(rob[n][j], 1) for n in names) + " |")
-    if "no_oracle_refused" in rob:
-        lines.append("| oracle removed: refused % | "
-                     + " | ".join(_fmt(rob["no_oracle_refused"].get(n), 1) for n in names) + " |")
-    lines.append(f"\n{rob.get('n', '')} answerable questions with a known oracle chunk.")
+    header, rows = robustness_rows(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append(f"\n{rob.get('n', '')} {ROBUSTNESS_NOTE}")
     return "\n".join(lines)
+
+
+def lower_is_better(label: str) -> bool:
+    return any(lower for lab, _, _, lower in ROWS if lab == label)
+
+
+def shown_prediction(text: str) -> str:
+    return text if text.strip() else "(empty)"
 
 
 def best_and_worst(rows: Sequence[dict[str, Any]], names: Sequence[str], n: int = 5) -> tuple[list, list]:
@@ -140,7 +164,8 @@ def examples_markdown(items: Sequence[dict[str, Any]], names: Sequence[str]) -> 
     lines = ["| question | gold | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in items:
         gold = " / ".join(r["answers"]) if r["answerable"] else "(unanswerable)"
-        preds = [f"{_cell(r['models'][n]['prediction'], 80)} (F1 {r['models'][n]['f1']:.2f})" for n in names]
+        preds = [f"{_cell(shown_prediction(r['models'][n]['prediction']), 80)} (F1 {r['models'][n]['f1']:.2f})"
+                 for n in names]
         lines.append(f"| {_cell(r['question'])} | {_cell(gold, 60)} | " + " | ".join(preds) + " |")
     return "\n".join(lines)
 
@@ -169,9 +194,37 @@ def report_markdown(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], ima
         parts += [f"| {n} | {_fmt(m.get('quote_validity'), 1)} ({m['n_quoted']}) | "
                   f"{_fmt(m.get('citation_precision'), 1)} ({m['n_cited']}) |" for n, m in extra]
         parts.append("")
+    if metrics.get("judge"):
+        header, jrows = judge_rows_table(metrics)
+        parts += ["## LLM judge", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(r) + " |" for r in jrows]
+        parts += ["", judge_note(metrics), ""]
     parts += ["## 5 best examples", "", examples_markdown(best, names), "",
               "## 5 worst examples", "", examples_markdown(worst, names), ""]
     return "\n".join(parts)
+
+
+def judge_rows_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    j = metrics["judge"]
+    header = ["model", "faithfulness % (95% CI)", "correctness % (95% CI)", "judged", "refusals skipped",
+              "parse failures"]
+    rows = []
+    for name, m in j["models"].items():
+        cells = [name]
+        for metric in ("faithfulness", "correctness"):
+            v = m.get(metric)
+            cells.append(f"{v['mean']:.1f} ± {v['ci95']:.1f}" if v else "-")
+        n = (m.get("faithfulness") or {}).get("n", 0)
+        cells += [str(n), str(m["refusals_skipped"]), str(m["parse_failures"])]
+        rows.append(cells)
+    return header, rows
+
+
+def judge_note(metrics: dict[str, Any]) -> str:
+    j = metrics["judge"]
+    return (f"Judge `{j['model']}` at {j['base_url'] or 'the OpenAI API'}, temperature {j['temperature']}, "
+            f"seeds {j['seed']}..{j['seed'] + j['repeats'] - 1} ({j['repeats']} repeats), prompts "
+            f"`{j['prompts_id']}` (in metrics.json). Refusals are not judged.")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,26 +1,37 @@
 """Synthesis: turn chunks into (question, answer, source chunk) items with a generator backend.
 
-`synthesize` runs the generator named in the config over the chunks and sorts what comes
-back into kept items and rejections; `synth_to_run` reads RUN/chunks.jsonl and writes
-RUN/qa.jsonl and RUN/qa_rejected.jsonl. Backends live in their own modules and register
-themselves in `synth.base`.
+`synthesize` runs the generator named in the config over the chunks, passes every item
+through the row filters (`synth.filters`) and sorts what comes back into kept items and
+rejections; `synth_to_run` reads RUN/chunks.jsonl and writes RUN/qa.jsonl and
+RUN/qa_rejected.jsonl. Backends live in their own modules and register themselves in
+`synth.base`.
+
+Resume: rows are appended to both files as they arrive, and LLM calls are cached by content
+in RUN/cache, so a run killed at any point and started again with the same command replays
+finished calls from the cache (no repeated paid call), appends only rows not yet on disk (no
+duplicate), and finally rewrites both files in the order an uninterrupted run writes them.
+Rows built from chunks or prompts that changed since are not produced again and so drop out.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
-from ragtune.records import Chunk, QAItem, read_jsonl, write_jsonl
+from ragtune.records import Chunk, QAItem, content_id, from_dict, read_jsonl, to_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 from ragtune.synth import extractive as _extractive  # noqa: F401  (registers "extractive")
+from ragtune.synth import hf_backend as _hf  # noqa: F401  (registers "hf")
+from ragtune.synth import openai_backend as _openai  # noqa: F401  (registers "openai")
 from ragtune.synth.base import Rejection, get_generator
+from ragtune.synth.cache import CallCache, JsonlAppender, read_jsonl_repaired
+from ragtune.synth.filters import RowFilters
 
 
 @dataclass
@@ -30,30 +41,96 @@ class SynthResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def synthesize(chunks: Sequence[Chunk], cfg: SynthConfig) -> SynthResult:
-    """Kept items and rejections for the first `cfg.limit` chunks (all when unset).
+def rejection_id(r: Rejection) -> str:
+    """A stable id for a rejected row, so a resumed run does not write it twice."""
+    return content_id(r.reason, r.chunk_id or "", r.question or "", r.raw or "")
 
-    The whole chunk list is the generator's corpus (for corpus statistics and pairing);
-    exact duplicate questions are rejected.
-    """
+
+def _chunks_to_do(chunks: Sequence[Chunk], cfg: SynthConfig) -> list[Chunk]:
     if not chunks:
         raise RagtuneError("there are no chunks to synthesise from; run `ragtune ingest DOCS` first")
+    return list(chunks[: cfg.limit] if cfg.limit else chunks)
+
+
+class _Progress:
+    """A tqdm bar over chunks with rate and ETA; kept / rejected / tokens as its postfix."""
+
+    def __init__(self, total: int, name: str, enabled: bool | None) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="chunk", desc=f"synth ({name})", disable=enabled is False or None,
+                        dynamic_ncols=True)
+
+    def pulled(self, chunks: Sequence[Chunk]) -> Iterator[Chunk]:
+        for c in chunks:  # a generator without chunk callbacks: count chunks as it takes them
+            yield c
+            self.bar.update(1)
+
+    def show(self, kept: int, rejected: int, tokens: int) -> None:
+        self.bar.set_postfix(kept=kept, rejected=rejected, tokens=tokens, refresh=False)
+
+
+def synthesize(
+    chunks: Sequence[Chunk],
+    cfg: SynthConfig,
+    on_item: Callable[[QAItem], None] | None = None,
+    on_rejection: Callable[[Rejection], None] | None = None,
+    progress: bool | None = None,
+) -> SynthResult:
+    """Kept items and rejections for the first `cfg.limit` chunks (all when unset).
+
+    The whole chunk list is the generator's corpus (for pairing and round-trip retrieval).
+    `on_item` / `on_rejection` see each row as soon as it is decided (synth_to_run writes
+    them to disk there). With `cfg.dry_run`, nothing is generated: the summary holds the
+    estimated calls and tokens.
+    """
     t0 = time.perf_counter()
-    todo = list(chunks[: cfg.limit] if cfg.limit else chunks)
+    todo = _chunks_to_do(chunks, cfg)
     generator = get_generator(cfg, chunks)
+    if cfg.cache_dir and hasattr(generator, "cache"):
+        generator.cache = CallCache(cfg.cache_dir)
+    if cfg.dry_run:
+        estimate = generator.estimate(todo) if hasattr(generator, "estimate") else {"llm_calls": 0}
+        return SynthResult([], [], {"generator": cfg.generator, "chunks": len(todo), "dry_run": True, **estimate})
+    filters = RowFilters(chunks, cfg.filters, cfg.grounding_threshold, cfg.roundtrip_k, cfg.dedupe_threshold)
+    bar = _Progress(len(todo), cfg.generator, progress)
+    source: Sequence[Chunk] | Iterator[Chunk] = todo
+    if hasattr(generator, "on_chunk_done"):
+        generator.on_chunk_done = lambda _c: bar.bar.update(1)
+    else:
+        source = bar.pulled(todo)
     items: list[QAItem] = []
     rejections: list[Rejection] = []
-    seen: set[str] = set()
-    for out in generator.generate(todo):
-        if isinstance(out, Rejection):
-            rejections.append(out)
-        elif out.question.strip().lower() in seen:
-            rejections.append(Rejection("duplicate question", chunk_id=out.chunk_id, question=out.question))
-        else:
-            seen.add(out.question.strip().lower())
-            items.append(out)
-    summary = {
+    try:
+        for out in generator.generate(source):  # type: ignore[arg-type]
+            if isinstance(out, QAItem) and (reason := filters.check(out)) is not None:
+                out = Rejection(reason, chunk_id=out.chunk_id, question=out.question, raw=out.answer,
+                                meta={"item": to_dict(out)})
+            if isinstance(out, Rejection):
+                rejections.append(out)
+                if on_rejection is not None:
+                    on_rejection(out)
+            else:
+                items.append(out)
+                if on_item is not None:
+                    on_item(out)
+            bar.show(len(items), len(rejections), _tokens(generator))
+    finally:
+        bar.bar.close()
+    return SynthResult(items, rejections, _summary(cfg, todo, items, rejections, generator, t0))
+
+
+def _tokens(generator: Any) -> int:
+    stats = generator.stats_dict() if hasattr(generator, "stats_dict") else {}
+    return sum(s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in stats.values())
+
+
+def _summary(cfg: SynthConfig, todo: list[Chunk], items: list[QAItem], rejections: list[Rejection],
+             generator: Any, t0: float) -> dict[str, Any]:
+    seconds = time.perf_counter() - t0
+    summary: dict[str, Any] = {
         "generator": cfg.generator,
+        "model": getattr(generator, "model_id", None),
         "chunks": len(todo),
         "items": len(items),
         "by_kind": dict(Counter(i.kind for i in items)),
@@ -61,26 +138,57 @@ def synthesize(chunks: Sequence[Chunk], cfg: SynthConfig) -> SynthResult:
         "unanswerable": sum(not i.answerable for i in items),
         "rejected": len(rejections),
         "rejected_by_reason": dict(Counter(r.reason for r in rejections)),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round((len(items) + len(rejections)) / max(seconds, 1e-9), 1),
     }
-    return SynthResult(items, rejections, summary)
+    if hasattr(generator, "stats_dict"):
+        summary["calls"] = generator.stats_dict()  # per stage: calls, cached, failed, tokens
+    return summary
 
 
-def synth_to_run(run_dir: Path, cfg: SynthConfig) -> SynthResult:
-    """Read RUN/chunks.jsonl, write RUN/qa.jsonl and RUN/qa_rejected.jsonl, record the stage."""
+def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) -> SynthResult:
+    """Read RUN/chunks.jsonl, write RUN/qa.jsonl and RUN/qa_rejected.jsonl (resumable), record
+    the stage. Imported rows already in RUN/qa.jsonl (origin "import:...") are kept."""
     from rich.console import Console
 
     run = RunFolder(Path(run_dir))
     if not run.chunks.is_file():
         raise RagtuneError(f"{run.chunks} not found; run `ragtune ingest DOCS --run {run.root}` first")
     chunks = list(read_jsonl(run.chunks, Chunk))
-    result = synthesize(chunks, cfg)
-    write_jsonl(run.qa, result.items)
+    cfg = cfg.model_copy(update={"cache_dir": cfg.cache_dir or str(run.cache)})
+    console = Console(stderr=True)
+    if cfg.dry_run:
+        result = synthesize(chunks, cfg, progress=False)
+        console.print(f"synth dry run: {result.summary}")
+        return result
+    old = read_jsonl_repaired(run.qa)
+    human = [r for r in old if str(r.get("origin", "")).startswith("import:")]
+    have_items = {r["id"] for r in old}
+    have_rejections = {rejection_id(from_dict(Rejection, r)) for r in read_jsonl_repaired(run.qa_rejected)}
+    with JsonlAppender(run.qa) as qa_out, JsonlAppender(run.qa_rejected) as rej_out:
+        result = synthesize(
+            chunks, cfg, progress=progress,
+            on_item=lambda i: i.id in have_items or qa_out.write(i),
+            on_rejection=lambda r: rejection_id(r) in have_rejections or rej_out.write(r),
+        )
+    # The canonical files: what an uninterrupted run writes, in generation order.
+    write_jsonl(run.qa, [*human, *result.items])
     write_jsonl(run.qa_rejected, result.rejections)
+    result.summary["resumed_rows"] = len(result.items) + len(result.rejections) - qa_out.n - rej_out.n
     run.record_stage("synth", config=cfg, inputs=[run.chunks], **result.summary)
     s = result.summary
-    Console(stderr=True).print(
-        f"synth ({s['generator']}): {s['items']} items ({s['unanswerable']} unanswerable) from "
-        f"{s['chunks']} chunks, {s['rejected']} rejected, in {s['seconds']} s"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())) or "none"
+    console.print(
+        f"synth ({s['generator']}): kept {s['items']} ({s['unanswerable']} unanswerable) from {s['chunks']} "
+        f"chunks; rejected {s['rejected']} ({reasons}); tokens {_tokens_line(s)}; {s['seconds']} s"
+        + (f"; {s['resumed_rows']} rows resumed from disk" if s["resumed_rows"] else "")
     )
     return result
+
+
+def _tokens_line(summary: dict[str, Any]) -> str:
+    calls = summary.get("calls")
+    if not calls:
+        return "0 (no LLM calls)"
+    return ", ".join(f"{stage} {c['calls']} calls ({c['cached']} cached) {c['prompt_tokens']}+"
+                     f"{c['completion_tokens']} tok" for stage, c in calls.items())

@@ -1,0 +1,552 @@
+"""`ragtune serve`: an OpenAI-compatible HTTP server over a local model and optional adapter.
+
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (plain JSON or server-sent events
+with `stream: true`), and `GET /ragtune/stats` (requests and tokens served, for tests and
+monitoring). Generation runs in one worker thread (a CPU or single GPU gains nothing from
+two at once); requests queue there, so concurrent clients are all served, in arrival order.
+
+How chat messages become a prompt (the rule, in order):
+1. With a ragtune template (the adapter's or model's `ragtune_prompt.json`) and a request
+   that carries RAG context, the prompt is rendered exactly as in training: the template's
+   own instruction as system text, then the context and the question. A request carries
+   context when its body has `passages` (a ragtune extension: a list of strings or of
+   `{"title", "text"}` objects, formatted with the template's passage format) or when its
+   last user message has the shape `Context:\\n<passages>\\n\\nQuestion: <question>` (what
+   `PromptTemplate.messages` sends; the passages are used verbatim). The client's system
+   message is then ignored, because the model was trained with the template's.
+2. Otherwise the messages go through the tokenizer's chat template when it has one,
+3. else through a plain transcript (`System: ...`, `User: ...`, ending with `Assistant:`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from ragtune.errors import RagtuneError
+from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate, prompt_ids
+
+_CONTEXT_MESSAGE = re.compile(r"\AContext:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
+
+
+# ---------------------------------------------------------------- request schema
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class _PassageIn(BaseModel):
+    title: str = ""
+    text: str
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat-completions request this server honours; others are
+    accepted and ignored (e.g. `response_format`, which a small local model cannot enforce)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[_Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    seed: int | None = None
+    passages: list[str | _PassageIn] | None = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    def budget(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+# ---------------------------------------------------------------- prompt rendering
+def render_messages(
+    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None,
+    passages: list[Passage] | None = None,
+) -> list[int]:
+    """Prompt token ids for a chat request, by the rule in this module's docstring."""
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if template is not None:
+        if passages is not None:
+            return _render_rag(tokenizer, template, template.context_block(passages), last_user)
+        match = _CONTEXT_MESSAGE.match(last_user.strip("\n"))
+        if match:
+            return _render_rag(tokenizer, template, match["context"], match["question"])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return tokenizer("\n\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"]
+
+
+def _render_rag(tokenizer: Any, template: PromptTemplate, context: str, question: str) -> list[int]:
+    if template.style == "chat":
+        msgs = [{"role": "system", "content": template.system},
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    else:
+        text = (f"### Instruction:\n{template.system}\n\n### Context:\n{context}"
+                f"\n\n### Question:\n{question}\n\n### Answer:\n")
+    return prompt_ids(tokenizer, text, template)
+
+
+# ---------------------------------------------------------------- generation
+@dataclass
+class _Job:
+    """One request's generation; `on_text` receives finished text pieces as they decode."""
+
+    ids: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stops: list[str]
+    seed: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    n_tokens: int = 0
+    finish_reason: str = "length"
+
+
+class Engine:
+    """Runs generation on one worker thread; safe to call from any request.
+
+    Non-streaming requests that wait together with the same settings (token budget, stop
+    strings, temperature, top_p; no seed) are generated as one left-padded batch, so
+    concurrent clients raise throughput; streamed and seeded requests run one at a time. A
+    request whose client hung up is skipped if it has not started, and stopped if it has.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8) -> None:
+        from ragtune.generation import stop_token_ids
+
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+        self.batch_size = max(1, batch_size)
+        self.pending: list[tuple[_Job, asyncio.Future]] = []
+        self.drainer: asyncio.Task | None = None
+        self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "batches": 0, "max_batch": 0, "abandoned": 0}
+        self._stats_lock = threading.Lock()
+
+    async def run_batched(self, job: _Job) -> _Job:
+        """Queue a job; it runs in the next batch of jobs with the same settings."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((job, future))
+        if self.drainer is None or self.drainer.done():
+            self.drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            await asyncio.sleep(0)  # requests that arrived in this same turn join the batch
+            for _job, fut in [p for p in self.pending if p[0].cancelled.is_set()]:
+                fut.cancel()  # its client went away before it started: nothing to compute
+            self.pending = [p for p in self.pending if not p[0].cancelled.is_set()]
+            if not self.pending:
+                break
+            key = _batch_key(self.pending[0][0])
+            batch = [p for p in self.pending if _batch_key(p[0]) == key][: self.batch_size]
+            taken = {id(j) for j, _ in batch}
+            self.pending = [p for p in self.pending if id(p[0]) not in taken]
+            try:
+                await loop.run_in_executor(self.executor, self.run_batch, [j for j, _ in batch])
+            except Exception as e:  # noqa: BLE001 - each waiting request gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for job, fut in batch:
+                if not fut.done():
+                    fut.set_result(job)
+
+    def run_batch(self, jobs: list[_Job]) -> None:
+        """Generation of jobs with equal settings in one batch with left padding (as
+        `ragtune.generation.generate` does), keeping the token ids so usage and finish_reason
+        are exact."""
+        import torch
+
+        width = max(len(j.ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, job in enumerate(jobs):
+            ids[r, width - len(job.ids):] = torch.tensor(job.ids)
+            mask[r, width - len(job.ids):] = 1
+        device = next(self.model.parameters()).device
+        sample = jobs[0].temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
+                do_sample=sample, temperature=jobs[0].temperature if sample else None,
+                top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
+                pad_token_id=self.pad_id, use_cache=True)[:, width:]
+        for r, job in enumerate(jobs):
+            toks, job.finish_reason = out[r].tolist(), "length"
+            for k, t in enumerate(toks):
+                if t in self.stop_ids:
+                    toks, job.finish_reason = toks[:k], "stop"
+                    break
+            job.n_tokens = min(len(toks) + (job.finish_reason == "stop"), job.max_new_tokens)
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            cut = _first_stop(text, job.stops)
+            if cut is not None:
+                text, job.finish_reason = text[:cut], "stop"
+            job.text = text.strip()
+            self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
+
+    def count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for k, v in deltas.items():
+                self.stats[k] += v
+
+    def run(self, job: _Job, on_text: Any = None) -> _Job:
+        """Generate for `job` (blocking). Stops at EOS / end of turn, a stop string, the token
+        budget, or cancellation (a streaming client that went away)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        if job.cancelled.is_set():  # abandoned while it waited
+            return job
+        engine = self
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if job.cancelled.is_set():  # cut at a stop string, or the client left
+                    return
+                job.text += text
+                cut = _first_stop(job.text, job.stops)
+                if cut is not None:
+                    job.text, job.finish_reason = job.text[:cut], "stop"
+                    job.cancelled.set()
+                if on_text is not None:
+                    on_text(job)
+
+            def put(self, value: Any) -> None:
+                if not self.next_tokens_are_prompt:
+                    job.n_tokens += int(value.numel())
+                    if any(int(t) in engine.stop_ids for t in value.reshape(-1)):
+                        job.finish_reason = "stop"
+                super().put(value)
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
+
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([job.ids], dtype=torch.long, device=device)
+        sample = job.temperature > 0
+        if job.seed is not None:
+            torch.manual_seed(job.seed)
+        with torch.no_grad():
+            self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_new_tokens,
+                do_sample=sample, temperature=job.temperature if sample else None,
+                top_p=job.top_p if sample else None, top_k=None,
+                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
+                streamer=_Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
+                stopping_criteria=StoppingCriteriaList([_Cancel()]),
+            )
+        job.text = job.text.strip() if on_text is None else job.text
+        self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
+        return job
+
+
+def _batch_key(job: _Job) -> tuple[Any, ...]:
+    return job.max_new_tokens, tuple(job.stops), job.temperature, job.top_p
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s in text]
+    return min(hits) if hits else None
+
+
+# ---------------------------------------------------------------- app
+class _BadKey(Exception):
+    """A request without the server's API key (answered 401)."""
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def create_app(
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate | None = None,
+    api_key: str | None = None,
+    model_name: str = "ragtune",
+    default_max_tokens: int = 256,
+    batch_size: int = 8,
+) -> Any:
+    """A FastAPI app serving `model` with OpenAI's chat-completions protocol."""
+    engine = Engine(model, tokenizer, batch_size)
+    def check_key(request: Request) -> None:
+        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
+        # client disconnects from the endpoint, which needs them to drop abandoned requests.
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise _BadKey()
+
+    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, dependencies=[Depends(check_key)])
+    app.state.engine = engine
+    created = int(time.time())
+
+    @app.exception_handler(_BadKey)
+    async def bad_key(request: Request, exc: _BadKey) -> JSONResponse:
+        return _error(401, "invalid or missing API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, _validation_message(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else
+                      "invalid_request_error")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list",
+                "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "ragtune"}]}
+
+    @app.get("/ragtune/stats")
+    async def stats() -> dict:
+        return dict(engine.stats)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        engine.count(requests=1)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object")
+        try:
+            req = ChatRequest.model_validate(body)
+        except ValidationError as e:
+            return _error(400, _validation_message(e.errors()))
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
+                    for m in req.messages]
+        passages = None
+        if req.passages is not None:
+            passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text)
+                        for p in req.passages]
+        ids = render_messages(tokenizer, messages, template, passages)
+        job = _Job(ids=ids, max_new_tokens=req.budget(default_max_tokens), temperature=req.temperature,
+                   top_p=req.top_p, stops=req.stops(), seed=req.seed)
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if req.stream:
+            return StreamingResponse(_stream(engine, job, cid, model_name), media_type="text/event-stream")
+        if job.seed is None:
+            work = engine.run_batched(job)
+        else:  # a seeded request runs alone, so its seed alone decides its sample
+            work = asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
+        if not await _unless_disconnected(work, request, job):
+            return _error(499, "client closed the request")
+        return {
+            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
+                         "finish_reason": job.finish_reason, "logprobs": None}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": job.n_tokens,
+                      "total_tokens": len(ids) + job.n_tokens},
+        }
+
+    return app
+
+
+async def _unless_disconnected(work: Any, request: Request, job: _Job) -> bool:
+    """Await `work`; if the client hangs up first (e.g. its timeout fired), mark the job
+    cancelled so a queued job is skipped and a running one stops, and return False."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            try:
+                task.result()
+            except asyncio.CancelledError:
+                return False
+            return True
+        if await request.is_disconnected():
+            job.cancelled.set()
+            engine = request.app.state.engine
+            engine.count(abandoned=1)
+            return False
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    e = errors[0]
+    where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+    return f"invalid request: '{where}': {e.get('msg', 'bad value')}"
+
+
+async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    hold = max((len(s) for s in job.stops), default=1) - 1  # text that may start a stop string
+    state = {"sent": 0}
+
+    def on_text(j: _Job) -> None:
+        end = len(j.text) if j.cancelled.is_set() else max(state["sent"], len(j.text) - hold)
+        if end > state["sent"]:
+            piece, state["sent"] = j.text[state["sent"]:end], end
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+    def run() -> None:
+        try:
+            engine.run(job, on_text)
+            on_text_final()
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    def on_text_final() -> None:
+        if len(job.text) > state["sent"]:
+            loop.call_soon_threadsafe(queue.put_nowait, job.text[state["sent"]:])
+            state["sent"] = len(job.text)
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    future = loop.run_in_executor(engine.executor, run)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (piece := await queue.get()) is not None:
+            yield chunk({"content": piece})
+        await future
+        usage = {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
+                 "total_tokens": len(job.ids) + job.n_tokens}
+        yield chunk({}, job.finish_reason, usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # the client left: stop generating for it
+
+
+# ---------------------------------------------------------------- entry point
+def base_model_of(adapter: str | Path) -> str:
+    """The base model an adapter was trained on, from its PEFT config."""
+    cfg = Path(adapter) / "adapter_config.json"
+    if not cfg.is_file():
+        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
+    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise RagtuneError(f"{cfg} names no base model; pass --model")
+    return str(base)
+
+
+def load_template(*folders: str | Path | None) -> PromptTemplate | None:
+    """The first `ragtune_prompt.json` found among `folders` (adapter first), else None."""
+    for folder in folders:
+        if folder and (Path(folder) / PROMPT_FILE).is_file():
+            return PromptTemplate.load(folder)
+    return None
+
+
+def serve(
+    model: str | None = None,
+    adapter: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    model_name: str | None = None,
+    batch_size: int = 8,
+) -> None:
+    """Load the model (and adapter) and serve it until interrupted."""
+    import uvicorn
+
+    from ragtune.models import load_model
+
+    if model is None and adapter is None:
+        raise RagtuneError("serve needs --model (a model folder or hub id) and/or --adapter")
+    model = model or base_model_of(adapter)  # type: ignore[arg-type]
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise RagtuneError(f"environment variable {api_key_env} is empty; export the API key "
+                               "clients must send, or drop --api-key-env")
+    lm, tok = load_model(model, adapter=adapter)
+    template = load_template(adapter, model if Path(model).is_dir() else None)
+    name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
+    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+class serving:  # noqa: N801 - used as a context manager, reads like a function
+    """Run an ASGI app with uvicorn on a free loopback port in a background thread.
+
+    `with serving(app) as url:` yields `http://127.0.0.1:PORT`; the server stops on exit.
+    Used by tests and benchmarks to talk to a real server over real sockets.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        self.host = host
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning",
+                                                    lifespan="off"))
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> str:
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        port = sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return f"http://{self.host}:{port}"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)

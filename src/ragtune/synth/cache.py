@@ -1,0 +1,118 @@
+"""Content-keyed cache of LLM calls, and JSONL files that survive a kill at any byte.
+
+A call's key is a hash of (backend, model, messages, sampling parameters): the same prompt
+with the same settings is never paid for twice, and changing a chunk's text or a prompt
+template changes exactly the keys of the calls built from it. Entries are appended one line
+at a time and fsynced (`records.append_jsonl`); a line torn by a kill is dropped on the next
+load, so the worst a kill costs is the one call that was in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ragtune.records import append_jsonl, content_id
+
+CACHE_FILE = "llm_calls.jsonl"
+
+
+def call_key(backend: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+    """The cache key of one chat call."""
+    return content_id(backend, model, json.dumps(messages, sort_keys=True, ensure_ascii=False),
+                      json.dumps(params, sort_keys=True), n=32)
+
+
+def read_jsonl_repaired(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of an append-only JSONL file; a torn last line (killed writer) is cut off the file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    rows: list[dict[str, Any]] = []
+    good_end = 0
+    pos = 0
+    for line in data.splitlines(keepends=True):
+        pos += len(line)
+        if not line.endswith(b"\n"):
+            break  # torn: the writer died before the newline
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        good_end = pos
+    if good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+    return rows
+
+
+class CallCache:
+    """Replies of finished LLM calls, in memory and (when `directory` is given) on disk."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.path = Path(directory) / CACHE_FILE if directory else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for row in read_jsonl_repaired(self.path):
+                self.entries[row["key"]] = row
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        row = {"key": key, **value}
+        self.entries[key] = row
+        if self.path is not None:
+            append_jsonl(self.path, row)
+
+
+class JsonlAppender:
+    """Append rows to a JSONL file as they arrive. Each row is flushed to the OS at once (a
+    killed process loses nothing) and fsynced at most every `fsync_s` seconds and at close
+    (a fast generator is not slowed to one disk sync per row)."""
+
+    def __init__(self, path: str | Path, fsync_s: float = 1.0) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.fsync_s = fsync_s
+        self.last_sync = self._clock()
+        self.n = 0
+
+    def write(self, row: Any) -> None:
+        from ragtune.records import to_dict
+
+        self.f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
+        self.f.flush()
+        self.n += 1
+        if self._clock() - self.last_sync >= self.fsync_s:
+            os.fsync(self.f.fileno())
+            self.last_sync = self._clock()
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
