@@ -57,7 +57,7 @@ def test_ask_input_errors(tmp_path, tiny_model_dir):
         ask("q?", base_model=str(tiny_model_dir))
     with pytest.raises(RagtuneError, match="not found"):
         ask("q?", base_model=str(tiny_model_dir), context=tmp_path / "missing.txt")
-    with pytest.raises(RagtuneError, match="adapter_config.json"):
+    with pytest.raises(RagtuneError, match="holds no adapter or model"):
         ask("q?", adapter=tmp_path, context=tmp_path / "x.txt")
     with pytest.raises(RagtuneError, match="question is empty"):
         ask("  ", base_model=str(tiny_model_dir), context=tmp_path / "x.txt")
@@ -66,7 +66,7 @@ def test_ask_input_errors(tmp_path, tiny_model_dir):
 def test_base_model_of_an_adapter(tmp_path):
     import json
 
-    from ragtune.ask import base_of_adapter
+    from ragtune.models import base_model_of as base_of_adapter
 
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)

@@ -132,7 +132,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path, tiny_model_dir):
         evaluate_run(tmp_path, EvalConfig(), base_model=str(tiny_model_dir), show=False)
     with pytest.raises(RagtuneError, match="no base model"):
         evaluate_run(tmp_path, EvalConfig(), show=False)
-    with pytest.raises(RagtuneError, match="adapter_config.json"):
+    with pytest.raises(RagtuneError, match="holds no adapter or model"):
         evaluate_run(tmp_path, EvalConfig(), base_model=str(tiny_model_dir), adapters=[tmp_path], show=False)
 
 

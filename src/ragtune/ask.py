@@ -12,35 +12,17 @@ from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl
 
 
-def base_of_adapter(adapter: str | Path) -> str:
-    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record); a
-    recorded relative path that does not resolve from here falls back to the run's base_model/."""
-    from ragtune.evaluate import read_train_info
-
-    info = read_train_info(Path(adapter))
-    recorded = [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
-    for value in recorded:
-        if Path(value).exists():
-            return value
-    sibling = Path(adapter).parent / "base_model"
-    if (sibling / "config.json").is_file():
-        return str(sibling)
-    if recorded:
-        return recorded[0]  # a hub id
-    raise RagtuneError(f"cannot tell the base model of adapter '{adapter}'; pass --base-model")
-
-
 def load_for_inference(
     adapter: str | Path | None = None, base_model: str | None = None, precision: str = "auto"
 ) -> tuple[Any, Any, PromptTemplate]:
     """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter."""
-    from ragtune.models import load_model
+    from ragtune.models import base_model_of, is_tuned_dir, load_model
 
     if adapter is None and base_model is None:
         raise RagtuneError("pass --adapter (a folder `ragtune train` wrote) or --base-model")
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
-    base = base_model or base_of_adapter(adapter)  # type: ignore[arg-type]
+    if adapter is not None and not is_tuned_dir(adapter):
+        raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
+    base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
     model, tok = load_model(base, adapter, precision=precision)
     if adapter is not None and (Path(adapter) / PROMPT_FILE).is_file():
         template = PromptTemplate.load(adapter)

@@ -464,17 +464,6 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
 
 
 # ---------------------------------------------------------------- entry point
-def base_model_of(adapter: str | Path) -> str:
-    """The base model an adapter was trained on, from its PEFT config."""
-    cfg = Path(adapter) / "adapter_config.json"
-    if not cfg.is_file():
-        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
-    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise RagtuneError(f"{cfg} names no base model; pass --model")
-    return str(base)
-
-
 def load_template(*folders: str | Path | None) -> PromptTemplate | None:
     """The first `ragtune_prompt.json` found among `folders` (adapter first), else None."""
     for folder in folders:
@@ -495,7 +484,7 @@ def serve(
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
 
-    from ragtune.models import load_model
+    from ragtune.models import base_model_of, load_model
 
     if model is None and adapter is None:
         raise RagtuneError("serve needs --model (a model folder or hub id) and/or --adapter")

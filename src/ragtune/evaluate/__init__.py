@@ -19,6 +19,7 @@ from ragtune.config import REFUSAL, EvalConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
+from ragtune.models import is_tuned_dir
 from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
 from ragtune.records import Example, QAItem, from_dict, write_jsonl
 from ragtune.runfolder import RunFolder
@@ -92,33 +93,16 @@ def item_rows(items: Sequence[Example], outputs: dict[str, ModelOutput]) -> list
 
 
 # ---------------------------------------------------------------- finding items and models
-def read_train_info(adapter: Path) -> dict[str, Any]:
-    for name in ("ragtune_train.json", "adapter_config.json"):
-        f = adapter / name
-        if f.is_file():
-            try:
-                return json.loads(f.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                continue
-    return {}
-
-
 def resolve_base_model(run: RunFolder, base_model: str | None, adapters: Sequence[Path]) -> str:
-    """--base-model, else the adapter's recorded base (a folder that exists, or a hub id),
-    else RUN/base_model."""
+    """--base-model, else the first adapter's recorded base, else RUN/base_model."""
+    from ragtune.models import base_model_of
+
     if base_model:
         return str(base_model)
-    recorded = []
-    for a in adapters:
-        info = read_train_info(Path(a))
-        recorded += [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
-    for value in recorded:
-        if Path(value).exists():
-            return value
+    if adapters:
+        return base_model_of(adapters[0])
     if (run.base_model / "config.json").is_file():
-        return str(run.base_model)  # also where a relative recorded path pointed, seen from elsewhere
-    if recorded:
-        return recorded[0]  # a hub id
+        return str(run.base_model)
     raise RagtuneError(f"no base model found for {run.root}; pass --base-model (a model folder or hub id)")
 
 
@@ -235,11 +219,10 @@ def evaluate_run(
     `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
     t0 = time.perf_counter()
-    adapter_dirs = [Path(a) for a in adapters] if adapters else (
-        [run.adapter] if (run.adapter / "adapter_config.json").is_file() else [])
+    adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
     for a in adapter_dirs:
-        if not (a / "adapter_config.json").is_file():
-            raise RagtuneError(f"'{a}' holds no adapter_config.json; pass a folder `ragtune train` wrote")
+        if not is_tuned_dir(a):
+            raise RagtuneError(f"'{a}' holds no adapter or model; pass a folder `ragtune train` wrote")
     base = resolve_base_model(run, base_model, adapter_dirs)
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
