@@ -13,13 +13,20 @@ from ragtune.records import Chunk, read_jsonl
 
 
 def base_of_adapter(adapter: str | Path) -> str:
-    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record)."""
+    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record); a
+    recorded relative path that does not resolve from here falls back to the run's base_model/."""
     from ragtune.evaluate import read_train_info
 
     info = read_train_info(Path(adapter))
-    for key in ("base_model", "base_model_name_or_path"):
-        if isinstance(info.get(key), str) and info[key]:
-            return info[key]
+    recorded = [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
+    for value in recorded:
+        if Path(value).exists():
+            return value
+    sibling = Path(adapter).parent / "base_model"
+    if (sibling / "config.json").is_file():
+        return str(sibling)
+    if recorded:
+        return recorded[0]  # a hub id
     raise RagtuneError(f"cannot tell the base model of adapter '{adapter}'; pass --base-model")
 
 
@@ -70,12 +77,12 @@ def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None)
     return ingest(d, IngestConfig(tokenizer=tokenizer_source)).chunks
 
 
-def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int) -> list[Passage]:
+def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int, index_dir: Path | None = None) -> list[Passage]:
     from ragtune.evaluate.robustness import retrieve
 
     if not chunks:
         raise RagtuneError("the knowledge base holds no chunks; run `ragtune ingest` on a folder with text")
-    hits = retrieve(chunks, [question], k)[0]
+    hits = retrieve(chunks, [question], k, index_dir)[0]
     return [Passage(title=chunks[i].title, text=chunks[i].text, id=chunks[i].id) for i in hits]
 
 
@@ -102,7 +109,8 @@ def ask(
     model, tok, template = load_for_inference(adapter, base_model, precision)
     if passages is None:
         source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_model
-        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k)  # type: ignore[arg-type]
+        run_index = Path(docs) / "index" if (Path(docs) / "chunks.jsonl").is_file() else None  # type: ignore[arg-type]
+        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k, run_index)  # type: ignore[arg-type]
     ids = prompt_ids(tok, template.render(tok, question, passages), template)
     limit = getattr(tok, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:

@@ -36,6 +36,20 @@ class TinyModelConfig(_Config):
     minutes: float = 2.0  # wall-clock budget for pretraining
     max_steps: int | None = None  # stop early when set (tests)
     seed: int = 0
+    # `reader` recipe only (ragtune.reader). Shape / budget fields above that are not set
+    # explicitly take the reader's measured defaults (READER_DEFAULTS, or the GPU preset).
+    scale: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: bigger model, more tokens per step
+    warmup_steps: int = 100
+    max_span: int = 160  # longest repeated random span in the copy curriculum
+    widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
+    short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
+    copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
+    copy_switch_acc: float = 0.9  # leave the copy-only phase once training copies are this exact
+    late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: {"copy": 0.35, "lookup": 0.05, "continue": 0.15, "rag": 0.3, "text": 0.15}
+    )
+    compile: bool = False  # torch.compile the model (pays off on GPU; not measured to help on CPU)
 
 
 class IngestConfig(_Config):
@@ -91,7 +105,8 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
-    formats: list[str] = Field(default_factory=list)
+    formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
+    push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0
 
 
@@ -140,6 +155,15 @@ class EvalConfig(_Config):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
     html: bool = True  # write report.html with the plots inlined
+    # Optional LLM judge (faithfulness, correctness) over an OpenAI-compatible endpoint
+    judge: bool = False
+    judge_model: str | None = None  # default: the first model the endpoint lists
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_repeats: int = 3
+    judge_temperature: float = 0.0
+    judge_seed: int = 0
+    judge_concurrency: int = 8
     seed: int = 0
 
 

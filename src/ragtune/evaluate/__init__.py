@@ -104,17 +104,21 @@ def read_train_info(adapter: Path) -> dict[str, Any]:
 
 
 def resolve_base_model(run: RunFolder, base_model: str | None, adapters: Sequence[Path]) -> str:
-    """--base-model, else the adapter's recorded base, else RUN/base_model."""
+    """--base-model, else the adapter's recorded base (a folder that exists, or a hub id),
+    else RUN/base_model."""
     if base_model:
         return str(base_model)
+    recorded = []
     for a in adapters:
         info = read_train_info(Path(a))
-        for key in ("base_model", "base_model_name_or_path"):
-            value = info.get(key)
-            if isinstance(value, str) and value and (Path(value).exists() or not value.startswith((".", "/"))):
-                return value
+        recorded += [v for k in ("base_model", "base_model_name_or_path") if isinstance(v := info.get(k), str) and v]
+    for value in recorded:
+        if Path(value).exists():
+            return value
     if (run.base_model / "config.json").is_file():
-        return str(run.base_model)
+        return str(run.base_model)  # also where a relative recorded path pointed, seen from elsewhere
+    if recorded:
+        return recorded[0]  # a hub id
     raise RagtuneError(f"no base model found for {run.root}; pass --base-model (a model folder or hub id)")
 
 
@@ -263,6 +267,10 @@ def evaluate_run(
                       dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
+    if cfg.judge:
+        from ragtune.evaluate.judge import judge_rows
+
+        metrics["judge"] = judge_rows(result.rows, ["\n\n".join(ex.passage_texts) for ex in items], cfg)
     if cfg.robustness and qa is None:
         from ragtune.evaluate.robustness import robustness_for_run
 
@@ -270,7 +278,9 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    run.record_stage("eval", config=cfg, inputs=[], seconds=round(time.perf_counter() - t0, 1),
+    inputs = [Path(qa)] if qa is not None else [run.dataset / "dataset_dict.json", run.dataset / f"{cfg.split}.jsonl"]
+    inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
+    run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
     return metrics
 

@@ -1,0 +1,151 @@
+"""The `reader` recipe's pieces and the induction probe, on real tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import corpus_texts
+
+from ragtune.config import TinyModelConfig
+from ragtune.errors import RagtuneError
+from ragtune.reader import Corpus, Tasks, copies, probe_model, reader_config
+
+
+class InductionCopier(torch.nn.Module):
+    """A hand-made model that copies: it predicts the token that followed the latest earlier
+    occurrence of the current token (a perfect induction head), else nothing in particular."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, 1)
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.embed
+
+    def forward(self, input_ids, cache=None, use_cache=False):
+        full = input_ids if cache is None else torch.cat([cache, input_ids], 1)
+        vocab = self.embed.num_embeddings
+        logits = torch.zeros(*input_ids.shape, vocab)
+        offset = full.size(1) - input_ids.size(1)
+        for b in range(full.size(0)):
+            for t in range(input_ids.size(1)):
+                pos = offset + t
+                earlier = (full[b, :pos] == full[b, pos]).nonzero()
+                if len(earlier):
+                    logits[b, t, full[b, earlier[-1, 0] + 1]] = 20.0
+        return SimpleNamespace(logits=logits, cache=full)
+
+
+def test_probe_sees_no_copying_in_the_fixture_model(tiny_model_dir, capsys):
+    res = probe_model(str(tiny_model_dir), lengths=(8, 32))
+    for r in res.values():
+        assert 0.8 < r["ratio"] < 1.2, r  # 40 steps of plain LM: no induction
+        assert r["greedy_acc"] < 0.2
+    assert not copies(res, (32,))
+    out = capsys.readouterr().out
+    assert "2nd-copy loss" in out and "32" in out
+
+
+def test_probe_measures_a_model_that_copies(tokenizer):
+    res = probe_model(InductionCopier(len(tokenizer)), lengths=(8, 32), tokenizer=tokenizer, show=False)
+    for r in res.values():
+        assert r["ratio"] < 0.01 and r["first_loss"] > 1.0
+        assert r["next_token_acc"] == 1.0 and r["greedy_acc"] == 1.0
+    assert copies(res, (32,))
+
+
+def test_probe_rejects_bad_lengths(tiny_model_dir):
+    with pytest.raises(RagtuneError, match="at least 2"):
+        probe_model(str(tiny_model_dir), lengths=(1,))
+
+
+def test_cli_probe(tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    result = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8"])
+    assert result.exit_code == 0, result.output
+    assert "ratio" in result.output
+
+
+def test_reader_defaults_fill_only_unset_fields():
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", hidden_size=128))
+    assert cfg.vocab_size == 512 and cfg.num_layers == 2 and cfg.hidden_size == 128
+    gpu = reader_config(TinyModelConfig(recipe="reader", scale="gpu"))
+    assert gpu.hidden_size > cfg.hidden_size and gpu.batch_size > cfg.batch_size
+    with pytest.raises(RagtuneError, match="task_mix"):
+        reader_config(TinyModelConfig(recipe="reader", task_mix={"poetry": 1.0}))
+    with pytest.raises(RagtuneError, match="seq_len"):
+        reader_config(TinyModelConfig(recipe="reader", seq_len=100))
+
+
+@pytest.fixture
+def tasks(tokenizer):
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", late_seq_len=256))
+    stream = torch.arange(5, 2000) % len(tokenizer)
+    return Tasks(tokenizer, Corpus(corpus_texts()), stream, cfg)
+
+
+def test_copy_rows_train_only_on_second_copies(tasks):
+    rng = random.Random(1)
+    ids, mask = tasks.copy(rng, 32)
+    n = (len(ids) - 1) // 2
+    assert ids[1 : n + 1] == ids[n + 1 :] and sum(mask) == n - 1
+    assert all(ids[i] == ids[i - n] for i, m in enumerate(mask) if m)
+    ids, mask = tasks.row("copy", rng, 320, 128)
+    assert len(ids) == len(mask) == 320 and sum(mask) > 0
+
+
+def test_lookup_answer_is_the_value_after_its_key(tasks):
+    ids, mask = tasks.lookup(random.Random(2), 0)
+    value = [t for t, m in zip(ids, mask, strict=True) if m]
+    start = mask.index(1)
+    query = ids[start - len(tasks.eq) - 2 : start]
+    body = ids[: start - len(query)]
+    hits = [i for i in range(len(body)) if body[i : i + len(query)] == query]
+    assert hits and body[hits[0] + len(query) : hits[0] + len(query) + len(value)] == value
+
+
+def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokenizer):
+    rng = random.Random(3)
+    for _ in range(5):
+        ids, mask = tasks.rag(rng, 0)
+        text = tokenizer.decode(ids)
+        answer = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m], skip_special_tokens=True)
+        prompt = text.split("### Answer:\n")[0]
+        if "### Context:" not in prompt:  # a sentence too short fell back to `continue`
+            continue
+        assert "### Question:" in prompt and answer.strip() in prompt.split("### Question:")[0]
+        assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_rows_never_cut_targets(tasks):
+    rng = random.Random(4)
+    for task in ("continue", "rag", "text"):
+        ids, mask = tasks.row(task, rng, 256, 128)
+        assert len(ids) == len(mask) == 256
+
+
+def test_corpus_too_small_is_a_clear_error():
+    with pytest.raises(RagtuneError, match="paragraphs"):
+        Corpus(["too short"])
+
+
+@pytest.mark.slow
+def test_make_reader_model_saves_a_loadable_model(tmp_path):
+    from ragtune.models import load_model, make_tiny_model
+
+    cfg = TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
+                          intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
+                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0)
+    info = make_tiny_model(corpus_texts(), tmp_path, cfg)
+    assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
+    assert json.loads((tmp_path / "ragtune_tiny_model.json").read_text())["copy_phase_steps"] == 1
+    model, tok = load_model(tmp_path, precision="fp32")
+    assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 2
+    assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)
