@@ -196,6 +196,9 @@ class Engine:
         are exact."""
         import torch
 
+        jobs = [j for j in jobs if not j.cancelled.is_set()]  # abandoned while they waited
+        if not jobs:
+            return
         width = max(len(j.ids) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
