@@ -19,6 +19,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -215,7 +216,7 @@ def main() -> None:
     near = (ROOT.parent / "shared", ROOT.parents[1] / "shared")
     shared = next((d for d in near if d.is_dir()), near[0])
     p.add_argument("--docs", default=str(shared / "data" / "python-docs"), help="../shared/data/python-docs")
-    p.add_argument("--work", default="/tmp/ragtune_bench")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ragtune_train_bench"))
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)

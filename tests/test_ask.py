@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory, tiny_model_dir, tokenizer):
 def test_retrieval_puts_the_relevant_chunk_first():
     chunks = make_chunks()
     top = retrieved_passages(chunks, "Who painted the harbor lighthouse red?", 3)
-    assert len(top) == 3 and top[0].title == "Harbor"
+    assert 1 <= len(top) <= 3 and top[0].title == "Harbor"
     assert retrieved_passages(chunks, "How many arches has the stone bridge?", 1)[0].title == "Bridge"
 
 
@@ -57,7 +57,23 @@ def test_ask_input_errors(tmp_path, tiny_model_dir):
         ask("q?", base_model=str(tiny_model_dir))
     with pytest.raises(RagtuneError, match="not found"):
         ask("q?", base_model=str(tiny_model_dir), context=tmp_path / "missing.txt")
-    with pytest.raises(RagtuneError, match="adapter_config.json"):
+    with pytest.raises(RagtuneError, match="holds no adapter or model"):
         ask("q?", adapter=tmp_path, context=tmp_path / "x.txt")
     with pytest.raises(RagtuneError, match="question is empty"):
         ask("  ", base_model=str(tiny_model_dir), context=tmp_path / "x.txt")
+
+
+def test_base_model_of_an_adapter(tmp_path):
+    import json
+
+    from ragtune.models import base_model_of as base_of_adapter
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "ragtune_train.json").write_text(json.dumps({"base_model": "runs/elsewhere/base_model"}))
+    assert base_of_adapter(run / "adapter") == "runs/elsewhere/base_model"  # taken as a hub id
+    (run / "base_model").mkdir()
+    (run / "base_model" / "config.json").write_text("{}")
+    assert base_of_adapter(run / "adapter") == str(run / "base_model")  # the run's own, seen from here
+    (run / "adapter" / "ragtune_train.json").write_text(json.dumps({"base_model": str(tmp_path)}))
+    assert base_of_adapter(run / "adapter") == str(tmp_path)

@@ -132,7 +132,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path, tiny_model_dir):
         evaluate_run(tmp_path, EvalConfig(), base_model=str(tiny_model_dir), show=False)
     with pytest.raises(RagtuneError, match="no base model"):
         evaluate_run(tmp_path, EvalConfig(), show=False)
-    with pytest.raises(RagtuneError, match="adapter_config.json"):
+    with pytest.raises(RagtuneError, match="holds no adapter or model"):
         evaluate_run(tmp_path, EvalConfig(), base_model=str(tiny_model_dir), adapters=[tmp_path], show=False)
 
 
@@ -157,3 +157,32 @@ def test_model_names_for_several_adapters(tmp_path):
     specs = model_specs("m", [a, b, c])
     assert [s.name for s in specs] == ["base", "adapter", "adapter-2", "lora-dora"]
     assert all(s.base_model == "m" for s in specs) and specs[2].adapter == str(b)
+
+
+def test_robustness_items_settings(tiny_model_dir, tokenizer):
+    """Closed book has no passage, oracle + k has k + 1 with the oracle, oracle removed lacks it."""
+    from evalkit import QUESTIONS, make_chunks
+
+    from ragtune.evaluate.robustness import robustness_items
+    from ragtune.records import Example, QAItem, content_id
+
+    chunks = make_chunks()
+    template = PromptTemplate.for_tokenizer(tokenizer)
+    qa, exs = {}, []
+    for q, a, ci in QUESTIONS:
+        qa[content_id(q)] = QAItem(id=content_id(q), question=q, answer=a, answers=[a], chunk_id=chunks[ci].id)
+        exs.append(Example(id=content_id(q), qa_id=content_id(q), doc_id="", question=q, prompt="", completion=a,
+                           answers=[a]))
+    pairs = robustness_items(exs, qa, chunks, [0, 2, 4], template, tokenizer, limit=3)
+    assert [s for s, _ in pairs[:5]] == ["closed_book", "k=0", "k=2", "k=4", "no_oracle"] and len(pairs) == 15
+    for setting, ex in pairs:
+        oracle = qa[ex.qa_id].chunk_id
+        if setting == "closed_book":
+            assert ex.passages == [] and "### Context:" in ex.prompt
+        elif setting == "no_oracle":
+            assert oracle not in ex.passages and len(ex.passages) == 4 and not ex.answerable
+            assert ex.completion == template.refusal and ex.answers == []
+        else:
+            k = int(setting[2:])
+            assert oracle in ex.passages and len(ex.passages) == k + 1 and len(set(ex.passages)) == k + 1
+            assert ex.question in ex.prompt and chunks[0].text in ex.prompt or ex.qa_id != exs[0].qa_id

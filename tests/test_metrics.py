@@ -90,8 +90,8 @@ def test_aggregate_split_and_abstention_matrix():
     scores = [m.score_item(p, a) for p, a, _ in items]
     agg = m.aggregate(scores, [ok for *_, ok in items])
     assert agg["n"] == 4 and agg["em"] == 50.0 and agg["f1"] == 50.0
-    assert agg["has_ans"] == {"n": 2, "em": 50.0, "f1": 50.0, "refused": 50.0}
-    assert agg["no_ans"] == {"n": 2, "em": 50.0, "refused": 50.0}
+    assert agg["has_ans"] == {"n": 2, "em": 50.0, "f1": 50.0, "refused": 50.0, "empty": 0.0}
+    assert agg["no_ans"] == {"n": 2, "em": 50.0, "refused": 50.0, "empty": 50.0}
     assert agg["abstention"] == {"answerable": {"answered": 1, "refused": 1},
                                  "unanswerable": {"answered": 1, "refused": 1}}
 

@@ -10,7 +10,7 @@ from ragtune.config import IngestConfig
 from ragtune.errors import RagtuneError
 from ragtune.ingest import ingest
 from ragtune.records import Chunk
-from ragtune.retrieval import build_retriever, index_for_run, load_retriever, search
+from ragtune.retrieval import HybridRetriever, build_retriever, index_for_run, load_retriever, search
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_dense_and_hybrid(chunks: list[Chunk], tmp_path: Path) -> None:
     reloaded = load_retriever(tmp_path / "index" / "dense")
     q = chunks[2].text[:80]
     assert [h[0] for h in search(reloaded, q, 3)] == [h[0] for h in search(dense, q, 3)]
-    hybrid = build_retriever("hybrid", chunks)
+    hybrid = HybridRetriever(build_retriever("bm25", chunks), dense)  # reuses the embeddings
     assert _own_chunk_rank(hybrid, chunks) > 0.7
     mask = np.zeros(len(chunks), dtype=bool)
     mask[:5] = True

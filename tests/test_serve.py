@@ -55,13 +55,15 @@ def test_greedy_is_deterministic_and_stream_matches_it(server):
     a = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0)
     b = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0)
     assert a.choices[0].message.content == b.choices[0].message.content
-    chunks = list(c.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0,
-                                            stream=True))
+    # seeded sampling gives a longer reply from the tiny model: the same one streamed or not
+    sampling = {"max_tokens": 16, "temperature": 1.0, "seed": 3}
+    whole = c.chat.completions.create(model="tiny", messages=msgs, **sampling).choices[0].message.content
+    chunks = list(c.chat.completions.create(model="tiny", messages=msgs, stream=True, **sampling))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks)
-    assert streamed.strip() == a.choices[0].message.content
-    assert len(chunks) > 3  # really streamed, piece by piece
+    pieces = [ch.choices[0].delta.content for ch in chunks[1:-1]]
+    assert "".join(pieces).strip() == whole
+    assert len(whole.split()) >= 3 and len(pieces) > 1  # really streamed, piece by piece
 
 
 def test_stop_string_cuts_the_reply(server):
@@ -96,6 +98,7 @@ def test_bad_key_gets_401(server):
     assert e.value.status_code == 401
     r = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server}/ragtune/stats").status_code == 401
 
 
 @pytest.mark.parametrize("body", [
@@ -139,9 +142,25 @@ def test_concurrent_requests_are_all_served(server):
     for t in threads:
         t.join(60)
     assert not errors and len(results) == 6
-    stats = httpx.get(f"{server}/ragtune/stats").json()
+    stats = httpx.get(f"{server}/ragtune/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert stats["completions"] >= 6
     assert stats["max_batch"] >= 2  # requests that waited together were generated together
+
+
+@pytest.mark.parametrize("seed", [None, 2])  # batched path, single path
+def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer, seed):
+    model, tok = model_and_tokenizer
+    app = create_app(model, tok)
+    with serving(app) as url:
+        app.state.engine.executor.submit(time.sleep, 2.0)  # the generation worker is busy for 2 s
+        impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi."}],
+                                              max_tokens=50, temperature=1.0, seed=seed)
+        time.sleep(2.5)  # the worker is free again; the abandoned request has had its turn
+        stats = httpx.get(f"{url}/ragtune/stats").json()
+    assert stats["abandoned"] == 1
+    assert stats["completions"] == 0  # it never ran
 
 
 def test_rag_request_renders_like_training(tokenizer):
@@ -167,3 +186,54 @@ def test_server_starts_and_stops_quickly(model_and_tokenizer):
     with serving(create_app(model, tok)) as url:
         assert httpx.get(f"{url}/v1/models").status_code == 200  # no key configured: open
     assert time.perf_counter() - t0 < 10
+
+
+def test_cli_serves_an_adapter_with_its_training_template(tiny_model_dir, tmp_path):
+    """`ragtune serve --adapter A` as a real process: the base model comes from the adapter's
+    config, and a RAG request is answered through the adapter's ragtune_prompt.json."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    PromptTemplate(style="plain", refusal="No idea.").save(adapter)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--adapter", str(adapter), "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": str(root / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = httpx.get(f"{url}/v1/models").json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        tpl = PromptTemplate.load(adapter)
+        msgs = tpl.messages("What is a list?", [Passage("Lists", "A list is mutable.")])
+        r = client(url, key="none").chat.completions.create(model="adapter", messages=msgs, max_tokens=4,
+                                                            temperature=0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert models["data"][0]["id"] == "adapter"
+    from ragtune.models import load_tokenizer
+    from ragtune.prompts import prompt_ids
+
+    tok = load_tokenizer(tiny_model_dir)
+    trained = tpl.render(tok, "What is a list?", [Passage("Lists", "A list is mutable.")])
+    assert r.usage.prompt_tokens == len(prompt_ids(tok, trained, tpl))  # rendered exactly as in training
+    assert "No idea." in trained and r.choices[0].finish_reason in ("stop", "length")

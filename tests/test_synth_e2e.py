@@ -72,7 +72,7 @@ def test_synth_openai_against_ragtune_serve_on_python_docs(data_dir, tiny_model_
              "--base-url", f"{url}/v1", "--api-key-env", "SERVE_KEY", "--limit", "3", "--max-tokens", "24",
              "--questions-per-chunk", "2", "--concurrency", "4"],
             env=env, capture_output=True, text=True, timeout=600)
-        stats = httpx.get(f"{url}/ragtune/stats").json()
+        stats = httpx.get(f"{url}/ragtune/stats", headers={"Authorization": "Bearer k-123"}).json()
     finally:
         server.terminate()
         server.wait(30)

@@ -199,7 +199,7 @@ def test_against_ragtune_serve_garbage_replies_become_counted_rejections(tiny_mo
         gen = make_openai(c, CHUNKS[:3])
         assert gen.model_id == "tiny"  # found through /v1/models
         rows = list(gen.generate(CHUNKS[:3]))
-        served = httpx.get(f"{url}/ragtune/stats").json()
+        served = httpx.get(f"{url}/ragtune/stats", headers={"Authorization": "Bearer sekrit"}).json()
         monkeypatch.setenv("RAGTUNE_TEST_KEY", "wrong")
         with pytest.raises(RagtuneError, match="refused the API key"):
             list(make_openai(c, CHUNKS[:1]).generate(CHUNKS[:1]))

@@ -12,28 +12,17 @@ from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl
 
 
-def base_of_adapter(adapter: str | Path) -> str:
-    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record)."""
-    from ragtune.evaluate import read_train_info
-
-    info = read_train_info(Path(adapter))
-    for key in ("base_model", "base_model_name_or_path"):
-        if isinstance(info.get(key), str) and info[key]:
-            return info[key]
-    raise RagtuneError(f"cannot tell the base model of adapter '{adapter}'; pass --base-model")
-
-
 def load_for_inference(
     adapter: str | Path | None = None, base_model: str | None = None, precision: str = "auto"
 ) -> tuple[Any, Any, PromptTemplate]:
     """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter."""
-    from ragtune.models import load_model
+    from ragtune.models import base_model_of, is_tuned_dir, load_model
 
     if adapter is None and base_model is None:
         raise RagtuneError("pass --adapter (a folder `ragtune train` wrote) or --base-model")
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
-    base = base_model or base_of_adapter(adapter)  # type: ignore[arg-type]
+    if adapter is not None and not is_tuned_dir(adapter):
+        raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
+    base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
     model, tok = load_model(base, adapter, precision=precision)
     if adapter is not None and (Path(adapter) / PROMPT_FILE).is_file():
         template = PromptTemplate.load(adapter)
@@ -70,12 +59,12 @@ def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None)
     return ingest(d, IngestConfig(tokenizer=tokenizer_source)).chunks
 
 
-def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int) -> list[Passage]:
+def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int, index_dir: Path | None = None) -> list[Passage]:
     from ragtune.evaluate.robustness import retrieve
 
     if not chunks:
         raise RagtuneError("the knowledge base holds no chunks; run `ragtune ingest` on a folder with text")
-    hits = retrieve(chunks, [question], k)[0]
+    hits = retrieve(chunks, [question], k, index_dir)[0]
     return [Passage(title=chunks[i].title, text=chunks[i].text, id=chunks[i].id) for i in hits]
 
 
@@ -102,7 +91,8 @@ def ask(
     model, tok, template = load_for_inference(adapter, base_model, precision)
     if passages is None:
         source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_model
-        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k)  # type: ignore[arg-type]
+        run_index = Path(docs) / "index" if (Path(docs) / "chunks.jsonl").is_file() else None  # type: ignore[arg-type]
+        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k, run_index)  # type: ignore[arg-type]
     ids = prompt_ids(tok, template.render(tok, question, passages), template)
     limit = getattr(tok, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:

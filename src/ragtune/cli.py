@@ -118,6 +118,13 @@ def build(
     retriever: str = typer.Option("bm25", help="bm25, dense or hybrid."),
     unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable examples."),
     max_length: int | None = typer.Option(None, help="Token budget of prompt + answer."),
+    dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
+    cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
+    cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
+    format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
+                                     "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
+                                     "openai, raft, parquet (repeat the option)."),
+    push_to_hub: str | None = typer.Option(None, help="Push the dataset (private) to this hub id."),
     seed: int = typer.Option(0),
 ) -> None:
     """Assemble RAG training examples (oracle among retrieved distractors) into RUN/dataset."""
@@ -125,8 +132,9 @@ def build(
     from ragtune.config import BuildConfig, validated
 
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
-                    distractors=distractors, retriever=retriever,
-                    unanswerable_share=unanswerable_share, max_length=max_length, seed=seed)
+                    distractors=distractors, retriever=retriever, dense_model=dense_model,
+                    unanswerable_share=unanswerable_share, max_length=max_length, cot=cot, cite=cite,
+                    formats=format or None, push_to_hub=push_to_hub, seed=seed)
     build_to_run(run, cfg, tokenizer=tokenizer)
 
 
@@ -215,6 +223,10 @@ def eval_(
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
                                             "(official SQuAD v2 algorithm) instead of running models."),
+    judge: bool = typer.Option(False, help="Also judge faithfulness and correctness with an LLM (not refusals)."),
+    judge_base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
+    judge_model: str | None = typer.Option(None, help="Judge model (default: the endpoint's first)."),
+    judge_repeats: int = typer.Option(3, help="Judge repeats (seeds) for the confidence interval."),
 ) -> None:
     """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
     import json
@@ -229,7 +241,8 @@ def eval_(
         return
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache)
+                    max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache,
+                    judge=judge, judge_base_url=judge_base_url, judge_model=judge_model, judge_repeats=judge_repeats)
     metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
     typer.echo(format_table(metrics))
     typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
@@ -260,7 +273,7 @@ def serve(
     port: int = typer.Option(8000),
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
     model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
-    batch_size: int = typer.Option(8, help="Greedy requests waiting together are generated as one batch of up to N."),
+    batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.serve import serve as serve_fn

@@ -89,7 +89,7 @@ class SynthConfig(_Config):
     batch_size: int = 8  # hf: prompts generated together
     grounding_threshold: float = 0.5  # share of answer content words found in the chunk
     roundtrip_k: int = 10  # the question must retrieve its chunk within the top k (BM25)
-    dedupe_threshold: float = 0.8  # MinHash Jaccard above which questions are duplicates
+    dedupe_threshold: float = 0.9  # MinHash Jaccard above which questions are duplicates (distilabel: 0.9)
     cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
 
 
@@ -105,7 +105,8 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
-    formats: list[str] = Field(default_factory=list)
+    formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
+    push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0
 
 
@@ -154,6 +155,15 @@ class EvalConfig(_Config):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
     html: bool = True  # write report.html with the plots inlined
+    # Optional LLM judge (faithfulness, correctness) over an OpenAI-compatible endpoint
+    judge: bool = False
+    judge_model: str | None = None  # default: the first model the endpoint lists
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_repeats: int = 3
+    judge_temperature: float = 0.0
+    judge_seed: int = 0
+    judge_concurrency: int = 8
     seed: int = 0
 
 
@@ -162,7 +172,7 @@ class ServeConfig(_Config):
     port: int = 8000
     api_key_env: str | None = None
     model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
-    batch_size: int = 8  # greedy requests waiting together are generated as one batch
+    batch_size: int = 8  # requests waiting together with equal settings are generated as one batch
 
 
 class RunConfig(_Config):

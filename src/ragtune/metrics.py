@@ -195,6 +195,7 @@ class ItemScore:
     rouge_l: float
     refused: bool
     answer: str  # the extracted answer that was scored ("" for a refusal)
+    empty: bool = False  # the model wrote nothing (counted as a refusal under SQuAD v2)
     quote_validity: float | None = None
     citation_precision: float | None = None
 
@@ -217,6 +218,7 @@ def score_item(
         rouge_l=max_over(rouge_l, answer, answers),
         refused=refused,
         answer=answer,
+        empty=not prediction.strip(),
         quote_validity=quote_validity(prediction, context),
         citation_precision=citation_precision(prediction, passage_texts, answers),
     )
@@ -243,11 +245,13 @@ def aggregate(scores: Sequence[ItemScore], answerable: Sequence[bool]) -> dict[s
             "em": _mean([s.em for s in has]),
             "f1": _mean([s.f1 for s in has]),
             "refused": _mean([float(s.refused) for s in has]),
+            "empty": _mean([float(s.empty) for s in has]),
         },
         "no_ans": {
             "n": len(no),
             "em": _mean([s.em for s in no]),
             "refused": _mean([float(s.refused) for s in no]),
+            "empty": _mean([float(s.empty) for s in no]),
         },
         "abstention": {
             "answerable": {"answered": sum(not s.refused for s in has), "refused": sum(s.refused for s in has)},

@@ -74,6 +74,41 @@ def require_gpu(feature: str, requirement: str) -> None:
 
 
 # ---------------------------------------------------------------- loading
+TRAIN_INFO = "ragtune_train.json"  # written by `ragtune train` beside the adapter
+
+
+def is_tuned_dir(path: str | Path) -> bool:
+    """A folder `ragtune train` wrote: a PEFT adapter, or a fully fine-tuned model."""
+    p = Path(path)
+    return (p / "adapter_config.json").is_file() or ((p / "config.json").is_file() and (p / TRAIN_INFO).is_file())
+
+
+def base_model_of(adapter: str | Path) -> str:
+    """The base model an adapter was trained on (ragtune_train.json, else PEFT's record).
+
+    A recorded relative path that does not resolve from here falls back to the run's
+    `base_model/` beside the adapter, so a run folder can be moved or copied.
+    """
+    recorded = []
+    for name, key in ((TRAIN_INFO, "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        f = Path(adapter) / name
+        try:
+            value = json.loads(f.read_text(encoding="utf-8")).get(key) if f.is_file() else None
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, str) and value:
+            recorded.append(value)
+    for value in recorded:
+        if Path(value).exists():
+            return value
+    sibling = Path(adapter).parent / "base_model"
+    if (sibling / "config.json").is_file():
+        return str(sibling)
+    if recorded:
+        return recorded[0]  # a hub id
+    raise RagtuneError(f"cannot tell the base model of '{adapter}'; pass --base-model")
+
+
 def load_tokenizer(name_or_path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -100,10 +135,16 @@ def load_model(
     precision: str = "auto",
     device: str | None = None,
 ) -> tuple[Any, Any]:
-    """A causal LM (plus an optional PEFT adapter) and its tokenizer, ready for inference."""
+    """A causal LM (plus an optional PEFT adapter) and its tokenizer, ready for inference.
+
+    `adapter` is what `ragtune train` wrote: a PEFT adapter folder, or, after full
+    fine-tuning, a whole model folder, which then replaces the base.
+    """
     from transformers import AutoModelForCausalLM
 
     dev = pick_device(device)
+    if adapter and (Path(adapter) / "config.json").is_file() and not (Path(adapter) / "adapter_config.json").is_file():
+        name_or_path, adapter = adapter, None  # a fully fine-tuned model
     tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists()
                          else name_or_path)
     try:
@@ -121,8 +162,8 @@ def load_model(
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder "
-                               "`ragtune train` wrote (run/adapter)")
+            raise RagtuneError(f"'{adapter}' holds neither an adapter nor a model; pass the folder "
+                               "`ragtune train` wrote (RUN/adapter)")
         model = PeftModel.from_pretrained(model, str(adapter))
     model.to(dev).eval()
     return model, tok

@@ -99,7 +99,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
            lambda: synth_to_run(run.root, cfg.synth))
     _stage(run, "build", _key(cfg.build.model_dump(), run.qa, run.chunks), run.dataset,
            lambda: build_to_run(run.root, cfg.build, tokenizer=base))
-    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, Path(base)), run.adapter / "adapter_config.json",
+    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, Path(base)), run.adapter / "ragtune_train.json",
            lambda: train_to_run(run.root, cfg.train, base_model=base))
     metrics_file = run.eval / "metrics.json"
     _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,

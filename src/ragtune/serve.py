@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -138,9 +138,10 @@ class _Job:
 class Engine:
     """Runs generation on one worker thread; safe to call from any request.
 
-    Greedy non-streaming requests that wait together (same token budget and stop strings)
-    are generated as one left-padded batch (`ragtune.generation.generate`), so concurrent
-    clients raise throughput; sampled and streamed requests run one at a time.
+    Non-streaming requests that wait together with the same settings (token budget, stop
+    strings, temperature, top_p; no seed) are generated as one left-padded batch, so
+    concurrent clients raise throughput; streamed and seeded requests run one at a time. A
+    request whose client hung up is skipped if it has not started, and stopped if it has.
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8) -> None:
@@ -154,11 +155,11 @@ class Engine:
         self.pending: list[tuple[_Job, asyncio.Future]] = []
         self.drainer: asyncio.Task | None = None
         self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "batches": 0, "max_batch": 0}
+                      "batches": 0, "max_batch": 0, "abandoned": 0}
         self._stats_lock = threading.Lock()
 
-    async def run_greedy(self, job: _Job) -> _Job:
-        """Queue a greedy job; it runs in the next batch of jobs with the same settings."""
+    async def run_batched(self, job: _Job) -> _Job:
+        """Queue a job; it runs in the next batch of jobs with the same settings."""
         future = asyncio.get_running_loop().create_future()
         self.pending.append((job, future))
         if self.drainer is None or self.drainer.done():
@@ -169,6 +170,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         while self.pending:
             await asyncio.sleep(0)  # requests that arrived in this same turn join the batch
+            for _job, fut in [p for p in self.pending if p[0].cancelled.is_set()]:
+                fut.cancel()  # its client went away before it started: nothing to compute
+            self.pending = [p for p in self.pending if not p[0].cancelled.is_set()]
+            if not self.pending:
+                break
             key = _batch_key(self.pending[0][0])
             batch = [p for p in self.pending if _batch_key(p[0]) == key][: self.batch_size]
             taken = {id(j) for j, _ in batch}
@@ -185,10 +191,14 @@ class Engine:
                     fut.set_result(job)
 
     def run_batch(self, jobs: list[_Job]) -> None:
-        """Greedy generation of jobs with left padding (as `ragtune.generation.generate` does),
-        keeping the token ids so usage and finish_reason are exact."""
+        """Generation of jobs with equal settings in one batch with left padding (as
+        `ragtune.generation.generate` does), keeping the token ids so usage and finish_reason
+        are exact."""
         import torch
 
+        jobs = [j for j in jobs if not j.cancelled.is_set()]  # abandoned while they waited
+        if not jobs:
+            return
         width = max(len(j.ids) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
@@ -196,10 +206,12 @@ class Engine:
             ids[r, width - len(job.ids):] = torch.tensor(job.ids)
             mask[r, width - len(job.ids):] = 1
         device = next(self.model.parameters()).device
+        sample = jobs[0].temperature > 0
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.stop_ids,
+                do_sample=sample, temperature=jobs[0].temperature if sample else None,
+                top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_id, use_cache=True)[:, width:]
         for r, job in enumerate(jobs):
             toks, job.finish_reason = out[r].tolist(), "length"
@@ -229,6 +241,8 @@ class Engine:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+        if job.cancelled.is_set():  # abandoned while it waited
+            return job
         engine = self
 
         class _Streamer(TextStreamer):
@@ -273,8 +287,8 @@ class Engine:
         return job
 
 
-def _batch_key(job: _Job) -> tuple[int, tuple[str, ...]]:
-    return job.max_new_tokens, tuple(job.stops)
+def _batch_key(job: _Job) -> tuple[Any, ...]:
+    return job.max_new_tokens, tuple(job.stops), job.temperature, job.top_p
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -283,6 +297,10 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
 
 
 # ---------------------------------------------------------------- app
+class _BadKey(Exception):
+    """A request without the server's API key (answered 401)."""
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
     return JSONResponse(status_code=status,
                         content={"error": {"message": message, "type": kind, "param": None, "code": code}})
@@ -299,19 +317,23 @@ def create_app(
 ) -> Any:
     """A FastAPI app serving `model` with OpenAI's chat-completions protocol."""
     engine = Engine(model, tokenizer, batch_size)
-    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None)
+    def check_key(request: Request) -> None:
+        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
+        # client disconnects from the endpoint, which needs them to drop abandoned requests.
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise _BadKey()
+
+    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, dependencies=[Depends(check_key)])
     app.state.engine = engine
     created = int(time.time())
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.url.path.startswith("/v1"):
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
-                              code="invalid_api_key")
-        return await call_next(request)
+    @app.exception_handler(_BadKey)
+    async def bad_key(request: Request, exc: _BadKey) -> JSONResponse:
+        return _error(401, "invalid or missing API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -356,10 +378,12 @@ def create_app(
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             return StreamingResponse(_stream(engine, job, cid, model_name), media_type="text/event-stream")
-        if job.temperature == 0:
-            await engine.run_greedy(job)
-        else:
-            await asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
+        if job.seed is None:
+            work = engine.run_batched(job)
+        else:  # a seeded request runs alone, so its seed alone decides its sample
+            work = asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
+        if not await _unless_disconnected(work, request, job):
+            return _error(499, "client closed the request")
         return {
             "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
@@ -369,6 +393,25 @@ def create_app(
         }
 
     return app
+
+
+async def _unless_disconnected(work: Any, request: Request, job: _Job) -> bool:
+    """Await `work`; if the client hangs up first (e.g. its timeout fired), mark the job
+    cancelled so a queued job is skipped and a running one stops, and return False."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            try:
+                task.result()
+            except asyncio.CancelledError:
+                return False
+            return True
+        if await request.is_disconnected():
+            job.cancelled.set()
+            engine = request.app.state.engine
+            engine.count(abandoned=1)
+            return False
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -424,17 +467,6 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
 
 
 # ---------------------------------------------------------------- entry point
-def base_model_of(adapter: str | Path) -> str:
-    """The base model an adapter was trained on, from its PEFT config."""
-    cfg = Path(adapter) / "adapter_config.json"
-    if not cfg.is_file():
-        raise RagtuneError(f"'{adapter}' holds no adapter_config.json; pass the folder `ragtune train` wrote")
-    base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise RagtuneError(f"{cfg} names no base model; pass --model")
-    return str(base)
-
-
 def load_template(*folders: str | Path | None) -> PromptTemplate | None:
     """The first `ragtune_prompt.json` found among `folders` (adapter first), else None."""
     for folder in folders:
@@ -455,7 +487,7 @@ def serve(
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
 
-    from ragtune.models import load_model
+    from ragtune.models import base_model_of, load_model
 
     if model is None and adapter is None:
         raise RagtuneError("serve needs --model (a model folder or hub id) and/or --adapter")

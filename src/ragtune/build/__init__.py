@@ -48,6 +48,7 @@ class BuildResult:
     splits: dict[str, list[Example]]
     template: PromptTemplate
     stats: dict[str, Any] = field(default_factory=dict)
+    eos: str = ""  # the tokenizer's EOS text, for exports that take raw text
 
 
 def default_max_length(tokenizer: Any) -> int:
@@ -64,6 +65,9 @@ def _check(cfg: BuildConfig) -> None:
         raise RagtuneError("k_distractors must be 0 or more; fix the build config")
     if len(cfg.split) != 3 or sum(cfg.split) <= 0 or min(cfg.split) < 0:
         raise RagtuneError("split must be three non-negative shares (train, validation, test)")
+    from ragtune.build.exports import check_formats
+
+    check_formats(list(cfg.formats))
 
 
 def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Plan]:
@@ -147,7 +151,7 @@ def assemble_examples(
                 ex.meta["split"] = split
                 splits[split].append(ex)
     stats = _stats(splits, counters, cfg, max_length, unknown, time.perf_counter() - t0, split_of)
-    return BuildResult(splits, template, stats)
+    return BuildResult(splits, template, stats, eos=tokenizer.eos_token or "")
 
 
 def _rankings(retriever: Any, members: list[Plan], split_pool: list[Chunk], cfg: BuildConfig) -> list[list[str]]:
@@ -361,6 +365,8 @@ def build_to_run(run_dir: Path, cfg: BuildConfig, tokenizer: Any = None) -> Buil
         retriever = index_for_run(run.index, cfg.retriever, chunks, cfg.dense_model)
     result = assemble_examples(qa, chunks, cfg, tokenizer, retriever)
     write_dataset(result, run.dataset, cfg)
+    if cfg.push_to_hub:  # only when asked: it publishes the data
+        to_dataset_dict(result.splits).push_to_hub(cfg.push_to_hub, private=True)
     run.record_stage("build", config=cfg, inputs=[run.qa, run.chunks], **{
         k: result.stats[k] for k in ("examples", "oracle_share_answerable", "unanswerable_share",
                                      "dropped_too_long", "documents_shared_between_splits", "seconds")})
@@ -396,6 +402,10 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
     card = dataset_card(result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")),
                         first)
     (tmp / "README.md").write_text(card, encoding="utf-8")
+    if cfg.formats:
+        from ragtune.build.exports import export_dataset
+
+        export_dataset(result.splits, result.template, tmp, list(cfg.formats), result.eos)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -410,11 +420,12 @@ def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
     return list(read_jsonl(path, Example))
 
 
-def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train") -> dict[str, Any]:
+def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train",
+                    console: Any = None) -> dict[str, Any]:
     """`ragtune inspect`: see build/inspect.py."""
     from ragtune.build.inspect import inspect_dataset as _inspect
 
-    return _inspect(dataset, n=n, tokenizer=tokenizer, split=split)
+    return _inspect(dataset, n=n, tokenizer=tokenizer, split=split, console=console)
 
 
 __all__ = ["BuildResult", "assemble_examples", "build", "build_to_run", "contains_answer", "inspect_dataset",

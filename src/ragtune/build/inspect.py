@@ -27,7 +27,7 @@ def example_warnings(tokenizer: Any, template: PromptTemplate, prompt: str, comp
                    "tokenise the prompt alone")
     if not trained:
         out.append("no trained tokens: every label is -100")
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in trained:
+    if tokenizer.eos_token_id is None or tokenizer.eos_token_id not in trained:
         out.append("the EOS token is not trained: the model will not learn to stop")
     return out
 

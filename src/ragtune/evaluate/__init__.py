@@ -19,6 +19,7 @@ from ragtune.config import REFUSAL, EvalConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
+from ragtune.models import is_tuned_dir
 from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
 from ragtune.records import Example, QAItem, from_dict, write_jsonl
 from ragtune.runfolder import RunFolder
@@ -92,27 +93,14 @@ def item_rows(items: Sequence[Example], outputs: dict[str, ModelOutput]) -> list
 
 
 # ---------------------------------------------------------------- finding items and models
-def read_train_info(adapter: Path) -> dict[str, Any]:
-    for name in ("ragtune_train.json", "adapter_config.json"):
-        f = adapter / name
-        if f.is_file():
-            try:
-                return json.loads(f.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                continue
-    return {}
-
-
 def resolve_base_model(run: RunFolder, base_model: str | None, adapters: Sequence[Path]) -> str:
-    """--base-model, else the adapter's recorded base, else RUN/base_model."""
+    """--base-model, else the first adapter's recorded base, else RUN/base_model."""
+    from ragtune.models import base_model_of
+
     if base_model:
         return str(base_model)
-    for a in adapters:
-        info = read_train_info(Path(a))
-        for key in ("base_model", "base_model_name_or_path"):
-            value = info.get(key)
-            if isinstance(value, str) and value and (Path(value).exists() or not value.startswith((".", "/"))):
-                return value
+    if adapters:
+        return base_model_of(adapters[0])
     if (run.base_model / "config.json").is_file():
         return str(run.base_model)
     raise RagtuneError(f"no base model found for {run.root}; pass --base-model (a model folder or hub id)")
@@ -231,11 +219,10 @@ def evaluate_run(
     `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
     t0 = time.perf_counter()
-    adapter_dirs = [Path(a) for a in adapters] if adapters else (
-        [run.adapter] if (run.adapter / "adapter_config.json").is_file() else [])
+    adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
     for a in adapter_dirs:
-        if not (a / "adapter_config.json").is_file():
-            raise RagtuneError(f"'{a}' holds no adapter_config.json; pass a folder `ragtune train` wrote")
+        if not is_tuned_dir(a):
+            raise RagtuneError(f"'{a}' holds no adapter or model; pass a folder `ragtune train` wrote")
     base = resolve_base_model(run, base_model, adapter_dirs)
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
@@ -263,6 +250,10 @@ def evaluate_run(
                       dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
+    if cfg.judge:
+        from ragtune.evaluate.judge import judge_rows
+
+        metrics["judge"] = judge_rows(result.rows, ["\n\n".join(ex.passage_texts) for ex in items], cfg)
     if cfg.robustness and qa is None:
         from ragtune.evaluate.robustness import robustness_for_run
 
@@ -270,7 +261,9 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    run.record_stage("eval", config=cfg, inputs=[], seconds=round(time.perf_counter() - t0, 1),
+    inputs = [Path(qa)] if qa is not None else [run.dataset / "dataset_dict.json", run.dataset / f"{cfg.split}.jsonl"]
+    inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
+    run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
     return metrics
 

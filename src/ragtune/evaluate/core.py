@@ -50,16 +50,21 @@ def stop_strings(template: PromptTemplate) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- prediction cache
 def model_fingerprint(path: str | None) -> str:
-    """Identity of a model folder or hub id: its path plus the size and mtime of its weights,
-    so retraining into the same folder invalidates cached predictions."""
+    """Identity of a model folder or hub id: the content of its small JSON files plus the size
+    and mtime of its weights, so retraining into the same folder invalidates cached predictions
+    while a copied run folder (mtimes kept) still finds them."""
     if not path:
         return ""
     p = Path(path)
     if not p.exists():
         return str(path)  # a hub id
-    parts = [str(p.resolve())]
+    parts = []
     for f in sorted(p.glob("*")):
-        if f.suffix in {".safetensors", ".bin", ".pt", ".json"} and f.is_file():
+        if not f.is_file():
+            continue
+        if f.suffix == ".json" and f.stat().st_size < 1_000_000:
+            parts.append(f"{f.name}:{content_id(f.read_text(encoding='utf-8', errors='replace'))}")
+        elif f.suffix in {".safetensors", ".bin", ".pt"}:
             st = f.stat()
             parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return content_id(*parts)

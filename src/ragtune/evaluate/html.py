@@ -11,6 +11,8 @@ from typing import Any
 from ragtune.evaluate.report import (
     ROBUSTNESS_NOTE,
     best_and_worst,
+    judge_note,
+    judge_rows_table,
     lower_is_better,
     robustness_rows,
     shown_prediction,
@@ -101,6 +103,9 @@ def write_html(path: Path, metrics: dict[str, Any], rows: Sequence[dict[str, Any
                       f"<p class='muted'>{metrics['robustness'].get('n', '')} {_e(ROBUSTNESS_NOTE)}</p>"]
         if Path(img).stem == "abstention":
             parts.append(_abstention(metrics))
+    if metrics.get("judge"):
+        jh, jr = judge_rows_table(metrics)
+        parts += ["<h2>LLM judge</h2>", _table(jh, jr, numeric=True), f"<p class='muted'>{_e(judge_note(metrics))}</p>"]
     parts += ["<h2>5 best examples</h2>", _examples(best, names),
               "<h2>5 worst examples</h2>", _examples(worst, names), "</body></html>"]
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -16,6 +16,7 @@ ROWS: list[tuple[str, Callable[[dict], Any], int, bool]] = [
     ("HasAns EM", lambda m: m["has_ans"].get("em"), 1, False),
     ("HasAns F1", lambda m: m["has_ans"].get("f1"), 1, False),
     ("HasAns refused %", lambda m: m["has_ans"].get("refused"), 1, True),
+    ("HasAns empty output %", lambda m: m["has_ans"].get("empty"), 1, True),
     ("NoAns EM (correct refusals)", lambda m: m["no_ans"].get("em"), 1, False),
     ("NoAns refused %", lambda m: m["no_ans"].get("refused"), 1, False),
     ("contains-match", lambda m: m.get("contains"), 1, False),
@@ -194,9 +195,37 @@ def report_markdown(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], ima
         parts += [f"| {n} | {_fmt(m.get('quote_validity'), 1)} ({m['n_quoted']}) | "
                   f"{_fmt(m.get('citation_precision'), 1)} ({m['n_cited']}) |" for n, m in extra]
         parts.append("")
+    if metrics.get("judge"):
+        header, jrows = judge_rows_table(metrics)
+        parts += ["## LLM judge", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(r) + " |" for r in jrows]
+        parts += ["", judge_note(metrics), ""]
     parts += ["## 5 best examples", "", examples_markdown(best, names), "",
               "## 5 worst examples", "", examples_markdown(worst, names), ""]
     return "\n".join(parts)
+
+
+def judge_rows_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    j = metrics["judge"]
+    header = ["model", "faithfulness % (95% CI)", "correctness % (95% CI)", "judged", "refusals skipped",
+              "parse failures"]
+    rows = []
+    for name, m in j["models"].items():
+        cells = [name]
+        for metric in ("faithfulness", "correctness"):
+            v = m.get(metric)
+            cells.append(f"{v['mean']:.1f} ± {v['ci95']:.1f}" if v else "-")
+        n = (m.get("faithfulness") or {}).get("n", 0)
+        cells += [str(n), str(m["refusals_skipped"]), str(m["parse_failures"])]
+        rows.append(cells)
+    return header, rows
+
+
+def judge_note(metrics: dict[str, Any]) -> str:
+    j = metrics["judge"]
+    return (f"Judge `{j['model']}` at {j['base_url'] or 'the OpenAI API'}, temperature {j['temperature']}, "
+            f"seeds {j['seed']}..{j['seed'] + j['repeats'] - 1} ({j['repeats']} repeats), prompts "
+            f"`{j['prompts_id']}` (in metrics.json). Refusals are not judged.")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,9 +1,9 @@
 """Robustness curves: the same questions closed book, with the oracle plus k retrieved
 distractors for each k, and with the oracle removed (where abstaining is right).
 
-Distractors are the chunks the run's retriever ranks highest for the question, minus the
-oracle and minus any chunk that happens to contain a gold answer, so "oracle removed" really
-lacks the answer.
+Distractors are the chunks the run's BM25 index ranks highest for the question (random chunks
+when it finds too few), minus the oracle and minus any chunk that happens to contain a gold
+answer, so "oracle removed" really lacks the answer.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ragtune.config import EvalConfig
@@ -21,18 +22,16 @@ from ragtune.records import Chunk, Example, QAItem, read_jsonl
 from ragtune.runfolder import RunFolder
 
 
-def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int) -> list[list[int]]:
-    """Indices into `chunks` of the top-k chunks for each query (BM25)."""
-    # TODO(merge): switch to ragtune.retrieval once it lands on main.
-    import bm25s
+def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int,
+             index_dir: Path | None = None) -> list[list[int]]:
+    """Indices into `chunks` of the BM25 top-k chunks for each query; with `index_dir` (a run's
+    index/ folder) the run's saved index is reused when it covers these chunks."""
+    from ragtune.retrieval import build_retriever, index_for_run
 
-    corpus = [f"{c.title}\n{c.text}" for c in chunks]
-    index = bm25s.BM25()
-    index.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    retriever = index_for_run(index_dir, "bm25", chunks) if index_dir else build_retriever("bm25", chunks)
+    pos = {c.id: i for i, c in enumerate(chunks)}
     k = min(k, len(chunks))
-    results, _ = index.retrieve(bm25s.tokenize(list(queries), stopwords="en", show_progress=False),
-                                k=k, show_progress=False)
-    return [[int(i) for i in row] for row in results]
+    return [[pos[cid] for cid, _ in hits if cid in pos] for hits in retriever.search_many(list(queries), k)]
 
 
 def _holds_answer(text: str, answers: Sequence[str]) -> bool:
@@ -49,6 +48,7 @@ def robustness_items(
     tokenizer: Any,
     limit: int | None = None,
     seed: int = 0,
+    index_dir: Path | None = None,
 ) -> list[tuple[str, Example]]:
     """(setting, item) pairs: settings 'closed_book', 'k=N' for each N, and 'no_oracle'."""
     by_id = {c.id: i for i, c in enumerate(chunks)}
@@ -58,7 +58,7 @@ def robustness_items(
     if not base:
         return []
     k_max = max([*ks, 1])
-    ranked = retrieve(chunks, [ex.question for ex in base], k_max + 10)
+    ranked = retrieve(chunks, [ex.question for ex in base], k_max + 10, index_dir)
     rng = random.Random(seed)
     out: list[tuple[str, Example]] = []
 
@@ -74,6 +74,11 @@ def robustness_items(
     for ex, hits in zip(base, ranked, strict=True):
         oracle = by_id[qa[ex.qa_id].chunk_id]  # type: ignore[index]
         distractors = [i for i in hits if i != oracle and not _holds_answer(chunks[i].text, ex.answers)]
+        if len(distractors) < k_max:  # BM25 found too few: fill up with random chunks
+            taken = {oracle, *distractors}
+            pool = [i for i in rng.sample(range(len(chunks)), min(len(chunks), 4 * k_max + 8)) if i not in taken]
+            fill = [i for i in pool if not _holds_answer(chunks[i].text, ex.answers)]
+            distractors += fill[: k_max - len(distractors)]
         out.append(item(ex, "closed_book", [], True))
         for k in ks:
             idx = distractors[:k]
@@ -105,7 +110,7 @@ def robustness_for_run(
     except Exception:  # an adapter folder without a tokenizer: use the base model's
         tokenizer = load_tokenizer(specs[0].base_model)
     pairs = robustness_items(examples, qa, chunks, cfg.robustness_k, template, tokenizer,
-                             cfg.robustness_limit, cfg.seed)
+                             cfg.robustness_limit, cfg.seed, run.index)
     if not pairs:
         return None
     settings = [s for s, _ in pairs]

@@ -147,7 +147,10 @@ class ExtractiveGenerator:
             return False
         if all(w in STOPWORDS for w in words):
             return False
-        if len((sent[:start] + sent[end:]).split()) < 5:  # too little left to locate the answer
+        rest = sent[:start] + " " + sent[end:]
+        if len(rest.split()) < 5:  # too little left to locate the answer
+            return False
+        if span.lower() in rest.lower():  # the question would give the answer away
             return False
         return _occurrences(span, chunk_text) == 1  # ambiguous when it appears twice
 

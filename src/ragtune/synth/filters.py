@@ -76,22 +76,15 @@ class RoundTrip:
     its source chunk in the top `k` with a positive score (a vague question retrieves nothing)."""
 
     def __init__(self, corpus: Sequence[Chunk], k: int = 10) -> None:
-        import bm25s
+        from ragtune.retrieval import build_retriever
 
-        self.ids = [c.id for c in corpus]
         self.k = min(k, len(corpus))
-        self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize([f"{c.title}\n{c.text}" for c in corpus], stopwords="en",
-                                            show_progress=False), show_progress=False)
+        self.retriever = build_retriever("bm25", corpus)
 
     def top(self, question: str) -> list[str]:
-        import bm25s
+        from ragtune.retrieval import search
 
-        query = bm25s.tokenize([question], stopwords="en", return_ids=False, show_progress=False)
-        if not query[0]:
-            return []
-        docs, scores = self.retriever.retrieve(query, k=self.k, show_progress=False)
-        return [self.ids[int(d)] for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        return [cid for cid, _ in search(self.retriever, question, self.k)]
 
     def passes(self, question: str, sources: Sequence[str]) -> bool:
         top = self.top(question)
@@ -106,7 +99,7 @@ def normalise_question(q: str) -> str:
 class Deduper:
     """Normalised exact match, then MinHash LSH over word uni- and bigrams (datasketch)."""
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128) -> None:
         from datasketch import MinHash, MinHashLSH
 
         self.threshold, self.num_perm = threshold, num_perm
@@ -145,7 +138,7 @@ class RowFilters:
     reason, or None when the row is kept (and then remembered for dedupe)."""
 
     def __init__(self, corpus: Sequence[Chunk], filters: dict[str, bool], grounding_threshold: float = 0.5,
-                 roundtrip_k: int = 10, dedupe_threshold: float = 0.8) -> None:
+                 roundtrip_k: int = 10, dedupe_threshold: float = 0.9) -> None:
         self.filters = filters
         self.texts = {c.id: c.text for c in corpus}
         self.grounding_threshold = grounding_threshold

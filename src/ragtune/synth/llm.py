@@ -291,6 +291,8 @@ class LLMGenerator:
         except CallFailed as e:
             return Rejection("api_error", chunk.id, question=question, raw=str(e), meta=meta)
         final, quotes = parse_answer(reply.text, self.cfg.answer_style)
+        if final is None and not enabled(self.cfg.filters, "parse"):
+            final = reply.text.strip() or None  # the parse filter is off: keep the reply as it is
         if final is None:
             return Rejection("parse_failure", chunk.id, question=question, raw=reply.text, meta=meta)
         refused = is_not_in_context(final)

@@ -7,6 +7,7 @@ completion rows (LoRA, DoRA, rsLoRA, QLoRA on GPU, or full fine-tuning) and merg
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ from ragtune.train.engine import TRAIN_INFO, TRAIN_LOG, TrainResult, load_for_tr
 from ragtune.train.export import export_merged
 
 __all__ = ["TrainResult", "train", "train_to_run", "export_merged", "encode_rows", "TRAIN_INFO", "TRAIN_LOG"]
+
+
+def _main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch, or the only process: it writes the files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train(
@@ -52,9 +58,7 @@ def train(
     res.dropped = {"too_long": train_enc.dropped_too_long, "no_target": train_enc.dropped_no_target}
     info = {"base_model": str(base_model), "method": cfg.method, "config": cfg.model_dump(),
             "template_style": template.style, "result": result_dict(res)}
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if _main_process():
         (out / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return res
 
@@ -72,9 +76,7 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     dataset = load_from_disk(str(run.dataset))
     template = PromptTemplate.load(run.dataset) if (run.dataset / PROMPT_FILE).is_file() else None
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if _main_process():
         run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
                          steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
                          tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)

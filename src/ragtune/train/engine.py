@@ -87,7 +87,10 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
         model.resize_token_embeddings(len(tok))
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "full":
         return model, tok, compute
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -182,11 +185,9 @@ def run_training(
     train_enc: Encoded, val_enc: Encoded | None, model: Any, tok: Any, template: PromptTemplate,
     cfg: TrainConfig, out: Path, compute: torch.dtype,
 ) -> TrainResult:
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    # autocast is ours (bf16 only where the hardware has it); cpu=True lets torchrun start gloo processes
-    acc = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+    acc = _accelerator()
     device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     step_size = cfg.batch_size * cfg.grad_accum * world
@@ -313,7 +314,27 @@ def run_training(
         if log:
             log.close()
     acc.wait_for_everyone()
+    if _single_process():
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)  # leave no settings behind for others
     return res
+
+
+def _single_process() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
+def _accelerator() -> Any:
+    """Autocast is ours (bf16 only where the hardware has it), so mixed precision stays "no";
+    cpu=True lets torchrun start gloo processes. In a single process, settings left behind by
+    another library's Accelerator (e.g. an HF Trainer's bf16) are cleared first, not inherited."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if _single_process() and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
 
 
 class _null:

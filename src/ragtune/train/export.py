@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,16 +9,6 @@ import torch
 
 from ragtune.errors import RagtuneError
 from ragtune.prompts import PROMPT_FILE
-
-
-def adapter_base(adapter: Path) -> str:
-    info = adapter / "ragtune_train.json"
-    if info.is_file():
-        return json.loads(info.read_text(encoding="utf-8"))["base_model"]
-    cfg = adapter / "adapter_config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    raise RagtuneError(f"{adapter} holds no ragtune_train.json or adapter_config.json; pass --base-model")
 
 
 def export_merged(adapter: str | Path, out: str | Path, base_model: str | None = None, merge: bool = True,
@@ -30,12 +19,12 @@ def export_merged(adapter: str | Path, out: str | Path, base_model: str | None =
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ragtune.models import load_tokenizer
+    from ragtune.models import base_model_of, load_tokenizer
 
     adapter, out = Path(adapter), Path(out)
     if not (adapter / "adapter_config.json").is_file():
         raise RagtuneError(f"{adapter} holds no adapter_config.json; pass the folder `ragtune train` wrote")
-    base = base_model or adapter_base(adapter)
+    base = base_model or base_model_of(adapter)
     if dtype is None:
         gpu_fp16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
         dtype = torch.float16 if gpu_fp16 else torch.bfloat16
