@@ -186,7 +186,8 @@ def test_build_to_run_writes_dataset(tmp_path: Path, tiny_model_dir: Path) -> No
     assert {"prompt", "completion", "passages", "oracle_in_context", "n_prompt_tokens"} <= set(dd["train"].column_names)
     rows = list(read_jsonl(out / "train.jsonl", Example))
     assert [r.id for r in rows] == dd["train"]["id"]
-    assert load_dataset("json", data_files=str(out / "test.jsonl"), split="train").num_rows == dd["test"].num_rows
+    assert load_dataset("json", data_files=str(out / "test.jsonl"), split="train",
+                        cache_dir=str(out / "hf_cache")).num_rows == dd["test"].num_rows
     assert PromptTemplate.load(out).style == "plain"
     assert (run / "index" / "bm25" / "ragtune_index.json").is_file()
     report = json.loads((out / "build_report.json").read_text())

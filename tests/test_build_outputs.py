@@ -41,7 +41,7 @@ def test_every_export_loads_with_datasets(run: Path) -> None:
         folder = run / "dataset" / "exports" / fmt
         ext = "parquet" if fmt == "parquet" else "json"
         files = {s: str(folder / f"{s}.{'parquet' if ext == 'parquet' else 'jsonl'}") for s in n if n[s]}
-        dd = load_dataset(ext, data_files=files)
+        dd = load_dataset(ext, data_files=files, cache_dir=str(run / "hf_cache"))
         assert {s: dd[s].num_rows for s in dd} == {s: v for s, v in n.items() if v}, fmt
 
 
@@ -77,7 +77,8 @@ def test_trl_prepares_both_trl_formats(run: Path, tiny_model_dir: Path, tmp_path
     tok.chat_template = CHAT
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     for fmt in ("trl-prompt-completion", "trl-messages"):
-        ds = load_dataset("json", data_files=str(run / "dataset" / "exports" / fmt / "train.jsonl"), split="train")
+        ds = load_dataset("json", data_files=str(run / "dataset" / "exports" / fmt / "train.jsonl"), split="train",
+                          cache_dir=str(run / "hf_cache"))
         args = trl.SFTConfig(output_dir=str(tmp_path / fmt), max_steps=1, report_to=[], max_length=None,
                              dataset_num_proc=None, use_cpu=True)
         trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -98,7 +99,8 @@ def test_card_reports_the_figures(run: Path) -> None:
     assert "| prompt |" in card and "## Recipe" in card and "path: train.jsonl" in card
     from datasets import load_dataset
 
-    dd = load_dataset(str(run / "dataset"))  # the card's configs point at the JSONL files
+    # the card's configs point at the JSONL files; a private cache so no earlier run's rows are reused
+    dd = load_dataset(str(run / "dataset"), cache_dir=str(run / "hf_cache"))
     assert dd["train"].num_rows == report["examples"]["train"]
 
 
