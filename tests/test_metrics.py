@@ -49,6 +49,9 @@ def test_refusal_detection():
     assert m.is_refusal("sorry. i cannot find the answer based on the context")
     assert m.is_refusal("The context does not contain the answer to this question.")
     assert m.is_refusal("I don't know.")
+    # paraphrases holding articles match after the same normalisation as the text
+    assert m.is_refusal("Sorry, I could not find the answer in these passages.")
+    assert m.is_refusal("Sorry. I cannot find the answer based on the answer based on the")
     assert m.is_refusal("")
     assert m.is_refusal("Nope", refusal="nope")
     assert not m.is_refusal("No")

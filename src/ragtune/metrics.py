@@ -101,7 +101,8 @@ def is_refusal(text: str, refusal: str = REFUSAL) -> bool:
     ref = normalize_answer(refusal)
     if ref and ref in norm:
         return True
-    return any(p in norm for p in REFUSAL_PARAPHRASES)
+    # compared normalised like the text: "cannot find the answer" becomes "cannot find answer"
+    return any(normalize_answer(p) in norm for p in REFUSAL_PARAPHRASES)
 
 
 def scored_answer(prediction: str, refusal: str = REFUSAL) -> str:
