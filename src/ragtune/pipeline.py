@@ -52,12 +52,18 @@ def pretrain_on_docs(model: str, corpus: str | Path, out: str | Path, minutes: f
     return info
 
 
+_HASH_LIMIT = 64 << 20  # larger files (model weights) are keyed by size and mtime, not read
+
+
 def _key(config: Any, *inputs: Path) -> str:
+    """A stage's identity: its config and the content of its inputs."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for p in inputs:
         for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file():
-                h.update(f"{f.name}:{file_hash(f)}".encode())
+                st = f.stat()
+                digest = file_hash(f) if st.st_size <= _HASH_LIMIT else f"{st.st_size}:{st.st_mtime_ns}"
+                h.update(f"{f.relative_to(p) if p.is_dir() else f.name}:{digest}".encode())
     return h.hexdigest()[:16]
 
 
