@@ -14,5 +14,5 @@ rt() { python -m ragtune "$@"; }
 [ -f "$R/chunks.jsonl" ] || rt ingest "$DOCS" --run "$R" --tokenizer "$M" --chunk-tokens 96 --max-chunk-tokens 128 --overlap-tokens 16
 rt synth --run "$R" --limit "${LIMIT:-4000}"
 rt build --run "$R" --tokenizer "$M" --k-distractors 2 --max-length 640
-rt train --run "$R" --base-model "$M" --max-minutes "$MIN" --lr 1e-3
-rt eval --run "$R" --base-model "$M" --split "${EVAL_SPLIT:-test}" --limit "${EVAL_LIMIT:-200}" --max-new-tokens 16 --no-robustness
+rt train --run "$R" --base-model "$M" --max-minutes "$MIN" --lr "${LR:-1e-3}"
+rt eval --run "$R" --base-model "$M" --split "${EVAL_SPLIT:-test}" --limit "${EVAL_LIMIT:-200}" --max-new-tokens 40 --no-robustness

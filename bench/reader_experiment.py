@@ -28,18 +28,19 @@ def load_texts(root: Path) -> list[str]:
 
 def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     """Greedy answers to RAG-shaped cloze questions (oracle + 2 distractors) built from
-    documents the model never saw: a direct check that it answers from its context."""
+    documents the model never saw: a direct check that it answers from its context. A
+    third of the items have the oracle swapped out; their right answer is the refusal."""
     import random
 
     import torch
 
-    from ragtune.config import TinyModelConfig
+    from ragtune.config import REFUSAL, TinyModelConfig
     from ragtune.generation import generate
     from ragtune.models import load_model
     from ragtune.reader import Corpus, Tasks, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
-    cfg = reader_config(TinyModelConfig(recipe="reader"))
+    cfg = reader_config(TinyModelConfig(recipe="reader", refusal_share=1 / 3))
     tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
     rng = random.Random(123)
     prompts, answers = [], []
@@ -50,9 +51,18 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
         cut = mask.index(1)
         prompts.append(ids[:cut])
         answers.append(tok.decode(ids[cut:-1]).strip())
-    outs = generate(model, tok, prompts, max_new_tokens=16, batch_size=16)
-    em = sum(o.strip() == a for o, a in zip(outs, answers, strict=True)) / n
-    return {"cloze_em": round(em, 3), "n": n, "examples": list(zip(outs[:5], answers[:5], strict=True))}
+    outs = [o.strip() for o in generate(model, tok, prompts, max_new_tokens=40, batch_size=16)]
+    has = [i for i, a in enumerate(answers) if a != REFUSAL]
+    no = [i for i, a in enumerate(answers) if a == REFUSAL]
+    share = lambda idx, ok: round(sum(ok(i) for i in idx) / max(len(idx), 1), 3)  # noqa: E731
+    return {
+        "cloze_em": share(range(n), lambda i: outs[i] == answers[i]),
+        "answerable_em": share(has, lambda i: outs[i] == answers[i]),
+        "answerable_refused": share(has, lambda i: outs[i] == REFUSAL),
+        "missing_refused": share(no, lambda i: outs[i] == REFUSAL),
+        "n": n, "n_answerable": len(has),
+        "examples": list(zip(outs[:6], answers[:6], strict=True)),
+    }
 
 
 def main() -> None:

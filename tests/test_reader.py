@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import corpus_texts
 
-from ragtune.config import TinyModelConfig
+from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.reader import Corpus, Tasks, copies, probe_model, reader_config
 
@@ -124,6 +124,64 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
             continue
         assert "### Question:" in prompt and answer.strip() in prompt.split("### Question:")[0]
         assert ids[-1] == tokenizer.eos_token_id
+
+
+def answered_questions(tokenizer, ids, mask):
+    """(context, question, answer) of every trained answer of a row, decoded."""
+    text_of = lambda a, b: tokenizer.decode(ids[a:b], skip_special_tokens=True)  # noqa: E731
+    starts = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]
+    out = []
+    for s in starts:
+        end = next((i for i in range(s, len(mask)) if not mask[i]), len(mask))
+        before = text_of(0, s)
+        context = before.split("### Context:\n")[-1].split("### Question:")[0]
+        question = before.rsplit("### Question:\n", 1)[-1].split("\n\n### Answer:")[0]
+        out.append((context, question, text_of(s, end).strip()))
+    return out
+
+
+def test_locate_rows_ask_many_questions_answered_from_random_word_passages(tokenizer):
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", refusal_share=0.3, late_seq_len=640))
+    tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
+    rng = random.Random(5)
+    seen = {"answered": 0, "refused": 0, "contexts": 0}
+    for _ in range(20):
+        ids, mask = tasks.row("locate", rng, 640, 0)
+        assert len(ids) == 640
+        qas = answered_questions(tokenizer, ids, mask)
+        seen["contexts"] += len({c for c, _, _ in qas})
+        for context, question, answer in qas:
+            words = question.removeprefix("Fill in the blank: ").rstrip("?.").split()
+            marker = "____" if "____" in words else "what"
+            i = words.index(marker)
+            if answer == REFUSAL:  # the question's sentence is in no passage
+                seen["refused"] += 1
+                assert " ".join(words[max(0, i - 3):i]) not in context or i == 0
+            else:
+                seen["answered"] += 1
+                # the answer follows the question's words before the blank, in a passage
+                assert " ".join([*words[max(0, i - 3):i], answer]) in " ".join(context.split())
+    assert seen["answered"] > 2 * seen["refused"] > 0
+    assert seen["answered"] + seen["refused"] > 1.5 * seen["contexts"]  # follow-up questions
+
+
+def test_find_answers_follow_the_ids_before_the_blank_once_in_the_context(tasks):
+    rng = random.Random(6)
+    checked = 0
+    for _ in range(30):
+        ids, mask = tasks.find(rng, 8)
+        start = len(tasks.instruction_ids) if ids[: len(tasks.instruction_ids)] == tasks.instruction_ids else 1
+        q_len = len(tasks.q_ids)
+        ctx = ids[start : next(i for i in range(start, len(ids)) if ids[i : i + q_len] == tasks.q_ids)]
+        for s in [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]:
+            answer = ids[s : mask.index(0, s) - 1] if 0 in mask[s:] else ids[s:-1]  # without the EOS
+            q = max(i for i in range(s) if ids[i : i + len(tasks.q_ids)] == tasks.q_ids) + len(tasks.q_ids)
+            # some 2-6 ids that open the question occur once in the context, right before the answer
+            hits = {k: [i for i in range(len(ctx)) if ctx[i : i + k] == ids[q : q + k]] for k in range(2, 25)}
+            found = [k for k, h in hits.items() if len(h) == 1 and ctx[h[0] + k : h[0] + k + len(answer)] == answer]
+            assert found, (ids[q : q + 6], answer, ctx)
+            checked += 1
+    assert checked > 60
 
 
 def test_rows_never_cut_targets(tasks):

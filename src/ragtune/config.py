@@ -44,7 +44,11 @@ class TinyModelConfig(_Config):
     widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
     short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
     copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
-    copy_switch_acc: float = 0.9  # leave the copy-only phase once training copies are this exact
+    copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
+    find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
+    find_phase_max: float = 0.0  # end of the `find` phase at the latest, as a share of the budget
+    refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
+    locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(

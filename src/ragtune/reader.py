@@ -25,7 +25,8 @@ import os
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ READER_GPU_DEFAULTS: dict[str, Any] = {
     **READER_DEFAULTS, "vocab_size": 2048, "hidden_size": 512, "num_layers": 4, "num_heads": 8,
     "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
 }
-TASKS = ("copy", "lookup", "continue", "rag", "text")
+TASKS = ("copy", "find", "lookup", "continue", "rag", "locate", "text")
 console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
+FIND_TOP_LEVEL = 10
 
 
 def reader_config(cfg: TinyModelConfig) -> TinyModelConfig:
@@ -69,6 +71,7 @@ def reader_config(cfg: TinyModelConfig) -> TinyModelConfig:
 
 # ---------------------------------------------------------------- corpus
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(])")
+_PLAIN = re.compile(r"[A-Za-z][a-z]{1,14}")
 
 
 class Corpus:
@@ -84,6 +87,9 @@ class Corpus:
                 n_words = len(para.split())
                 if 12 <= n_words <= 160:
                     self.paragraphs.append((title, para, [s for s in _SENT.split(para) if s]))
+        # Frequent plain words, for passages of random words (the `locate` task).
+        counts = Counter(w for _, text, _ in self.paragraphs for w in text.split() if _PLAIN.fullmatch(w))
+        self.words = [w for w, _ in counts.most_common(4000)] or ["word"]
         if len(self.paragraphs) < 3:
             raise RagtuneError("the corpus for the reader recipe needs at least 3 paragraphs of "
                                "12-160 words; point --corpus at more documents")
@@ -107,6 +113,10 @@ class Tasks:
         self.vocab = len(tokenizer)
         self.template = PromptTemplate(style="plain", refusal=REFUSAL)
         self.eq = self.enc(" =")
+        self.q_ids, self.a_ids = self.enc("\n\n### Question:\n"), self.enc("\n\n### Answer:\n")
+        self.blank_ids, self.what_ids = self.enc(" ____"), self.enc(" what")
+        instruction = self.template.render(None, "", []).split("### Context:")[0]
+        self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc(";")
 
     def enc(self, text: str) -> list[int]:
@@ -124,6 +134,30 @@ class Tasks:
         span = self.rand(rng, self.span_len(rng, max_len))
         # The first token of the second copy is unpredictable (the span's end is unknown).
         return [self.bos, *span, *span], [0] * (len(span) + 2) + [1] * (len(span) - 1)
+
+    def find(self, rng: random.Random, level: int) -> tuple[list[int], list[int]]:
+        """The cloze skill in random ids: a context, then questions `Q: b_1..b_k ____ f_1..f_m
+        A:` whose answer is the 1-3 ids that follow b_1..b_k in the context. Answering takes
+        three hops: the ids before the blank marker, where they are in the context, what
+        follows there. `level` (0-10) widens k, m and the context towards real prompts (long
+        sentences around the blank, passages of hundreds of tokens after the instruction):
+        a circuit learnt at one size does not carry to the next (docs/reader-model.md)."""
+        ctx = self.rand(rng, rng.randint(16, 48 + 35 * level))
+        head = self.instruction_ids if rng.random() < level / 10 else [self.bos]
+        ids, mask = [*head, *ctx], [0] * (len(head) + len(ctx))
+        for _ in range(rng.randint(2, 5)):
+            n, m = rng.randint(1, 3), rng.randint(0, 8 + 2 * level)
+            s = rng.randint(6, len(ctx) - n)
+            # the fewest ids before the answer that occur once in the context, or more
+            k = next((k for k in range(2, 7) if _count(ctx, ctx[s - k : s]) == 1), None)
+            if k is None:
+                continue
+            k = rng.randint(k, min(s, 4 + 2 * level))
+            marker = self.blank_ids if rng.random() < 0.5 else self.what_ids
+            q = [*self.q_ids, *ctx[s - k : s], *marker, *ctx[s + n : s + n + m], *self.a_ids]
+            a = [*ctx[s : s + n], self.eos]
+            ids, mask = ids + q + a, mask + [0] * len(q) + [1] * len(a)
+        return ids, mask
 
     def lookup(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         pairs = [(self.rand(rng, 2), self.rand(rng, rng.randint(1, 3))) for _ in range(rng.randint(2, 12))]
@@ -150,24 +184,64 @@ class Tasks:
     def rag(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """A cloze question on a sentence of the oracle passage among two distractors."""
         # Short passages, so three of them, the instruction and the answer fit late_seq_len.
-        oracle = self.corpus.pick(rng, max_words=45)
-        sent = rng.choice(oracle[2]).split()
-        if len(sent) < 5:
+        return self.cloze(rng, lambda: self.corpus.pick(rng, max_words=45), max_len)
+
+    def locate(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
+        """`rag` over passages of random corpus words: no language prior can guess the
+        answer, only finding the question's words in a passage and copying what follows."""
+        def passage() -> tuple[str, str, list[str]]:
+            sents = [" ".join(rng.choices(self.corpus.words, k=rng.randint(6, 14))) + "."
+                     for _ in range(rng.randint(1, 3))]
+            return " ".join(rng.choices(self.corpus.words, k=2)).title(), " ".join(sents), sents
+        return self.cloze(rng, passage, max_len, follow_ups=self.cfg.locate_follow_ups)
+
+    def cloze(self, rng: random.Random, passage: Callable[[], tuple[str, str, list[str]]],
+              max_len: int, follow_ups: int = 0) -> tuple[list[int], list[int]]:
+        """The question blanks a span of a sentence of the first of three passages (the
+        oracle); a `refusal_share` of the time the oracle is swapped for another passage
+        and the target is the refusal, as build does when it drops the oracle.
+        `follow_ups` more questions on the same context follow the answer (denser targets)."""
+        passages = [passage() for _ in range(3)]
+        qa = self.blank(rng, passages[0])
+        if qa is None:
             return self.cont(rng, max_len)
+        question, answer = qa
+        if rng.random() < self.cfg.refusal_share:
+            passages[0], answer = passage(), REFUSAL
+        rng.shuffle(passages)
+        prompt = self.template.render(None, question, [Passage(t, x) for t, x, _ in passages])
+        ids, mask = [self.bos, *self.enc(prompt)], []
+        mask = [0] * len(ids)
+        for k in range(follow_ups + 1):
+            a_ids = [*self.enc(answer), self.eos]
+            ids, mask = ids + a_ids, mask + [1] * len(a_ids)
+            if k == follow_ups:
+                break
+            refuse = rng.random() < self.cfg.refusal_share
+            qa = self.blank(rng, passage() if refuse else rng.choice(passages))
+            if qa is None:
+                break
+            question, answer = qa[0], REFUSAL if refuse else qa[1]
+            q_ids = self.enc(f"\n\n### Question:\n{question}\n\n### Answer:\n")
+            if len(ids) + len(q_ids) + len(self.enc(answer)) + 1 > self.cfg.late_seq_len:
+                break
+            ids, mask = ids + q_ids, mask + [0] * len(q_ids)
+        return ids, mask
+
+    @staticmethod
+    def blank(rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
+        """(question, answer): a 1-4 word span of one sentence of `passage`, blanked in the
+        two question styles of the extractive synth generator."""
+        sent = rng.choice(passage[2]).split()
+        if len(sent) < 5:
+            return None
         n = rng.randint(1, min(4, len(sent) - 3))
         start = rng.randint(1, len(sent) - n)
         answer = " ".join(sent[start : start + n]).strip(".,;:()")
         before, after = " ".join(sent[:start]), " ".join(sent[start + n :])
-        if rng.random() < 0.5:  # the two question styles of the extractive synth generator
-            question = f"Fill in the blank: {before} ____ {after}".strip()
-        else:
-            question = re.sub(r"[.!:;]+$", "", f"{before} what {after}".strip()) + "?"
-        passages = [oracle] + [self.corpus.pick(rng, max_words=45) for _ in range(2)]
-        rng.shuffle(passages)
-        prompt = self.template.render(None, question, [Passage(t, x) for t, x, _ in passages])
-        p_ids = [self.bos, *self.enc(prompt)]
-        a_ids = [*self.enc(answer), self.eos]
-        return p_ids + a_ids, [0] * len(p_ids) + [1] * len(a_ids)
+        if rng.random() < 0.5:
+            return f"Fill in the blank: {before} ____ {after}".strip(), answer
+        return re.sub(r"[.!:;]+$", "", f"{before} what {after}".strip()) + "?", answer
 
     def text(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         n = self.cfg.late_seq_len
@@ -178,8 +252,8 @@ class Tasks:
     def row(self, task: str, rng: random.Random, seq_len: int, max_span: int) -> tuple[list[int], list[int]]:
         """Examples of one task packed into `seq_len` tokens; an example that would be cut
         keeps its prompt and loses its targets, so no target is ever truncated."""
-        make = {"copy": self.copy, "lookup": self.lookup, "continue": self.cont,
-                "rag": self.rag, "text": self.text}[task]
+        make = {"copy": self.copy, "find": self.find, "lookup": self.lookup, "continue": self.cont,
+                "rag": self.rag, "locate": self.locate, "text": self.text}[task]
         ids: list[int] = []
         mask: list[int] = []
         while len(ids) < seq_len:
@@ -198,13 +272,21 @@ def batch_of(rows: list[tuple[list[int], list[int]]], device: torch.device) -> t
     return ids, mask
 
 
-def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over target tokens, and per-token argmax hits (for the switch)."""
+def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                first_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss over target tokens, and argmax hits (for the self-paced levels)
+    over every target token, or with `first_only` over the first token of each answer."""
     logits, target, m = logits[:, :-1].float(), ids[:, 1:], mask[:, 1:]
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none")
     loss = (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1)
+    if first_only:
+        m = m * (1 - mask[:, :-1])
     hits = ((logits.argmax(-1) == target).float() * m).sum() / m.sum().clamp(min=1)
     return loss, hits
+
+
+def _count(seq: list[int], sub: list[int]) -> int:
+    return sum(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 # ---------------------------------------------------------------- training
@@ -275,67 +357,81 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     names = [t for t in TASKS if cfg.task_mix.get(t, 0) > 0]
     weights = [cfg.task_mix[t] for t in names]
     late_batch = max(1, cfg.batch_size * cfg.seq_len // cfg.late_seq_len)
+    # Self-paced phases before the mix: (task, first level, top level, widening step, end of
+    # the phase at the latest as a share of the budget). Levels widen only while the training
+    # answers are exact, so a busy CPU never widens them before the circuit has formed.
+    phases = [("copy", min(16, cfg.max_span), cfg.max_span, 4, cfg.copy_phase_max)]
+    if cfg.find_phase_max > 0:  # all levels at once: the circuit formed as fast as on the easiest
+        phases.append(("find", 0, FIND_TOP_LEVEL, 1, cfg.find_phase_max))
+    top = {"copy": cfg.max_span, "find": FIND_TOP_LEVEL}
     budget = cfg.minutes * 60
     t0 = last_save = time.perf_counter()
-    step, switch_step, switch_s, acc_avg, tokens = 0, None, None, 0.0, 0
-    max_span = min(16, cfg.max_span)
+    step, mix_s, acc_avg, tokens = 0, None, 0.0, 0
+    phase, level = phases[0][0], phases[0][1]
+    ended: dict[str, dict] = {}
     log: list[dict] = []
     task_loss: dict[str, list[float]] = {t: [] for t in names}
     while (elapsed := time.perf_counter() - t0) < budget and (cfg.max_steps is None or step < cfg.max_steps):
-        frac = elapsed / budget
-        if switch_step is None:
-            # Self-paced: spans start at 16 tokens in short rows (cheap steps, many copies
-            # per step) and widen only while the training copies are exact, so a busy CPU
-            # never widens them before the heads have formed.
-            if acc_avg >= cfg.widen_acc and step % 5 == 0:
-                max_span = min(cfg.max_span, max_span + 4)
-            row_len = min(cfg.seq_len, max(128, 2 * max_span + 2))
-            rows = [tasks.row("copy", rng, row_len, max_span) for _ in range(cfg.batch_size)]
-            task = "copy"
+        if phase != "mix":
+            _, _, last, widen_by, _ = next(p for p in phases if p[0] == phase)
+            if acc_avg >= (cfg.widen_acc if phase == "copy" else cfg.find_widen_acc) and step % 5 == 0:
+                level = min(last, level + widen_by)
+            if phase == "copy":
+                row_len, n_rows = min(cfg.seq_len, max(128, 2 * level + 2)), cfg.batch_size
+            else:  # find: contexts grow to ~400 tokens
+                row_len, n_rows = cfg.late_seq_len, late_batch
+            rows = [tasks.row(phase, rng, row_len, level) for _ in range(n_rows)]
+            task = phase
         else:
             task = rng.choices(names, weights)[0]
-            rows = [tasks.row(task, rng, cfg.late_seq_len, max_span) for _ in range(late_batch)]
+            rows = [tasks.row(task, rng, cfg.late_seq_len, top.get(task, 0)) for _ in range(late_batch)]
         ids, mask = batch_of(rows, device)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        if switch_s is not None:  # linear decay to 10% over the mixed phase sharpens the copies
-            lr *= 1.0 - 0.9 * min(1.0, (elapsed - switch_s) / max(budget - switch_s, 1e-9))
+        if mix_s is not None:  # linear decay to 10% over the mixed phase sharpens the copies
+            lr *= 1.0 - 0.9 * min(1.0, (elapsed - mix_s) / max(budget - mix_s, 1e-9))
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask)
+            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += ids.numel()
         step += 1
-        if switch_step is None:
+        if phase != "mix":
             acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
-            done = max_span >= cfg.max_span and acc_avg >= cfg.copy_switch_acc
-            if done or frac >= cfg.copy_phase_max:
-                switch_step, switch_s = step, round(time.perf_counter() - t0, 1)
-                console.print(f"reader: copy phase done at step {step} ({switch_s:.0f} s): training copies "
-                              f"{acc_avg:.0%} exact, spans up to {max_span} tokens; mixing in the corpus tasks")
+            i = [p[0] for p in phases].index(phase)
+            if (level >= phases[i][2] and acc_avg >= cfg.copy_switch_acc) or elapsed / budget >= phases[i][4]:
+                ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
+                                "level": level, "train_acc": round(acc_avg, 3)}
+                console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
+                              f"training answers {acc_avg:.0%} exact at level {level}")
+                phase, level = phases[i + 1][:2] if i + 1 < len(phases) else ("mix", 0)
+                acc_avg = 0.0
+                mix_s = round(time.perf_counter() - t0, 1) if phase == "mix" else None
         else:
             task_loss[task].append(loss.item())
         if step % 50 == 0:
             if step % 500 == 0:
                 console.print(f"reader: step {step}, {elapsed:.0f}/{budget:.0f} s, {task} loss {loss.item():.3f}")
             log.append({"step": step, "s": round(elapsed, 1), "task": task, "loss": round(loss.item(), 3),
-                        "acc": round(hits.item(), 3), "max_span": max_span})
+                        "acc": round(hits.item(), 3), "level": level})
         if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
             model.save_pretrained(str(out))
             last_save = time.perf_counter()
     seconds = time.perf_counter() - t0
     model.eval()
+    copy = ended.get("copy", {"steps": step, "seconds": round(seconds, 1), "level": level, "train_acc": acc_avg})
     return {
         "steps": step,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9)),
-        "copy_phase_steps": switch_step or step,
-        "copy_max_span": max_span,
-        "copy_phase_seconds": switch_s or round(seconds, 1),
-        "copy_train_acc": round(acc_avg, 3),
+        "copy_phase_steps": copy["steps"],
+        "copy_max_span": copy["level"],
+        "copy_phase_seconds": copy["seconds"],
+        "copy_train_acc": round(copy["train_acc"], 3),
+        "phases": ended,
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
         "log": log,
     }
