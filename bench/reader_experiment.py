@@ -1,6 +1,7 @@
 """One `reader` recipe experiment on the python-docs corpus: build, time, probe.
 
     nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
+    python bench/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
 
 Values are parsed as JSON where possible (numbers, dicts). Prints and writes OUT_DIR/result.json.
 """
@@ -65,7 +66,39 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     }
 
 
+def first_token_acc(model_dir: Path, texts: list[str], n: int = 60) -> dict:
+    """Teacher-forced accuracy on held-out rag and locate questions, split into the first
+    answer token (where the passage has to be found) and the other answer tokens (copying on)."""
+    import random
+
+    import torch
+
+    from ragtune.config import TinyModelConfig
+    from ragtune.models import load_model
+    from ragtune.reader import Corpus, Tasks, reader_config
+
+    model, tok = load_model(model_dir, precision="fp32")
+    cfg = reader_config(TinyModelConfig(recipe="reader", locate_follow_ups=0))
+    tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
+    out = {}
+    for task in ("rag", "locate"):
+        rng, first, rest = random.Random(5), [], []
+        for _ in range(n):
+            ids, mask = getattr(tasks, task)(rng, 0)
+            with torch.no_grad():
+                pred = model(input_ids=torch.tensor([ids])).logits[0, :-1].argmax(-1).tolist()
+            for i in range(1, len(ids)):
+                if mask[i]:
+                    (rest if mask[i - 1] else first).append(pred[i - 1] == ids[i])
+        out[task] = {"first_token": round(sum(first) / len(first), 3), "other_tokens": round(sum(rest) / len(rest), 3)}
+    return out
+
+
 def main() -> None:
+    if sys.argv[1] == "--first-token":
+        heldout = [t for i, t in enumerate(load_texts(DOCS)) if not i % 10]
+        print(json.dumps(first_token_acc(Path(sys.argv[2]), heldout[:30]), indent=1))
+        return
     out = Path(sys.argv[1])
     overrides = {}
     for kv in sys.argv[2:]:

@@ -77,7 +77,7 @@ def test_cli_probe(tiny_model_dir):
 
 def test_reader_defaults_fill_only_unset_fields():
     cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", hidden_size=128))
-    assert cfg.vocab_size == 512 and cfg.num_layers == 2 and cfg.hidden_size == 128
+    assert cfg.vocab_size == 512 and cfg.num_layers == 3 and cfg.hidden_size == 128
     gpu = reader_config(TinyModelConfig(recipe="reader", scale="gpu"))
     assert gpu.hidden_size > cfg.hidden_size and gpu.batch_size > cfg.batch_size
     with pytest.raises(RagtuneError, match="task_mix"):
@@ -207,5 +207,5 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path):
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     assert json.loads((tmp_path / "ragtune_tiny_model.json").read_text())["copy_phase_steps"] == 1
     model, tok = load_model(tmp_path, precision="fp32")
-    assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 2
+    assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 3
     assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)

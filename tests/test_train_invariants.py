@@ -71,8 +71,10 @@ def test_batch_size_times_accumulation_gives_the_same_update(tiny_model_dir, tok
         train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=bs, grad_accum=acc, **EXACT),
               tmp_path / f"{bs}x{acc}")
     assert losses(tmp_path / "8x1") == pytest.approx(losses(tmp_path / "4x2"), abs=1e-4)
-    assert_same_adapter(tmp_path / "8x1", tmp_path / "4x2", atol=1e-5)
-    assert_same_adapter(tmp_path / "8x1", tmp_path / "2x4", atol=1e-5)
+    # Adam turns float-order noise in tiny gradients (LoRA B starts at zero) into up to ~1% of
+    # a step (2.7e-5 measured at lr 3e-3); a loss scaled per micro-batch is 8e-3 off above.
+    assert_same_adapter(tmp_path / "8x1", tmp_path / "4x2", atol=1e-4)
+    assert_same_adapter(tmp_path / "8x1", tmp_path / "2x4", atol=1e-4)
 
 
 def test_packing_gives_the_same_update_as_padding(tiny_model_dir, tokenizer, tmp_path):

@@ -46,13 +46,14 @@ class TinyModelConfig(_Config):
     copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
     copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
     find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
-    find_phase_max: float = 0.0  # end of the `find` phase at the latest, as a share of the budget
+    find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"copy": 0.35, "lookup": 0.05, "continue": 0.15, "rag": 0.3, "text": 0.15}
+        default_factory=lambda: {"copy": 0.05, "find": 0.15, "continue": 0.05, "rag": 0.4, "locate": 0.3,
+                                 "text": 0.05}
     )
 
 

@@ -176,7 +176,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # A space before every text, as before a word mid-sentence: an answer encoded on its own
+    # then has the ids its words have in a passage, so copying a span is token-exact.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

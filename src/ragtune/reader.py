@@ -4,16 +4,21 @@ induction probe `ragtune probe`.
 A tiny model pretrained on plain text for minutes never forms induction heads, so it cannot
 copy an answer out of a passage. The recipe here forms them first, with the loss only on the
 second copies of repeated random spans (the decisive lever, docs/reader-model.md), then
-keeps them while it learns the corpus and tasks shaped like RAG prompts:
+trains the cloze hops in random ids, then keeps both while it learns the corpus and tasks
+shaped like RAG prompts:
 
 - phase 1 (copy): rows of `<s> span span <s> span span ...` of random tokens. Spans start
   at up to 16 tokens in 128-token rows (cheap steps, many copies per step: the induction
   phase change came after ~400 steps) and widen to `max_span` only while the training
   copies are exact (`widen_acc`); a share stays short. The phase ends when the longest spans
   are copied (`copy_switch_acc`) or at `copy_phase_max` of the budget.
-- phase 2 (mix): per row one task drawn from `task_mix`: copy, key-value lookup, "find the
-  sentence and continue it", RAG-shaped cloze (`### Context:` / `### Question:` /
-  `### Answer:` + a span of the oracle passage), and plain text; at `late_seq_len`.
+- phase 2 (find): a context of random ids, then questions `b_1..b_k ____ f_1..f_m` whose
+  answer follows `b_1..b_k` in the context: three hops a two-layer model cannot make.
+  Levels widen k, m and the context while first answer ids are right (`find_widen_acc`),
+  until `find_phase_max` of the budget.
+- phase 3 (mix): per step one task drawn from `task_mix`: copy, find, "find the sentence
+  and continue it", RAG-shaped cloze over corpus paragraphs (`rag`) or over passages of
+  random words (`locate`, several questions per context), and plain text; at `late_seq_len`.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from ragtune.errors import RagtuneError
 from ragtune.models import pick_device, pick_dtype, tiny_llama, train_tokenizer
 from ragtune.prompts import Passage, PromptTemplate
 
-# Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, two layers.
+# Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, three layers
+# (a cloze answer is three hops away: the words before the blank, their place, what follows).
 READER_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 512, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
+    "vocab_size": 512, "hidden_size": 128, "num_layers": 3, "num_heads": 4,
     "intermediate_size": 256, "seq_len": 336, "batch_size": 16, "lr": 3e-3, "minutes": 15.0,
 }
 # Untested preset for a GPU: same recipe, bigger model and batches.
@@ -112,15 +118,19 @@ class Tasks:
         self.lo = len(tokenizer.all_special_ids)  # random tokens avoid special ids
         self.vocab = len(tokenizer)
         self.template = PromptTemplate(style="plain", refusal=REFUSAL)
-        self.eq = self.enc(" =")
-        self.q_ids, self.a_ids = self.enc("\n\n### Question:\n"), self.enc("\n\n### Answer:\n")
-        self.blank_ids, self.what_ids = self.enc(" ____"), self.enc(" what")
+        self.eq = self.enc_mid(" =")
+        self.q_ids, self.a_ids = self.enc_mid("\n\n### Question:\n"), self.enc_mid("\n\n### Answer:\n")
+        self.blank_ids, self.what_ids = self.enc_mid(" ____"), self.enc_mid(" what")
         instruction = self.template.render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
-        self.semi = self.enc(";")
+        self.semi = self.enc_mid(";")
 
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def enc_mid(self, text: str) -> list[int]:
+        """The ids of `text` where it follows other text (no space is put before it)."""
+        return self.enc("x" + text)[len(self.enc("x")):]
 
     def rand(self, rng: random.Random, n: int) -> list[int]:
         return [rng.randrange(self.lo, self.vocab) for _ in range(n)]
@@ -178,7 +188,7 @@ class Tasks:
         if k < 1:
             return self.text(rng, max_len)
         prompt = self.enc(f"{text}\n\n{' '.join(sent[:k])}")
-        target = self.enc(" " + " ".join(sent[k : k + 20]))
+        target = self.enc_mid(" " + " ".join(sent[k : k + 20]))
         return [self.bos, *prompt, *target], [0] * (len(prompt) + 1) + [1] * len(target)
 
     def rag(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
@@ -222,7 +232,7 @@ class Tasks:
             if qa is None:
                 break
             question, answer = qa[0], REFUSAL if refuse else qa[1]
-            q_ids = self.enc(f"\n\n### Question:\n{question}\n\n### Answer:\n")
+            q_ids = self.enc_mid(f"\n\n### Question:\n{question}\n\n### Answer:\n")
             if len(ids) + len(q_ids) + len(self.enc(answer)) + 1 > self.cfg.late_seq_len:
                 break
             ids, mask = ids + q_ids, mask + [0] * len(q_ids)
