@@ -220,7 +220,7 @@ class Tasks:
             passages[0], answer = passage(), REFUSAL
         rng.shuffle(passages)
         prompt = self.template.render(None, question, [Passage(t, x) for t, x, _ in passages])
-        ids, mask = [self.bos, *self.enc(prompt)], []
+        ids = [self.bos, *self.enc(prompt)]
         mask = [0] * len(ids)
         for k in range(follow_ups + 1):
             a_ids = [*self.enc(answer), self.eos]
