@@ -202,10 +202,12 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path):
 
     cfg = TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
                           intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
-                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0)
+                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0, find_phase_max=1e-9)
     info = make_tiny_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
-    assert json.loads((tmp_path / "ragtune_tiny_model.json").read_text())["copy_phase_steps"] == 1
+    saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
+    assert saved["copy_phase_steps"] == 1 and saved["phases"]["find"]["steps"] == 2  # copy, find, then the mix
+    assert saved["mix_task_loss"]  # the last 10 steps drew tasks from the mix
     model, tok = load_model(tmp_path, precision="fp32")
     assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 3
     assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)

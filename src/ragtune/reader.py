@@ -371,19 +371,21 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     # the phase at the latest as a share of the budget). Levels widen only while the training
     # answers are exact, so a busy CPU never widens them before the circuit has formed.
     phases = [("copy", min(16, cfg.max_span), cfg.max_span, 4, cfg.copy_phase_max)]
-    if cfg.find_phase_max > 0:  # all levels at once: the circuit formed as fast as on the easiest
+    if cfg.find_phase_max > 0:  # levels 0 -> 10, one at a time
         phases.append(("find", 0, FIND_TOP_LEVEL, 1, cfg.find_phase_max))
     top = {"copy": cfg.max_span, "find": FIND_TOP_LEVEL}
     budget = cfg.minutes * 60
     t0 = last_save = time.perf_counter()
     step, mix_s, acc_avg, tokens = 0, None, 0.0, 0
-    phase, level = phases[0][0], phases[0][1]
+    at = 0  # index of the current self-paced phase; len(phases): the mix
+    level = phases[0][1]
     ended: dict[str, dict] = {}
     log: list[dict] = []
     task_loss: dict[str, list[float]] = {t: [] for t in names}
     while (elapsed := time.perf_counter() - t0) < budget and (cfg.max_steps is None or step < cfg.max_steps):
+        phase = phases[at][0] if at < len(phases) else "mix"
         if phase != "mix":
-            _, _, last, widen_by, _ = next(p for p in phases if p[0] == phase)
+            _, _, last, widen_by, _ = phases[at]
             if acc_avg >= (cfg.widen_acc if phase == "copy" else cfg.find_widen_acc) and step % 5 == 0:
                 level = min(last, level + widen_by)
             if phase == "copy":
@@ -411,15 +413,14 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         step += 1
         if phase != "mix":
             acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
-            i = [p[0] for p in phases].index(phase)
-            if (level >= phases[i][2] and acc_avg >= cfg.copy_switch_acc) or elapsed / budget >= phases[i][4]:
+            if (level >= last and acc_avg >= cfg.copy_switch_acc) or elapsed / budget >= phases[at][4]:
                 ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
                                 "level": level, "train_acc": round(acc_avg, 3)}
                 console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
-                phase, level = phases[i + 1][:2] if i + 1 < len(phases) else ("mix", 0)
-                acc_avg = 0.0
-                mix_s = round(time.perf_counter() - t0, 1) if phase == "mix" else None
+                at += 1
+                level, acc_avg = (phases[at][1] if at < len(phases) else 0), 0.0
+                mix_s = round(time.perf_counter() - t0, 1) if at == len(phases) else None
         else:
             task_loss[task].append(loss.item())
         if step % 50 == 0:
