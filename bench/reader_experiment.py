@@ -66,7 +66,7 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     }
 
 
-def first_token_acc(model_dir: Path, texts: list[str], n: int = 60) -> dict:
+def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     """Teacher-forced accuracy on held-out rag and locate questions, split into the first
     answer token (where the passage has to be found) and the other answer tokens (copying on)."""
     import random

@@ -418,6 +418,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                                 "level": level, "train_acc": round(acc_avg, 3)}
                 console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
+                if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
+                    top["find"] = level
                 at += 1
                 level, acc_avg = (phases[at][1] if at < len(phases) else 0), 0.0
                 mix_s = round(time.perf_counter() - t0, 1) if at == len(phases) else None
