@@ -52,6 +52,16 @@ def test_questions_keep_the_words_around_the_answer(chunks: list[Chunk]) -> None
             assert before[-15:].strip().lower() in item.question.lower()
 
 
+def test_apostrophes_do_not_make_quoted_spans() -> None:
+    text = ("This module's import lock isn't held by another thread any more today. "
+            "The option is set with the flag 'strict_mode' in the configuration file.")
+    chunk = Chunk(id="q", doc_id="d", source="s", title="t", text=text, start=0, end=len(text))
+    answers = {i.answer for i in synthesize([chunk], SynthConfig(questions_per_chunk=4,
+                                                                 unanswerable_share=0.0)).items}
+    assert "strict_mode" in answers  # a real quotation is still a candidate
+    assert not any("'" in a or a.startswith("s ") for a in answers), answers
+
+
 def test_unanswerable_items_hide_their_answer(chunks: list[Chunk]) -> None:
     items = synthesize(chunks, SynthConfig(unanswerable_share=0.5, seed=3)).items
     unans = [i for i in items if not i.answerable]

@@ -39,7 +39,8 @@ SPAN_PATTERNS: list[tuple[str, float, re.Pattern[str]]] = [
     ("identifier", 3.0, re.compile(
         r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|_\w+_|[A-Za-z]\w*_\w+|[A-Za-z_]\w*\(\))(?![\w(])")),
     ("number", 2.5, re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*(?![\w.]\w)")),
-    ("quoted", 2.0, re.compile(r"(?<=[\"'])[^\"'\n]{2,40}(?=[\"'])")),
+    # quotes open after no word and close before none: apostrophes (isn't, module's) are not quotes
+    ("quoted", 2.0, re.compile(r"(?<![\w\"'])[\"']([^\"'\n]{2,40})[\"'](?!\w)")),
     ("name", 2.5, re.compile(r"(?<![\w.])[A-Z][A-Za-z0-9]+(?:[ -][A-Z][A-Za-z0-9]+){0,3}(?![\w])")),
     ("noun_phrase", 1.0, re.compile(r"\b(?:the|a|an) ([a-z][a-z-]+(?: [a-z][a-z-]+){0,2})\b")),
 ]
