@@ -78,10 +78,11 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     from ragtune.reader import Corpus, Tasks, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
-    cfg = reader_config(TinyModelConfig(recipe="reader", locate_follow_ups=0))
-    tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
-    out = {}
-    for task in ("rag", "locate"):
+    out, corpus = {}, Corpus(texts)
+    # rag_near: distractors from the oracle's document, which share its words as BM25's do
+    for name, task, near in (("rag", "rag", 0.0), ("rag_near", "rag", 1.0), ("locate", "locate", 0.0)):
+        cfg = reader_config(TinyModelConfig(recipe="reader", locate_follow_ups=0, same_doc_distractors=near))
+        tasks = Tasks(tok, corpus, torch.zeros(10, dtype=torch.long), cfg)
         rng, first, rest = random.Random(5), [], []
         for _ in range(n):
             ids, mask = getattr(tasks, task)(rng, 0)
@@ -90,7 +91,7 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
             for i in range(1, len(ids)):
                 if mask[i]:
                     (rest if mask[i - 1] else first).append(pred[i - 1] == ids[i])
-        out[task] = {"first_token": round(sum(first) / len(first), 3), "other_tokens": round(sum(rest) / len(rest), 3)}
+        out[name] = {"first_token": round(sum(first) / len(first), 3), "other_tokens": round(sum(rest) / len(rest), 3)}
     return out
 
 

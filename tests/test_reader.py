@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,8 @@ from conftest import corpus_texts
 
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
-from ragtune.reader import Corpus, Tasks, copies, probe_model, reader_config
+from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config
+from ragtune.records import Chunk
 
 
 class InductionCopier(torch.nn.Module):
@@ -124,6 +126,51 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
             continue
         assert "### Question:" in prompt and answer.strip() in prompt.split("### Question:")[0]
         assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
+    corpus = Corpus(corpus_texts())
+    titles = lambda text: re.findall(r"\[\d\] (.*)\n", text.split("### Question:")[0])  # noqa: E731
+    for share, want_same in ((1.0, True), (0.0, False)):
+        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", same_doc_distractors=share))
+        tasks, rng, same = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(7), []
+        for _ in range(40):
+            found = titles(tokenizer.decode(tasks.rag(rng, 0)[0]))
+            if len(found) == 3:
+                same.append(len(set(found)) == 1)
+        assert len(same) > 20
+        # with random distractors, all three passages from one document is rare
+        assert (sum(same) == len(same)) if want_same else (sum(same) < len(same) / 2)
+
+
+def test_synth_spans_are_the_extractive_generators_questions(tokenizer):
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", synth_span_share=1.0))
+    tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
+    rng, checked = random.Random(8), 0
+    for _ in range(30):
+        passage = tasks.corpus.paragraphs[tasks.corpus.pick(rng, 45)]
+        qa = tasks.synth_blank(rng, passage)
+        if qa is None:
+            continue
+        question, answer = qa
+        spans = tasks.synth.candidates(Chunk("", "", "", "", passage[1], 0, len(passage[1])))
+        assert answer in {c.answer for c in spans}  # a span synth would ask about
+        assert question.startswith("Fill in the blank: ") or question.endswith("?")
+        assert answer not in question
+        checked += 1
+    assert checked > 10
+
+
+def test_first_token_weight_scales_only_each_answers_first_token():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    mask = torch.tensor([[0, 0, 1, 1, 0, 1]], dtype=torch.float32)
+    logits = torch.randn(1, 6, 8)
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none")
+    # targets are tokens 2, 3 and 5; tokens 2 and 5 open an answer
+    loss, _ = masked_loss(logits, ids, mask, first_weight=3.0)
+    assert torch.isclose(loss, (3 * ce[1] + ce[2] + 3 * ce[4]) / 7)
+    plain, _ = masked_loss(logits, ids, mask)
+    assert torch.isclose(plain, (ce[1] + ce[2] + ce[4]) / 3)
 
 
 def answered_questions(tokenizer, ids, mask):

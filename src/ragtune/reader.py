@@ -39,10 +39,12 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ragtune.config import REFUSAL, TinyModelConfig
+from ragtune.config import REFUSAL, SynthConfig, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.models import pick_device, pick_dtype, tiny_llama, train_tokenizer
 from ragtune.prompts import Passage, PromptTemplate
+from ragtune.records import Chunk
+from ragtune.synth.extractive import Candidate, ExtractiveGenerator
 
 # Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, three layers
 # (a cloze answer is three hops away: the words before the blank, their place, what follows).
@@ -85,13 +87,18 @@ class Corpus:
 
     def __init__(self, texts: Sequence[str]):
         self.paragraphs: list[tuple[str, str, list[str]]] = []  # (title, text, sentences)
+        self.doc_of: list[int] = []  # document index of each paragraph
+        self.docs: list[list[int]] = []  # paragraph indices of each document
         for text in texts:
             lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             title = lines[0][:60] if lines else ""
+            self.docs.append([])
             for para in re.split(r"\n\s*\n", text):
                 para = " ".join(para.split())
                 n_words = len(para.split())
                 if 12 <= n_words <= 160:
+                    self.docs[-1].append(len(self.paragraphs))
+                    self.doc_of.append(len(self.docs) - 1)
                     self.paragraphs.append((title, para, [s for s in _SENT.split(para) if s]))
         # Frequent plain words, for passages of random words (the `locate` task).
         counts = Counter(w for _, text, _ in self.paragraphs for w in text.split() if _PLAIN.fullmatch(w))
@@ -100,12 +107,15 @@ class Corpus:
             raise RagtuneError("the corpus for the reader recipe needs at least 3 paragraphs of "
                                "12-160 words; point --corpus at more documents")
 
-    def pick(self, rng: random.Random, max_words: int = 160) -> tuple[str, str, list[str]]:
+    def pick(self, rng: random.Random, max_words: int = 160, near: int | None = None) -> int:
+        """Index of a random paragraph of at most `max_words` words; with `near` (a paragraph
+        index), one of the same document where it has another, as a retriever's distractor is."""
+        pool = self.docs[self.doc_of[near]] if near is not None else None
         for _ in range(20):
-            p = rng.choice(self.paragraphs)
-            if len(p[1].split()) <= max_words:
-                return p
-        return p
+            i = rng.choice(pool) if pool and len(pool) > 1 else rng.randrange(len(self.paragraphs))
+            if i != near and len(self.paragraphs[i][1].split()) <= max_words:
+                return i
+        return i
 
 
 # ---------------------------------------------------------------- tasks
@@ -124,6 +134,12 @@ class Tasks:
         instruction = self.template.render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc_mid(";")
+        self._spans: dict[str, list[Candidate]] = {}
+        self.synth = None
+        if cfg.synth_span_share > 0:  # idf over the paragraphs, as synth computes it over chunks
+            chunks = [Chunk(id=str(i), doc_id="", source="", title=t, text=x, start=0, end=len(x))
+                      for i, (t, x, _) in enumerate(corpus.paragraphs)]
+            self.synth = ExtractiveGenerator(SynthConfig(), chunks)
 
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -182,7 +198,7 @@ class Tasks:
         return ids, mask
 
     def cont(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
-        title, text, sents = self.corpus.pick(rng)
+        title, text, sents = self.corpus.paragraphs[self.corpus.pick(rng)]
         sent = rng.choice(sents).split()
         k = min(len(sent) - 1, rng.randint(3, 6))
         if k < 1:
@@ -194,7 +210,14 @@ class Tasks:
     def rag(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """A cloze question on a sentence of the oracle passage among two distractors."""
         # Short passages, so three of them, the instruction and the answer fit late_seq_len.
-        return self.cloze(rng, lambda: self.corpus.pick(rng, max_words=45), max_len)
+        # Distractors from the oracle's document share its words, as BM25's do: the question
+        # must then be matched on more than one word.
+        corpus, first = self.corpus, [self.corpus.pick(rng, max_words=45)]
+        near = first[0] if rng.random() < self.cfg.same_doc_distractors else None
+
+        def passage() -> tuple[str, str, list[str]]:  # the oracle first, then distractors
+            return corpus.paragraphs[first.pop() if first else corpus.pick(rng, 45, near)]
+        return self.cloze(rng, passage, max_len, synth=rng.random() < self.cfg.synth_span_share)
 
     def locate(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """`rag` over passages of random corpus words: no language prior can guess the
@@ -206,13 +229,13 @@ class Tasks:
         return self.cloze(rng, passage, max_len, follow_ups=self.cfg.locate_follow_ups)
 
     def cloze(self, rng: random.Random, passage: Callable[[], tuple[str, str, list[str]]],
-              max_len: int, follow_ups: int = 0) -> tuple[list[int], list[int]]:
+              max_len: int, follow_ups: int = 0, synth: bool = False) -> tuple[list[int], list[int]]:
         """The question blanks a span of a sentence of the first of three passages (the
         oracle); a `refusal_share` of the time the oracle is swapped for another passage
         and the target is the refusal, as build does when it drops the oracle.
         `follow_ups` more questions on the same context follow the answer (denser targets)."""
         passages = [passage() for _ in range(3)]
-        qa = self.blank(rng, passages[0])
+        qa = (self.synth_blank(rng, passages[0]) if synth else None) or self.blank(rng, passages[0])
         if qa is None:
             return self.cont(rng, max_len)
         question, answer = qa
@@ -237,6 +260,17 @@ class Tasks:
                 break
             ids, mask = ids + q_ids, mask + [0] * len(q_ids)
         return ids, mask
+
+    def synth_blank(self, rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
+        """(question, answer) as the extractive synth generator makes them from `passage`:
+        the span it would pick (identifiers, names, numbers...), in one of its two styles."""
+        text = passage[1]
+        if text not in self._spans:
+            self._spans[text] = self.synth.candidates(Chunk("", "", "", "", text, 0, len(text)))
+        if not self._spans[text]:
+            return None
+        c = rng.choice(self._spans[text])
+        return ExtractiveGenerator.question(c, rng.choice(("cloze", "wh"))), c.answer
 
     @staticmethod
     def blank(rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
@@ -283,14 +317,16 @@ def batch_of(rows: list[tuple[list[int], list[int]]], device: torch.device) -> t
 
 
 def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                first_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over target tokens, and argmax hits (for the self-paced levels)
-    over every target token, or with `first_only` over the first token of each answer."""
+                first_only: bool = False, first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean next-token loss over target tokens (each answer's first token, which
+    follows an untrained token, weighs `first_weight`), and argmax hits (for the self-paced
+    levels) over every target token, or with `first_only` over each answer's first token."""
     logits, target, m = logits[:, :-1].float(), ids[:, 1:], mask[:, 1:]
+    first = m * (1 - mask[:, :-1])
+    w = m + (first_weight - 1.0) * first
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none")
-    loss = (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1)
-    if first_only:
-        m = m * (1 - mask[:, :-1])
+    loss = (ce * w.reshape(-1)).sum() / w.sum().clamp(min=1)
+    m = first if first_only else m
     hits = ((logits.argmax(-1) == target).float() * m).sum() / m.sum().clamp(min=1)
     return loss, hits
 
@@ -404,7 +440,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find")
+            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find",
+                                     first_weight=1.0 if task in ("copy", "text") else cfg.first_token_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
