@@ -174,13 +174,16 @@ def test_first_token_weight_scales_only_each_answers_first_token():
 
 
 def answered_questions(tokenizer, ids, mask):
-    """(context, question, answer) of every trained answer of a row, decoded."""
+    """(context, question, answer) of every trained answer of a row, decoded; targets of
+    `continue` examples (the fallback when a sentence is too short to blank) are left out."""
     text_of = lambda a, b: tokenizer.decode(ids[a:b], skip_special_tokens=True)  # noqa: E731
     starts = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]
     out = []
     for s in starts:
         end = next((i for i in range(s, len(mask)) if not mask[i]), len(mask))
         before = text_of(0, s)
+        if not before.endswith("### Answer:\n"):
+            continue
         context = before.split("### Context:\n")[-1].split("### Question:")[0]
         question = before.rsplit("### Question:\n", 1)[-1].split("\n\n### Answer:")[0]
         out.append((context, question, text_of(s, end).strip()))
@@ -210,6 +213,22 @@ def test_locate_rows_ask_many_questions_answered_from_random_word_passages(token
                 assert " ".join([*words[max(0, i - 3):i], answer]) in " ".join(context.split())
     assert seen["answered"] > 2 * seen["refused"] > 0
     assert seen["answered"] + seen["refused"] > 1.5 * seen["contexts"]  # follow-up questions
+
+
+def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
+    corpus = Corpus(corpus_texts())
+    counts = {}
+    for follow_ups in (0, 3):
+        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", rag_follow_ups=follow_ups,
+                                            synth_span_share=0.5, late_seq_len=640))
+        tasks, rng, n = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(9), 0
+        for _ in range(20):
+            ids, mask = tasks.row("rag", rng, 640, 0)
+            for context, question, answer in answered_questions(tokenizer, ids, mask):
+                assert " ".join(answer.split()) in " ".join(context.split()), (question, answer)
+                n += 1
+        counts[follow_ups] = n
+    assert counts[3] > 1.5 * counts[0] > 0
 
 
 def test_find_answers_follow_the_ids_before_the_blank_once_in_the_context(tasks):

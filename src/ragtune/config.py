@@ -49,6 +49,7 @@ class TinyModelConfig(_Config):
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
+    rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
     same_doc_distractors: float = 0.0  # share of `rag` examples whose distractors come from the oracle's document
     synth_span_share: float = 0.0  # share of `rag` questions whose span the extractive synth generator picks
     first_token_weight: float = 1.0  # loss weight of each answer's first token, where the passage is found

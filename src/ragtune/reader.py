@@ -217,7 +217,8 @@ class Tasks:
 
         def passage() -> tuple[str, str, list[str]]:  # the oracle first, then distractors
             return corpus.paragraphs[first.pop() if first else corpus.pick(rng, 45, near)]
-        return self.cloze(rng, passage, max_len, synth=rng.random() < self.cfg.synth_span_share)
+        return self.cloze(rng, passage, max_len, follow_ups=self.cfg.rag_follow_ups,
+                          synth=rng.random() < self.cfg.synth_span_share)
 
     def locate(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """`rag` over passages of random corpus words: no language prior can guess the
@@ -235,7 +236,9 @@ class Tasks:
         and the target is the refusal, as build does when it drops the oracle.
         `follow_ups` more questions on the same context follow the answer (denser targets)."""
         passages = [passage() for _ in range(3)]
-        qa = (self.synth_blank(rng, passages[0]) if synth else None) or self.blank(rng, passages[0])
+        def ask(p: tuple[str, str, list[str]]) -> tuple[str, str] | None:
+            return (self.synth_blank(rng, p) if synth else None) or self.blank(rng, p)
+        qa = ask(passages[0])
         if qa is None:
             return self.cont(rng, max_len)
         question, answer = qa
@@ -251,7 +254,7 @@ class Tasks:
             if k == follow_ups:
                 break
             refuse = rng.random() < self.cfg.refusal_share
-            qa = self.blank(rng, passage() if refuse else rng.choice(passages))
+            qa = ask(passage() if refuse else rng.choice(passages))
             if qa is None:
                 break
             question, answer = qa[0], REFUSAL if refuse else qa[1]
