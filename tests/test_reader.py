@@ -14,7 +14,6 @@ from conftest import corpus_texts
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config
-from ragtune.records import Chunk
 
 
 class InductionCopier(torch.nn.Module):
@@ -143,24 +142,6 @@ def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
         assert (sum(same) == len(same)) if want_same else (sum(same) < len(same) / 2)
 
 
-def test_synth_spans_are_the_extractive_generators_questions(tokenizer):
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", synth_span_share=1.0))
-    tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
-    rng, checked = random.Random(8), 0
-    for _ in range(30):
-        passage = tasks.corpus.paragraphs[tasks.corpus.pick(rng, 45)]
-        qa = tasks.synth_blank(rng, passage)
-        if qa is None:
-            continue
-        question, answer = qa
-        spans = tasks.synth.candidates(Chunk("", "", "", "", passage[1], 0, len(passage[1])))
-        assert answer in {c.answer for c in spans}  # a span synth would ask about
-        assert question.startswith("Fill in the blank: ") or question.endswith("?")
-        assert answer not in question
-        checked += 1
-    assert checked > 10
-
-
 def test_first_token_weight_scales_only_each_answers_first_token():
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     mask = torch.tensor([[0, 0, 1, 1, 0, 1]], dtype=torch.float32)
@@ -220,7 +201,7 @@ def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
     counts = {}
     for follow_ups in (0, 3):
         cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", rag_follow_ups=follow_ups,
-                                            synth_span_share=0.5, late_seq_len=640))
+                                            late_seq_len=640))
         tasks, rng, n = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(9), 0
         for _ in range(20):
             ids, mask = tasks.row("rag", rng, 640, 0)

@@ -51,7 +51,6 @@ class TinyModelConfig(_Config):
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
     same_doc_distractors: float = 0.0  # share of `rag` examples whose distractors come from the oracle's document
-    synth_span_share: float = 0.0  # share of `rag` questions whose span the extractive synth generator picks
     first_token_weight: float = 1.0  # loss weight of each answer's first token, where the passage is found
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default

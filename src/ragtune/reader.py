@@ -39,12 +39,10 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from ragtune.config import REFUSAL, SynthConfig, TinyModelConfig
+from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.models import pick_device, pick_dtype, tiny_llama, train_tokenizer
 from ragtune.prompts import Passage, PromptTemplate
-from ragtune.records import Chunk
-from ragtune.synth.extractive import Candidate, ExtractiveGenerator
 
 # Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, three layers
 # (a cloze answer is three hops away: the words before the blank, their place, what follows).
@@ -134,12 +132,6 @@ class Tasks:
         instruction = self.template.render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc_mid(";")
-        self._spans: dict[str, list[Candidate]] = {}
-        self.synth = None
-        if cfg.synth_span_share > 0:  # idf over the paragraphs, as synth computes it over chunks
-            chunks = [Chunk(id=str(i), doc_id="", source="", title=t, text=x, start=0, end=len(x))
-                      for i, (t, x, _) in enumerate(corpus.paragraphs)]
-            self.synth = ExtractiveGenerator(SynthConfig(), chunks)
 
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -217,8 +209,7 @@ class Tasks:
 
         def passage() -> tuple[str, str, list[str]]:  # the oracle first, then distractors
             return corpus.paragraphs[first.pop() if first else corpus.pick(rng, 45, near)]
-        return self.cloze(rng, passage, max_len, follow_ups=self.cfg.rag_follow_ups,
-                          synth=rng.random() < self.cfg.synth_span_share)
+        return self.cloze(rng, passage, max_len, follow_ups=self.cfg.rag_follow_ups)
 
     def locate(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """`rag` over passages of random corpus words: no language prior can guess the
@@ -230,15 +221,13 @@ class Tasks:
         return self.cloze(rng, passage, max_len, follow_ups=self.cfg.locate_follow_ups)
 
     def cloze(self, rng: random.Random, passage: Callable[[], tuple[str, str, list[str]]],
-              max_len: int, follow_ups: int = 0, synth: bool = False) -> tuple[list[int], list[int]]:
+              max_len: int, follow_ups: int = 0) -> tuple[list[int], list[int]]:
         """The question blanks a span of a sentence of the first of three passages (the
         oracle); a `refusal_share` of the time the oracle is swapped for another passage
         and the target is the refusal, as build does when it drops the oracle.
         `follow_ups` more questions on the same context follow the answer (denser targets)."""
         passages = [passage() for _ in range(3)]
-        def ask(p: tuple[str, str, list[str]]) -> tuple[str, str] | None:
-            return (self.synth_blank(rng, p) if synth else None) or self.blank(rng, p)
-        qa = ask(passages[0])
+        qa = self.blank(rng, passages[0])
         if qa is None:
             return self.cont(rng, max_len)
         question, answer = qa
@@ -254,7 +243,7 @@ class Tasks:
             if k == follow_ups:
                 break
             refuse = rng.random() < self.cfg.refusal_share
-            qa = ask(passage() if refuse else rng.choice(passages))
+            qa = self.blank(rng, passage() if refuse else rng.choice(passages))
             if qa is None:
                 break
             question, answer = qa[0], REFUSAL if refuse else qa[1]
@@ -263,17 +252,6 @@ class Tasks:
                 break
             ids, mask = ids + q_ids, mask + [0] * len(q_ids)
         return ids, mask
-
-    def synth_blank(self, rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
-        """(question, answer) as the extractive synth generator makes them from `passage`:
-        the span it would pick (identifiers, names, numbers...), in one of its two styles."""
-        text = passage[1]
-        if text not in self._spans:
-            self._spans[text] = self.synth.candidates(Chunk("", "", "", "", text, 0, len(text)))
-        if not self._spans[text]:
-            return None
-        c = rng.choice(self._spans[text])
-        return ExtractiveGenerator.question(c, rng.choice(("cloze", "wh"))), c.answer
 
     @staticmethod
     def blank(rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
