@@ -50,8 +50,8 @@ class TinyModelConfig(_Config):
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
-    same_doc_distractors: float = 0.0  # share of `rag` examples whose distractors come from the oracle's document
-    first_token_weight: float = 1.0  # loss weight of each answer's first token, where the passage is found
+    same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
+    first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(
