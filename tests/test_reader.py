@@ -138,8 +138,8 @@ def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
             if len(found) == 3:
                 same.append(len(set(found)) == 1)
         assert len(same) > 20
-        # with random distractors, all three passages from one document is rare
-        assert (sum(same) == len(same)) if want_same else (sum(same) < len(same) / 2)
+        # documents with another short paragraph give both distractors; random ones rarely do
+        assert (sum(same) > 0.7 * len(same)) if want_same else (sum(same) < 0.2 * len(same)), same
 
 
 def test_first_token_weight_scales_only_each_answers_first_token():

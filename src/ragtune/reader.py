@@ -113,7 +113,8 @@ class Corpus:
             i = rng.choice(pool) if pool and len(pool) > 1 else rng.randrange(len(self.paragraphs))
             if i != near and len(self.paragraphs[i][1].split()) <= max_words:
                 return i
-        return i
+        # no short other paragraph in that document: any paragraph, never the oracle twice
+        return self.pick(rng, max_words) if near is not None else i
 
 
 # ---------------------------------------------------------------- tasks
