@@ -258,3 +258,25 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path):
     model, tok = load_model(tmp_path, precision="fp32")
     assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 3
     assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall", [{"copy_patience_steps": 3}, {"copy_phase_max": 0.0, "find_patience_steps": 2}])
+def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall):
+    from ragtune.models import tiny_llama, train_tokenizer
+    from ragtune.reader import train_reader
+
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
+                                        intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
+                                        batch_size=4, max_steps=8, warmup_steps=2, max_restarts=1, **stall))
+    tok = train_tokenizer(corpus_texts(), cfg.vocab_size, tmp_path)
+    stream = torch.tensor(tok(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"])
+    model = tiny_llama(cfg, tok)
+    first_weights = model.model.embed_tokens.weight.detach().clone()
+    stats = train_reader(model, tok, Tasks(tok, Corpus(corpus_texts()), stream, cfg), cfg, tmp_path)
+    phase = "copy" if "copy_patience_steps" in stall else "find"
+    assert [(r["phase"], r["steps"], r["seed"]) for r in stats["restarts"]] == [(phase, 4, 0)]
+    assert stats["steps"] == 8  # the second start ran on: no restart left, so no stall ends it
+    fresh = tiny_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
+    moved = (model.model.embed_tokens.weight - fresh).abs().mean() / (first_weights - fresh).abs().mean()
+    assert moved < 0.5  # the weights trained on from the new start, not from the first

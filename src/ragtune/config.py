@@ -47,6 +47,9 @@ class TinyModelConfig(_Config):
     copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
     find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
+    copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
+    find_patience_steps: int = 400  # find still at level 0 after this many steps: start over (normal: 150-200)
+    max_restarts: int = 2  # fresh starts after a stalled phase, while half the budget is left
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages

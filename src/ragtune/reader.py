@@ -354,15 +354,31 @@ def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
 
 
 def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path) -> dict:
-    """The two-phase loop within `cfg.minutes`; checkpoints to `out` so a kill loses little."""
+    """The phased loop within `cfg.minutes`; checkpoints to `out` so a kill loses little.
+    A self-paced phase that stalls (its circuit did not form: seeds 1 and 2 in
+    docs/reader-model.md) starts the model over from new weights, while half the budget is left."""
     device = pick_device()
     model.to(device).train()
     dtype = pick_dtype("auto", device)
     threads_before = torch.get_num_threads()
     threads = cpu_threads(cfg, device)
     torch.set_num_threads(threads)
+    t_end = time.perf_counter() + cfg.minutes * 60
+    restart_until = t_end - cfg.minutes * 30
+    restarts: list[dict] = []
     try:
-        return _train_loop(model, tasks, cfg, out, device, dtype) | {"threads": threads}
+        while True:
+            seed = cfg.seed + 1000 * len(restarts)
+            may_restart = len(restarts) < cfg.max_restarts
+            stats = _train_loop(model, tasks, cfg, out, device, dtype, seed, t_end,
+                                restart_until if may_restart else 0.0)
+            if "stalled" not in stats:
+                return stats | {"threads": threads, "restarts": restarts}
+            restarts.append(stats["stalled"])
+            console.print(f"reader: the {stats['stalled']['phase']} phase stalled at step "
+                          f"{stats['stalled']['steps']}; starting over from new weights")
+            fresh = tiny_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer)
+            model.load_state_dict(fresh.state_dict())
     finally:
         torch.set_num_threads(threads_before)
 
@@ -379,9 +395,11 @@ def cpu_threads(cfg: TinyModelConfig, device: torch.device) -> int:
 
 
 def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, device: torch.device,
-                dtype: torch.dtype) -> dict:
+                dtype: torch.dtype, seed: int, t_end: float, restart_until: float) -> dict:
+    """Phases until `t_end`; returns early with a "stalled" entry where a phase stalls before
+    `restart_until` (a perf_counter time)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     names = [t for t in TASKS if cfg.task_mix.get(t, 0) > 0]
     weights = [cfg.task_mix[t] for t in names]
     late_batch = max(1, cfg.batch_size * cfg.seq_len // cfg.late_seq_len)
@@ -392,9 +410,9 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     if cfg.find_phase_max > 0:  # levels 0 -> 10, one at a time
         phases.append(("find", 0, FIND_TOP_LEVEL, 1, cfg.find_phase_max))
     top = {"copy": cfg.max_span, "find": FIND_TOP_LEVEL}
-    budget = cfg.minutes * 60
     t0 = last_save = time.perf_counter()
-    step, mix_s, acc_avg, tokens = 0, None, 0.0, 0
+    budget = t_end - t0
+    step, mix_s, acc_avg, tokens, phase_step = 0, None, 0.0, 0, 0
     at = 0  # index of the current self-paced phase; len(phases): the mix
     level = phases[0][1]
     ended: dict[str, dict] = {}
@@ -432,6 +450,9 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         step += 1
         if phase != "mix":
             acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
+            if _stalled(phase, step - phase_step, level, cfg) and time.perf_counter() < restart_until:
+                return {"stalled": {"phase": phase, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+                                    "level": level, "train_acc": round(acc_avg, 3), "seed": seed}}
             if (level >= last and acc_avg >= cfg.copy_switch_acc) or elapsed / budget >= phases[at][4]:
                 ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
                                 "level": level, "train_acc": round(acc_avg, 3)}
@@ -440,7 +461,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
                     top["find"] = level
                 at += 1
-                level, acc_avg = (phases[at][1] if at < len(phases) else 0), 0.0
+                level, acc_avg, phase_step = (phases[at][1] if at < len(phases) else 0), 0.0, step
                 mix_s = round(time.perf_counter() - t0, 1) if at == len(phases) else None
         else:
             task_loss[task].append(loss.item())
@@ -467,6 +488,13 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
         "log": log,
     }
+
+
+def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig) -> bool:
+    """Copy not done, or find still at its first level, long after it usually is."""
+    if phase == "copy":
+        return steps > cfg.copy_patience_steps
+    return phase == "find" and level == 0 and steps > cfg.find_patience_steps
 
 
 # ---------------------------------------------------------------- probe
