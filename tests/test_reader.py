@@ -104,6 +104,18 @@ def test_copy_rows_train_only_on_second_copies(tasks):
     assert len(ids) == len(mask) == 320 and sum(mask) > 0
 
 
+def test_echo_rows_copy_a_window_of_the_corpus_stream(tasks):
+    rng = random.Random(2)
+    stream = tasks.stream.tolist()
+    for _ in range(5):
+        ids, mask = tasks.echo(rng, 0)
+        n = (len(ids) - 1) // 2
+        window = ids[1 : n + 1]
+        assert window == ids[n + 1 :] and sum(mask) == n - 1 and mask[: n + 2] == [0] * (n + 2)
+        start = stream.index(window[0])
+        assert stream[start : start + n] == window  # contiguous text, not random ids
+
+
 def test_lookup_answer_is_the_value_after_its_key(tasks):
     ids, mask = tasks.lookup(random.Random(2), 0)
     value = [t for t, m in zip(ids, mask, strict=True) if m]

@@ -55,7 +55,7 @@ READER_GPU_DEFAULTS: dict[str, Any] = {
     **READER_DEFAULTS, "vocab_size": 2048, "hidden_size": 512, "num_layers": 4, "num_heads": 8,
     "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
 }
-TASKS = ("copy", "find", "lookup", "continue", "rag", "locate", "text")
+TASKS = ("copy", "echo", "find", "lookup", "continue", "rag", "locate", "text")
 console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
 FIND_TOP_LEVEL = 10
@@ -152,6 +152,14 @@ class Tasks:
     def copy(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         span = self.rand(rng, self.span_len(rng, max_len))
         # The first token of the second copy is unpredictable (the span's end is unknown).
+        return [self.bos, *span, *span], [0] * (len(span) + 2) + [1] * (len(span) - 1)
+
+    def echo(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
+        """`copy` over a window of corpus text: its sub-word ids repeat within the window, so
+        copying it takes matching several ids back, as copying an answer out of a passage does."""
+        n = rng.randint(8, 96)
+        s = rng.randrange(0, max(1, len(self.stream) - n))
+        span = self.stream[s : s + n].tolist()
         return [self.bos, *span, *span], [0] * (len(span) + 2) + [1] * (len(span) - 1)
 
     def find(self, rng: random.Random, level: int) -> tuple[list[int], list[int]]:
@@ -278,7 +286,7 @@ class Tasks:
     def row(self, task: str, rng: random.Random, seq_len: int, max_span: int) -> tuple[list[int], list[int]]:
         """Examples of one task packed into `seq_len` tokens; an example that would be cut
         keeps its prompt and loses its targets, so no target is ever truncated."""
-        make = {"copy": self.copy, "find": self.find, "lookup": self.lookup, "continue": self.cont,
+        make = {"copy": self.copy, "echo": self.echo, "find": self.find, "lookup": self.lookup, "continue": self.cont,
                 "rag": self.rag, "locate": self.locate, "text": self.text}[task]
         ids: list[int] = []
         mask: list[int] = []
@@ -441,7 +449,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find",
-                                     first_weight=1.0 if task in ("copy", "text") else cfg.first_token_weight)
+                                     first_weight=1.0 if task in ("copy", "echo", "text") else cfg.first_token_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
