@@ -273,8 +273,13 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stall", [{"copy_patience_steps": 3}, {"copy_phase_max": 0.0, "find_patience_steps": 2}])
-def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall):
+@pytest.mark.parametrize(("stall", "phase", "at_step"), [
+    ({"copy_patience_steps": 3}, "copy", 4),
+    ({"copy_phase_max": 0.0, "find_patience_steps": 2}, "find", 4),
+    # at its cap after one step: half the patience (0) has passed, the full one (1) not
+    ({"copy_phase_max": 0.0, "find_phase_max": 1e-9, "find_patience_steps": 1}, "find", 2),
+])
+def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall, phase, at_step):
     from ragtune.models import tiny_llama, train_tokenizer
     from ragtune.reader import train_reader
 
@@ -286,8 +291,7 @@ def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(t
     model = tiny_llama(cfg, tok)
     first_weights = model.model.embed_tokens.weight.detach().clone()
     stats = train_reader(model, tok, Tasks(tok, Corpus(corpus_texts()), stream, cfg), cfg, tmp_path)
-    phase = "copy" if "copy_patience_steps" in stall else "find"
-    assert [(r["phase"], r["steps"], r["seed"]) for r in stats["restarts"]] == [(phase, 4, 0)]
+    assert [(r["phase"], r["steps"], r["seed"]) for r in stats["restarts"]] == [(phase, at_step, 0)]
     assert stats["steps"] == 8  # the second start ran on: no restart left, so no stall ends it
     fresh = tiny_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
     moved = (model.model.embed_tokens.weight - fresh).abs().mean() / (first_weights - fresh).abs().mean()

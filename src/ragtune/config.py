@@ -48,7 +48,7 @@ class TinyModelConfig(_Config):
     find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
-    find_patience_steps: int = 400  # find still at level 0 after this many steps: start over (normal: 150-200)
+    find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
     max_restarts: int = 2  # fresh starts after a stalled phase, while half the budget is left
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
