@@ -256,7 +256,7 @@ def test_corpus_too_small_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_make_reader_model_saves_a_loadable_model(tmp_path):
+def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     from ragtune.models import load_model, make_tiny_model
 
     cfg = TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
@@ -267,6 +267,10 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path):
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
     assert saved["copy_phase_steps"] == 1 and saved["phases"]["find"]["steps"] == 2  # copy, find, then the mix
     assert saved["mix_task_loss"]  # the last 10 steps drew tasks from the mix
+    # both phases were cut at their caps long before any circuit could form: the user is told
+    assert not saved["phases"]["copy"]["formed"] and not saved["phases"]["find"]["formed"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "copy phase ended before its circuit formed" in err and "find phase ended before" in err
     model, tok = load_model(tmp_path, precision="fp32")
     assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 3
     assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)
@@ -296,3 +300,14 @@ def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(t
     fresh = tiny_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
     moved = (model.model.embed_tokens.weight - fresh).abs().mean() / (first_weights - fresh).abs().mean()
     assert moved < 0.5  # the weights trained on from the new start, not from the first
+
+
+@pytest.mark.parametrize(("phase", "level", "acc", "formed"), [
+    ("copy", 160, 0.93, True), ("copy", 160, 0.85, False), ("copy", 144, 0.95, False),
+    ("find", 1, 0.5, True), ("find", 0, 0.8, False),
+])
+def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
+    from ragtune.reader import _formed
+
+    cfg = reader_config(TinyModelConfig(recipe="reader"))
+    assert _formed(phase, level, acc, 160 if phase == "copy" else 10, cfg) is formed

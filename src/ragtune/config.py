@@ -49,7 +49,7 @@ class TinyModelConfig(_Config):
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
     find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
-    max_restarts: int = 2  # fresh starts after a stalled phase, while half the budget is left
+    max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages

@@ -466,6 +466,12 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                                 "level": level, "train_acc": round(acc_avg, 3)}
                 console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
+                ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
+                if not ended[phase]["formed"]:
+                    skill = "copy reliably" if phase == "copy" else "find answers in passages"
+                    console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
+                                  f"model will not {skill}. Another --seed usually forms it (docs/reader-model.md)."
+                                  "[/yellow]")
                 if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
                     top["find"] = level
                 at += 1
@@ -505,6 +511,12 @@ def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: b
         return steps > cfg.copy_patience_steps
     patience = cfg.find_patience_steps // 2 if at_cap else cfg.find_patience_steps
     return phase == "find" and level == 0 and steps > patience
+
+
+def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelConfig) -> bool:
+    if phase == "copy":
+        return level >= top_level and acc >= cfg.copy_switch_acc
+    return level > 0
 
 
 def _stall(phase: str, step: int, level: int, acc: float, seed: int, t0: float) -> dict:
