@@ -2,6 +2,8 @@
 
     nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
     python bench/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
+    python bench/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
+        # on a build's answerable items: first / every answer token / end / whole answer right
 
 Values are parsed as JSON where possible (numbers, dicts). Prints and writes OUT_DIR/result.json.
 """
@@ -95,7 +97,41 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     return out
 
 
+def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
+    """Teacher-forced, on the answerable items of a build: is the first answer token right,
+    every token, the end-of-answer token, all of them; overall and by prompt length."""
+    from collections import defaultdict
+
+    import torch
+
+    from ragtune.models import load_model
+
+    model, tok = load_model(model_dir, precision="fp32")
+    rows = [json.loads(line) for line in dataset_jsonl.read_text().splitlines() if line.strip()]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for row in (r for r in rows if r["answerable"]):
+        prompt = [tok.bos_token_id, *tok(row["prompt"], add_special_tokens=False)["input_ids"]]
+        answer = [*tok(row["completion"], add_special_tokens=False)["input_ids"], tok.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+        pred = logits.argmax(-1).tolist()
+        body, end = pred[:-1] == answer[:-1], pred[-1] == answer[-1]
+        for key in ("all", f"prompt {len(prompt) // 100 * 100}+ tokens"):
+            c = counts[key]
+            c[0] += 1
+            c[1] += pred[0] == answer[0]
+            c[2] += body
+            c[3] += end
+            c[4] += body and end
+    names = ("first_token", "every_token", "end_token", "whole")
+    return {k: {"n": c[0], **{n: round(x / c[0], 3) for n, x in zip(names, c[1:], strict=True)}}
+            for k, c in sorted(counts.items())}
+
+
 def main() -> None:
+    if sys.argv[1] == "--answer-tokens":
+        print(json.dumps(answer_token_acc(Path(sys.argv[2]), Path(sys.argv[3])), indent=1))
+        return
     if sys.argv[1] == "--first-token":
         heldout = [t for i, t in enumerate(load_texts(DOCS)) if not i % 10]
         print(json.dumps(first_token_acc(Path(sys.argv[2]), heldout[:30]), indent=1))
