@@ -363,8 +363,9 @@ def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
 
 def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path) -> dict:
     """The phased loop within `cfg.minutes`; checkpoints to `out` so a kill loses little.
-    A self-paced phase that stalls (its circuit did not form: seeds 1 and 2 in
-    docs/reader-model.md) starts the model over from new weights, while half the budget is left."""
+    With `cfg.max_restarts`, a self-paced phase that stalls (its circuit did not form: seeds 1
+    and 2 in docs/reader-model.md) starts the model over from new weights, while half the
+    budget is left."""
     device = pick_device()
     model.to(device).train()
     dtype = pick_dtype("auto", device)
@@ -470,7 +471,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 if not ended[phase]["formed"]:
                     skill = "copy reliably" if phase == "copy" else "find answers in passages"
                     console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
-                                  f"model will not {skill}. Another --seed usually forms it (docs/reader-model.md)."
+                                  f"model will not {skill}. Another --seed may form it (docs/reader-model.md)."
                                   "[/yellow]")
                 if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
                     top["find"] = level
