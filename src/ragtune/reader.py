@@ -150,16 +150,18 @@ class Tasks:
         return rng.randint(4, max(4, max_len))
 
     def copy(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
-        span = self.rand(rng, self.span_len(rng, max_len))
-        # The first token of the second copy is unpredictable (the span's end is unknown).
-        return [self.bos, *span, *span], [0] * (len(span) + 2) + [1] * (len(span) - 1)
+        return self.twice(self.rand(rng, self.span_len(rng, max_len)))
 
     def echo(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """`copy` over a window of corpus text: its sub-word ids repeat within the window, so
         copying it takes matching several ids back, as copying an answer out of a passage does."""
         n = rng.randint(8, 96)
         s = rng.randrange(0, max(1, len(self.stream) - n))
-        span = self.stream[s : s + n].tolist()
+        return self.twice(self.stream[s : s + n].tolist())
+
+    def twice(self, span: list[int]) -> tuple[list[int], list[int]]:
+        """`<s> span span`, trained on the second copy but its first token, which is
+        unpredictable (the span's end is unknown)."""
         return [self.bos, *span, *span], [0] * (len(span) + 2) + [1] * (len(span) - 1)
 
     def find(self, rng: random.Random, level: int) -> tuple[list[int], list[int]]:
@@ -461,7 +463,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
             at_cap = elapsed / budget >= phases[at][4]
             if _stalled(phase, step - phase_step, level, cfg, at_cap) and time.perf_counter() < restart_until:
-                return _stall(phase, step, level, acc_avg, seed, t0)
+                return _stall_record(phase, step, level, acc_avg, seed, t0)
             if (level >= last and acc_avg >= cfg.copy_switch_acc) or at_cap:
                 ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
                                 "level": level, "train_acc": round(acc_avg, 3)}
@@ -520,7 +522,7 @@ def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelCo
     return level > 0
 
 
-def _stall(phase: str, step: int, level: int, acc: float, seed: int, t0: float) -> dict:
+def _stall_record(phase: str, step: int, level: int, acc: float, seed: int, t0: float) -> dict:
     return {"stalled": {"phase": phase, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
                         "level": level, "train_acc": round(acc, 3), "seed": seed}}
 
