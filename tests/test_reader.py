@@ -116,6 +116,35 @@ def test_echo_rows_copy_a_window_of_the_corpus_stream(tasks):
         assert stream[start : start + n] == window  # contiguous text, not random ids
 
 
+def test_recall_spans_are_copies_of_the_window_from_a_word_start(tasks, tokenizer):
+    rng = random.Random(4)
+    text_ids = tokenizer(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"]
+    tasks = Tasks(tokenizer, tasks.corpus, torch.tensor(text_ids * 3), tasks.cfg)  # real text: words start
+    marker = tasks.a_ids
+    for _ in range(5):
+        ids, mask = tasks.recall(rng, 0)
+        cuts = [i for i in range(len(ids)) if ids[i : i + len(marker)] == marker]
+        window = ids[1 : cuts[0]]
+        assert 3 <= len(cuts) <= 6 and mask[: cuts[0] + len(marker) + 1] == [0] * (cuts[0] + len(marker) + 1)
+        for a, b in zip(cuts, [*cuts[1:], len(ids)], strict=True):
+            span, trained = ids[a + len(marker) : b], mask[a + len(marker) : b]
+            assert trained == [0] + [1] * (len(span) - 1)  # the first id of a span is not predictable
+            assert any(window[i : i + len(span)] == span for i in range(len(window)))
+            assert tokenizer.convert_ids_to_tokens(span[0]).startswith("\u0120")
+
+
+def test_recall_ids_spans_need_several_ids_back(tasks):
+    rng = random.Random(5)
+    marker = tasks.a_ids
+    ids, mask = tasks.recall_ids(rng, 0)
+    cut = next(i for i in range(len(ids)) if ids[i : i + len(marker)] == marker)
+    window = ids[1:cut]
+    assert 4 <= len(set(window)) <= 12  # a small alphabet: any one id repeats
+    span = ids[cut + len(marker) :][:4]
+    assert any(window[i : i + 4] == span for i in range(len(window)))
+    assert sum(mask) > 0 and not any(mask[: cut + len(marker) + 1])
+
+
 def test_lookup_answer_is_the_value_after_its_key(tasks):
     ids, mask = tasks.lookup(random.Random(2), 0)
     value = [t for t, m in zip(ids, mask, strict=True) if m]

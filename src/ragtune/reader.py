@@ -55,7 +55,8 @@ READER_GPU_DEFAULTS: dict[str, Any] = {
     **READER_DEFAULTS, "vocab_size": 2048, "hidden_size": 512, "num_layers": 4, "num_heads": 8,
     "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
 }
-TASKS = ("copy", "echo", "find", "lookup", "continue", "rag", "locate", "text")
+TASKS = ("copy", "echo", "recall", "recall_ids", "find", "lookup", "continue", "rag", "locate", "text")
+PLAIN_LOSS = ("copy", "echo", "recall", "recall_ids", "text")  # no question: no first answer token to weigh
 console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
 FIND_TOP_LEVEL = 10
@@ -133,6 +134,7 @@ class Tasks:
         instruction = self.template.render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc_mid(";")
+        self.word_starts = {i for t, i in tokenizer.get_vocab().items() if t.startswith("\u0120")}  # Ġ: a space
 
     def enc(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -158,6 +160,34 @@ class Tasks:
         n = rng.randint(8, 96)
         s = rng.randrange(0, max(1, len(self.stream) - n))
         return self.twice(self.stream[s : s + n].tolist())
+
+    def recall(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
+        """A window of corpus text, then 3-6 of its spans (4-32 ids, from a word start), each
+        after the answer marker and trained but its first id. Word pieces repeat in the window,
+        so the previous id alone does not say where a copy is: what an answer copied out of a
+        passage after its first word piece needs (round 5)."""
+        n = rng.randint(96, 320)
+        s = rng.randrange(0, max(1, len(self.stream) - n))
+        window = self.stream[s : s + n].tolist()
+        return self.recite(rng, window, [i for i, t in enumerate(window[:-4]) if t in self.word_starts])
+
+    def recall_ids(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
+        """`recall` over random ids from an alphabet of 4-12: copying a span then takes matching
+        several ids back, and nothing else helps (round 5)."""
+        alphabet = self.rand(rng, rng.randint(4, 12))
+        return self.recite(rng, [rng.choice(alphabet) for _ in range(rng.randint(64, 256))], [])
+
+    def recite(self, rng: random.Random, window: list[int], starts: list[int]) -> tuple[list[int], list[int]]:
+        """`<s> window`, then 3-6 spans of it, each after the answer marker (from `starts`
+        where given), trained but its first id, which nothing in the row predicts."""
+        starts = starts or list(range(len(window) - 4))
+        ids, mask = [self.bos, *window], [0] * (len(window) + 1)
+        for _ in range(rng.randint(3, 6)):
+            i = rng.choice(starts)
+            span = window[i : i + rng.randint(4, 32)]
+            ids += [*self.a_ids, *span]
+            mask += [0] * (len(self.a_ids) + 1) + [1] * (len(span) - 1)
+        return ids, mask
 
     def twice(self, span: list[int]) -> tuple[list[int], list[int]]:
         """`<s> span span`, trained on the second copy but its first token, which is
@@ -288,7 +318,8 @@ class Tasks:
     def row(self, task: str, rng: random.Random, seq_len: int, max_span: int) -> tuple[list[int], list[int]]:
         """Examples of one task packed into `seq_len` tokens; an example that would be cut
         keeps its prompt and loses its targets, so no target is ever truncated."""
-        make = {"copy": self.copy, "echo": self.echo, "find": self.find, "lookup": self.lookup, "continue": self.cont,
+        make = {"copy": self.copy, "echo": self.echo, "recall": self.recall, "recall_ids": self.recall_ids,
+                "find": self.find, "lookup": self.lookup, "continue": self.cont,
                 "rag": self.rag, "locate": self.locate, "text": self.text}[task]
         ids: list[int] = []
         mask: list[int] = []
@@ -452,7 +483,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find",
-                                     first_weight=1.0 if task in ("copy", "echo", "text") else cfg.first_token_weight)
+                                     first_weight=1.0 if task in PLAIN_LOSS else cfg.first_token_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
