@@ -58,7 +58,7 @@ class TinyModelConfig(_Config):
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"copy": 0.05, "find": 0.15, "continue": 0.05, "rag": 0.4, "locate": 0.3,
+        default_factory=lambda: {"copy": 0.05, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
                                  "text": 0.05}
     )
 

@@ -60,6 +60,7 @@ PLAIN_LOSS = ("copy", "echo", "recall", "recall_ids", "text")  # no question: no
 console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
 FIND_TOP_LEVEL = 10
+RECALL_FORMED_LOSS = 0.6  # mixed-phase recall loss: 0.24 where word copying formed, 0.92-1.09 elsewhere
 
 
 def reader_config(cfg: TinyModelConfig) -> TinyModelConfig:
@@ -166,16 +167,17 @@ class Tasks:
         after the answer marker and trained but its first id. Word pieces repeat in the window,
         so the previous id alone does not say where a copy is: what an answer copied out of a
         passage after its first word piece needs (round 5)."""
-        n = rng.randint(96, 320)
+        n = rng.randint(min(96, self.cfg.late_seq_len // 4), min(320, self.cfg.late_seq_len // 2))  # spans fit too
         s = rng.randrange(0, max(1, len(self.stream) - n))
         window = self.stream[s : s + n].tolist()
         return self.recite(rng, window, [i for i, t in enumerate(window[:-4]) if t in self.word_starts])
 
     def recall_ids(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
-        """`recall` over random ids from an alphabet of 4-12: copying a span then takes matching
-        several ids back, and nothing else helps (round 5)."""
-        alphabet = self.rand(rng, rng.randint(4, 12))
-        return self.recite(rng, [rng.choice(alphabet) for _ in range(rng.randint(64, 256))], [])
+        """`recall` over 48-128 random ids from an alphabet of 12-24: each id recurs 2-10 times
+        in the window, a pair of ids rarely twice, so copying a span takes matching two ids
+        back, and nothing else helps (round 5)."""
+        alphabet = self.rand(rng, rng.randint(12, 24))
+        return self.recite(rng, [rng.choice(alphabet) for _ in range(rng.randint(48, 128))], [])
 
     def recite(self, rng: random.Random, window: list[int], starts: list[int]) -> tuple[list[int], list[int]]:
         """`<s> window`, then 3-6 spans of it, each after the answer marker (from `starts`
@@ -523,6 +525,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             last_save = time.perf_counter()
     seconds = time.perf_counter() - t0
     model.eval()
+    if task_loss.get("recall"):
+        ended["mix"] = _recall_record(task_loss["recall"])
     copy = ended.get("copy", {"steps": step, "seconds": round(seconds, 1), "level": level, "train_acc": acc_avg})
     return {
         "steps": step,
@@ -551,6 +555,18 @@ def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelCo
     if phase == "copy":
         return level >= top_level and acc >= cfg.copy_switch_acc
     return level > 0
+
+
+def _recall_record(losses: list[float]) -> dict:
+    """Did copying words out of text form? Its loss ends bimodal: ~0.25 where it formed, ~1.0
+    where the model still copies from the first place its last id occurs (round 5)."""
+    loss = sum(losses[-20:]) / len(losses[-20:])
+    formed = loss < RECALL_FORMED_LOSS
+    if not formed:
+        console.print(f"[yellow]reader: recall loss {loss:.2f} at the end (formed: < {RECALL_FORMED_LOSS}); this "
+                      "model copies the first piece of an answer but rarely the rest. Another --seed may form "
+                      "it (docs/reader-model.md).[/yellow]")
+    return {"recall_loss": round(loss, 3), "formed": formed}
 
 
 def _stall_record(phase: str, step: int, level: int, acc: float, seed: int, t0: float) -> dict:
