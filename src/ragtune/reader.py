@@ -16,9 +16,10 @@ shaped like RAG prompts:
   answer follows `b_1..b_k` in the context: three hops a two-layer model cannot make.
   Levels widen k, m and the context while first answer ids are right (`find_widen_acc`),
   until `find_phase_max` of the budget.
-- phase 3 (mix): per step one task drawn from `task_mix`: copy, find, "find the sentence
-  and continue it", RAG-shaped cloze over corpus paragraphs (`rag`) or over passages of
-  random words (`locate`, several questions per context), and plain text; at `late_seq_len`.
+- phase 3 (mix): per step one task drawn from `task_mix`: spans of a window of text copied
+  to their end (`recall`: word pieces repeat, so a copy must match more than its last id),
+  copy, find, RAG-shaped cloze over corpus paragraphs (`rag`) or over passages of random
+  words (`locate`, several questions per context), and plain text; at `late_seq_len`.
 """
 
 from __future__ import annotations
