@@ -133,6 +133,24 @@ def test_recall_spans_are_copies_of_the_window_from_a_word_start(tasks, tokenize
             assert tokenizer.convert_ids_to_tokens(span[0]).startswith("\u0120")
 
 
+def test_recall_weighs_ids_whose_previous_id_has_several_followers(tasks):
+    tasks = Tasks(tasks.tok, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"recall_ambiguous_weight": 3.0}))
+    marker, rng = tasks.a_ids, random.Random(6)
+    weights = set()
+    for _ in range(5):
+        ids, mask = tasks.recall_ids(rng, 0)
+        cuts = [i for i in range(len(ids)) if ids[i : i + len(marker)] == marker]
+        window = ids[1 : cuts[0]]
+        followers = {a: {b for x, b in zip(window, window[1:], strict=False) if x == a} for a in window}
+        for i in range(cuts[0], len(ids)):
+            if any(c <= i <= c + len(marker) for c in cuts):  # the marker and a span's first id: untrained
+                assert mask[i] == 0
+                continue
+            weights.add(mask[i])
+            assert mask[i] == (3.0 if len(followers[ids[i - 1]]) > 1 else 1)
+    assert weights == {1, 3.0}  # both kinds occur, so the check above saw each
+
+
 def test_recall_ids_spans_need_several_ids_back(tasks):
     rng = random.Random(5)
     marker = tasks.a_ids
@@ -290,16 +308,19 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
 
     cfg = TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
                           intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
-                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0, find_phase_max=1e-9)
+                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0, find_phase_max=1e-9,
+                          recall_phase_max=1e-9)
     info = make_tiny_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
-    assert saved["copy_phase_steps"] == 1 and saved["phases"]["find"]["steps"] == 2  # copy, find, then the mix
+    assert saved["copy_phase_steps"] == 1 and saved["phases"]["find"]["steps"] == 2  # copy, find, recall, the mix
+    assert saved["phases"]["recall"]["steps"] == 3
     assert saved["mix_task_loss"]  # the last 10 steps drew tasks from the mix
     # both phases were cut at their caps long before any circuit could form: the user is told
     assert not saved["phases"]["copy"]["formed"] and not saved["phases"]["find"]["formed"]
     err = " ".join(capsys.readouterr().err.split())
     assert "copy phase ended before its circuit formed" in err and "find phase ended before" in err
+    assert "recall phase ended before" not in err  # its verdict comes at the end of the mix
     assert saved["phases"]["mix"] == {"recall_loss": saved["mix_task_loss"]["recall"], "formed": False}
     assert "copies the first piece of an answer but rarely the rest" in err
     model, tok = load_model(tmp_path, precision="fp32")
@@ -343,10 +364,32 @@ def test_recall_counts_as_formed_by_its_last_losses(losses, formed, capsys):
 
 @pytest.mark.parametrize(("phase", "level", "acc", "formed"), [
     ("copy", 160, 0.93, True), ("copy", 160, 0.85, False), ("copy", 144, 0.95, False),
-    ("find", 1, 0.5, True), ("find", 0, 0.8, False),
+    ("find", 1, 0.5, True), ("find", 0, 0.8, False), ("recall", 0, 0.92, True), ("recall", 0, 0.8, False),
 ])
 def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
     from ragtune.reader import _formed
 
     cfg = reader_config(TinyModelConfig(recipe="reader"))
-    assert _formed(phase, level, acc, 160 if phase == "copy" else 10, cfg) is formed
+    assert _formed(phase, level, acc, {"copy": 160, "find": 10, "recall": 0}[phase], cfg) is formed
+
+
+@pytest.mark.slow
+def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_rows(tmp_path):
+    from ragtune.models import tiny_llama, train_tokenizer
+    from ragtune.reader import train_reader
+
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
+                                        intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
+                                        batch_size=4, max_steps=24, warmup_steps=2, copy_phase_max=0.0,
+                                        find_phase_max=1e-9, recall_phase_max=1.0, recall_phase_find=0.5))
+    tok = train_tokenizer(corpus_texts(), cfg.vocab_size, tmp_path)
+    stream = torch.tensor(tok(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"])
+    tasks = Tasks(tok, Corpus(corpus_texts()), stream, cfg)
+    drawn: list[str] = []
+    row = tasks.row
+    tasks.row = lambda task, *a: drawn.append(task) or row(task, *a)  # records each row's task
+    stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
+    assert list(stats["phases"]) == ["copy", "find"] and stats["steps"] == 24  # recall until the end
+    late_batch = cfg.batch_size * cfg.seq_len // cfg.late_seq_len
+    recall_phase = drawn[cfg.batch_size + late_batch :]  # after one copy step and one find step
+    assert set(recall_phase) == {"recall", "find"} and len(recall_phase) == 22 * late_batch

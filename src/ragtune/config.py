@@ -47,6 +47,9 @@ class TinyModelConfig(_Config):
     copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
     find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
+    recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
+    recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
+    recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
     find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
     max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)

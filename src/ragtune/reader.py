@@ -16,10 +16,12 @@ shaped like RAG prompts:
   answer follows `b_1..b_k` in the context: three hops a two-layer model cannot make.
   Levels widen k, m and the context while first answer ids are right (`find_widen_acc`),
   until `find_phase_max` of the budget.
-- phase 3 (mix): per step one task drawn from `task_mix`: spans of a window of text copied
-  to their end (`recall`: word pieces repeat, so a copy must match more than its last id),
-  copy, find, RAG-shaped cloze over corpus paragraphs (`rag`) or over passages of random
-  words (`locate`, several questions per context), and plain text; at `late_seq_len`.
+- phase 3 (recall): spans of a window of text copied to their end (word pieces repeat, so a
+  copy must match more than its last id), at the full learning rate, with a share of find
+  steps so the find circuit is kept; until `recall_phase_max` of the budget.
+- phase 4 (mix): per step one task drawn from `task_mix`: recall, copy, find, RAG-shaped
+  cloze over corpus paragraphs (`rag`) or over passages of random words (`locate`, several
+  questions per context), and plain text; at `late_seq_len`.
 """
 
 from __future__ import annotations
@@ -184,12 +186,17 @@ class Tasks:
         """`<s> window`, then 3-6 spans of it, each after the answer marker (from `starts`
         where given), trained but its first id, which nothing in the row predicts."""
         starts = starts or list(range(len(window) - 4))
+        followers: dict[int, set[int]] = {}
+        for a, b in zip(window, window[1:], strict=False):
+            followers.setdefault(a, set()).add(b)
         ids, mask = [self.bos, *window], [0] * (len(window) + 1)
         for _ in range(rng.randint(3, 6)):
             i = rng.choice(starts)
             span = window[i : i + rng.randint(4, 32)]
             ids += [*self.a_ids, *span]
-            mask += [0] * (len(self.a_ids) + 1) + [1] * (len(span) - 1)
+            # where the previous id has several followers, only ids further back say which
+            mask += [0] * (len(self.a_ids) + 1) + [
+                self.cfg.recall_ambiguous_weight if len(followers[prev]) > 1 else 1 for prev in span[:-1]]
         return ids, mask
 
     def twice(self, span: list[int]) -> tuple[list[int], list[int]]:
@@ -454,6 +461,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     phases = [("copy", min(16, cfg.max_span), cfg.max_span, 4, cfg.copy_phase_max)]
     if cfg.find_phase_max > 0:  # levels 0 -> 10, one at a time
         phases.append(("find", 0, FIND_TOP_LEVEL, 1, cfg.find_phase_max))
+    if cfg.recall_phase_max > 0:  # one level: it ends once spans are copied word for word
+        phases.append(("recall", 0, 0, 0, max(cfg.recall_phase_max, cfg.find_phase_max)))
     top = {"copy": cfg.max_span, "find": FIND_TOP_LEVEL}
     t0 = last_save = time.perf_counter()
     budget = t_end - t0
@@ -471,10 +480,12 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 level = min(last, level + widen_by)
             if phase == "copy":
                 row_len, n_rows = min(cfg.seq_len, max(128, 2 * level + 2)), cfg.batch_size
-            else:  # find: contexts grow to ~400 tokens
+            else:  # find: contexts grow to ~400 tokens; recall: windows of up to late_seq_len / 2
                 row_len, n_rows = cfg.late_seq_len, late_batch
-            rows = [tasks.row(phase, rng, row_len, level) for _ in range(n_rows)]
-            task = phase
+            # a share of find rows in the recall phase keeps the find circuit (round 6)
+            keep_find = phase == "recall" and cfg.find_phase_max > 0
+            task = "find" if keep_find and rng.random() < cfg.recall_phase_find else phase
+            rows = [tasks.row(task, rng, row_len, top["find"] if task != phase else level) for _ in range(n_rows)]
         else:
             task = rng.choices(names, weights)[0]
             rows = [tasks.row(task, rng, cfg.late_seq_len, top.get(task, 0)) for _ in range(late_batch)]
@@ -494,7 +505,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         tokens += ids.numel()
         step += 1
         if phase != "mix":
-            acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
+            if task == phase:
+                acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
             at_cap = elapsed / budget >= phases[at][4]
             if _stalled(phase, step - phase_step, level, cfg, at_cap) and time.perf_counter() < restart_until:
                 return _stall_record(phase, step, level, acc_avg, seed, t0)
@@ -503,8 +515,9 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                                 "level": level, "train_acc": round(acc_avg, 3)}
                 console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
+                # recall's verdict is its loss at the end of the mix, where it often forms (round 6)
                 ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
-                if not ended[phase]["formed"]:
+                if not ended[phase]["formed"] and phase != "recall":
                     skill = "copy reliably" if phase == "copy" else "find answers in passages"
                     console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
                                   f"model will not {skill}. Another --seed may form it (docs/reader-model.md)."
@@ -553,7 +566,7 @@ def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: b
 
 
 def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelConfig) -> bool:
-    if phase == "copy":
+    if phase in ("copy", "recall"):
         return level >= top_level and acc >= cfg.copy_switch_acc
     return level > 0
 
