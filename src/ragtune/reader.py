@@ -515,9 +515,9 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                                 "level": level, "train_acc": round(acc_avg, 3)}
                 console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
-                # recall's verdict is its loss at the end of the mix, where it often forms (round 6)
-                ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
-                if not ended[phase]["formed"] and phase != "recall":
+                if phase != "recall":  # recall's verdict is its loss at the end of the mix, where it forms
+                    ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
+                if not ended[phase].get("formed", True):
                     skill = "copy reliably" if phase == "copy" else "find answers in passages"
                     console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
                                   f"model will not {skill}. Another --seed may form it (docs/reader-model.md)."
@@ -566,7 +566,7 @@ def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: b
 
 
 def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelConfig) -> bool:
-    if phase in ("copy", "recall"):
+    if phase == "copy":
         return level >= top_level and acc >= cfg.copy_switch_acc
     return level > 0
 
