@@ -41,6 +41,22 @@ class InductionCopier(torch.nn.Module):
         return SimpleNamespace(logits=logits, cache=full)
 
 
+def small_reader(**overrides):
+    """A reader config small enough to train a few steps in seconds."""
+    return TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
+                           intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128, batch_size=4,
+                           warmup_steps=2, **overrides)
+
+
+def small_reader_tasks(cfg, tmp_path):
+    """A tokenizer trained on the test corpus and the reader tasks over it."""
+    from ragtune.models import train_tokenizer
+
+    tok = train_tokenizer(corpus_texts(), cfg.vocab_size, tmp_path)
+    stream = torch.tensor(tok(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"])
+    return tok, Tasks(tok, Corpus(corpus_texts()), stream, cfg)
+
+
 def test_probe_sees_no_copying_in_the_fixture_model(tiny_model_dir, capsys):
     res = probe_model(str(tiny_model_dir), lengths=(8, 32))
     for r in res.values():
@@ -306,10 +322,7 @@ def test_corpus_too_small_is_a_clear_error():
 def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     from ragtune.models import load_model, make_tiny_model
 
-    cfg = TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
-                          intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
-                          batch_size=4, max_steps=12, warmup_steps=2, copy_phase_max=0.0, find_phase_max=1e-9,
-                          recall_phase_max=1e-9)
+    cfg = small_reader(max_steps=12, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1e-9)
     info = make_tiny_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
@@ -336,17 +349,14 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     ({"copy_phase_max": 0.0, "find_phase_max": 1e-9, "find_patience_steps": 1}, "find", 2),
 ])
 def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall, phase, at_step):
-    from ragtune.models import tiny_llama, train_tokenizer
+    from ragtune.models import tiny_llama
     from ragtune.reader import train_reader
 
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
-                                        intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
-                                        batch_size=4, max_steps=8, warmup_steps=2, max_restarts=1, **stall))
-    tok = train_tokenizer(corpus_texts(), cfg.vocab_size, tmp_path)
-    stream = torch.tensor(tok(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"])
+    cfg = reader_config(small_reader(max_steps=8, max_restarts=1, **stall))
+    tok, tasks = small_reader_tasks(cfg, tmp_path)
     model = tiny_llama(cfg, tok)
     first_weights = model.model.embed_tokens.weight.detach().clone()
-    stats = train_reader(model, tok, Tasks(tok, Corpus(corpus_texts()), stream, cfg), cfg, tmp_path)
+    stats = train_reader(model, tok, tasks, cfg, tmp_path)
     assert [(r["phase"], r["steps"], r["seed"]) for r in stats["restarts"]] == [(phase, at_step, 0)]
     assert stats["steps"] == 8  # the second start ran on: no restart left, so no stall ends it
     fresh = tiny_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
@@ -375,16 +385,12 @@ def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
 
 @pytest.mark.slow
 def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_rows(tmp_path):
-    from ragtune.models import tiny_llama, train_tokenizer
+    from ragtune.models import tiny_llama
     from ragtune.reader import train_reader
 
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
-                                        intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128,
-                                        batch_size=4, max_steps=24, warmup_steps=2, copy_phase_max=0.0,
-                                        find_phase_max=1e-9, recall_phase_max=1.0, recall_phase_find=0.5))
-    tok = train_tokenizer(corpus_texts(), cfg.vocab_size, tmp_path)
-    stream = torch.tensor(tok(" ".join(corpus_texts()), add_special_tokens=False)["input_ids"])
-    tasks = Tasks(tok, Corpus(corpus_texts()), stream, cfg)
+    cfg = reader_config(small_reader(max_steps=24, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1.0,
+                                     recall_phase_find=0.5))
+    tok, tasks = small_reader_tasks(cfg, tmp_path)
     drawn: list[str] = []
     row = tasks.row
     tasks.row = lambda task, *a: drawn.append(task) or row(task, *a)  # records each row's task
