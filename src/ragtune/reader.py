@@ -186,17 +186,18 @@ class Tasks:
         """`<s> window`, then 3-6 spans of it, each after the answer marker (from `starts`
         where given), trained but its first id, which nothing in the row predicts."""
         starts = starts or list(range(len(window) - 4))
+        weight = self.cfg.recall_ambiguous_weight
         followers: dict[int, set[int]] = {}
-        for a, b in zip(window, window[1:], strict=False):
-            followers.setdefault(a, set()).add(b)
+        if weight != 1:  # where the previous id has several followers, only ids further back say which
+            for a, b in zip(window, window[1:], strict=False):
+                followers.setdefault(a, set()).add(b)
         ids, mask = [self.bos, *window], [0] * (len(window) + 1)
         for _ in range(rng.randint(3, 6)):
             i = rng.choice(starts)
             span = window[i : i + rng.randint(4, 32)]
             ids += [*self.a_ids, *span]
-            # where the previous id has several followers, only ids further back say which
             mask += [0] * (len(self.a_ids) + 1) + [
-                self.cfg.recall_ambiguous_weight if len(followers[prev]) > 1 else 1 for prev in span[:-1]]
+                weight if len(followers.get(prev, ())) > 1 else 1 for prev in span[:-1]]
         return ids, mask
 
     def twice(self, span: list[int]) -> tuple[list[int], list[int]]:
