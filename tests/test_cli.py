@@ -33,6 +33,7 @@ def test_help_says_what_each_verb_does(verb):
 @pytest.mark.parametrize("args", [
     ["ingest", "/nonexistent/folder"],
     ["synth", "--run", "/nonexistent/run"],
+    ["synth", "--run", ".", "--question-styles", "cloze=half"],
     ["build", "--run", "/nonexistent/run"],
     ["train", "--run", "/nonexistent/run"],
     ["eval", "--run", "/nonexistent/run"],

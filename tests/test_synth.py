@@ -52,6 +52,46 @@ def test_questions_keep_the_words_around_the_answer(chunks: list[Chunk]) -> None
             assert before[-15:].strip().lower() in item.question.lower()
 
 
+def test_loose_questions_put_the_wh_word_first_and_keep_some_words_near_the_answer(chunks: list[Chunk]) -> None:
+    cfg = SynthConfig(unanswerable_share=0.0, question_styles={"cloze": 0.2, "loose": 0.8})
+    items = synthesize(chunks, cfg).items
+    loose = [i for i in items if i.meta["style"] == "loose"]
+    assert {i.meta["style"] for i in items} == {"cloze", "loose"} and len(loose) > len(items) / 2
+    dropped = 0
+    for item in loose:
+        before, after = item.evidence[0].split(item.answer, 1)
+        sentence = [w.strip(".,;:!?()'\"") for w in before.split() + after.split()]  # the answer left out
+        words = item.question.removesuffix("?").split()
+        assert words[0] in ("What", "How") and item.question.endswith("?")
+        body = [w for w in words[1:] if w not in ("year", "many", "number")]
+        at = _subsequence(body, sentence)  # the words keep their order in the sentence
+        assert len(body) >= 2 and at, (item.question, sentence)
+        assert at[0] >= len(sentence) - len(after.split()) - 10  # near the answer
+        dropped += at[-1] - at[0] + 1 > len(body)
+    assert dropped > len(loose) / 2  # most questions are not a piece of the sentence verbatim
+
+
+def _subsequence(words: list[str], sentence: list[str]) -> list[int]:
+    """Positions of `words` in `sentence` in order (leftmost), or [] when they are not in it."""
+    at, i = [], 0
+    for w in words:
+        while i < len(sentence) and sentence[i] != w:
+            i += 1
+        if i == len(sentence):
+            return []
+        at.append(i)
+        i += 1
+    return at
+
+
+def test_question_styles_are_checked() -> None:
+    chunk = Chunk(id="q", doc_id="d", source="s", title="t", text="x", start=0, end=1)
+    with pytest.raises(RagtuneError, match="question_styles.*cloze, wh, loose"):
+        synthesize([chunk], SynthConfig(question_styles={"riddle": 1.0}))
+    with pytest.raises(RagtuneError, match="question_styles"):
+        synthesize([chunk], SynthConfig(question_styles={"cloze": 0.0}))
+
+
 def test_apostrophes_do_not_make_quoted_spans() -> None:
     text = ("This module's import lock isn't held by another thread any more today. "
             "The option is set with the flag 'strict_mode' in the configuration file.")

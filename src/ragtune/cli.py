@@ -51,6 +51,9 @@ def synth(
                                   help="Generator backend: extractive, openai, hf."),
     questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
     unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions (extractive)."),
+    question_styles: str | None = typer.Option(
+        None, help="Shares of question forms (extractive), e.g. cloze=0.4,wh=0.3,loose=0.3 "
+                   "(default: cloze=0.5,wh=0.5)."),
     question_types: str | None = typer.Option(
         None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable."),
     answer_style: str | None = typer.Option(None, help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
@@ -86,11 +89,23 @@ def synth(
     kinds = [k.strip() for k in question_types.split(",") if k.strip()] if question_types else None
     cfg = validated(SynthConfig, "synth", generator=generator, questions_per_chunk=questions_per_chunk,
                     unanswerable_share=unanswerable_share, question_types=kinds, answer_style=answer_style,
+                    question_styles=_shares(question_styles, "--question-styles"),
                     model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                     rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
                     batch_size=batch_size, prompts_dir=prompts_dir,
                     filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
     synth_to_run(run, cfg)
+
+
+def _shares(text: str | None, option: str) -> dict[str, float] | None:
+    """`a=0.4,b=0.6` as a dict; None when the option is not given."""
+    if not text:
+        return None
+    try:
+        return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in text.split(",") if p.strip())}
+    except ValueError:
+        raise RagtuneError(f"{option} '{text}' is not a list of name=share pairs; "
+                           "e.g. cloze=0.4,wh=0.3,loose=0.3") from None
 
 
 # ------------------------------------------------------------------ import

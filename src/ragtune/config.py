@@ -56,6 +56,7 @@ class TinyModelConfig(_Config):
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
+    loose_question_share: float = 0.0  # `rag` / `locate` questions in the synth's `loose` form (wh first, some words)
     same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
     first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
@@ -81,6 +82,8 @@ class SynthConfig(_Config):
     generator: str = "extractive"  # registry name: extractive, openai, hf
     questions_per_chunk: int = 2
     unanswerable_share: float = 0.1
+    # extractive: shares of question forms (cloze "Fill in the blank", wh in place, loose)
+    question_styles: dict[str, float] = Field(default_factory=lambda: {"cloze": 0.5, "wh": 0.5})
     limit: int | None = None  # only the first N chunks
     seed: int = 0
     # LLM backends (openai / hf)

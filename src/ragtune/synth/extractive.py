@@ -2,7 +2,10 @@
 
 A question keeps the words of its source sentence around the answer ("Fill in the blank:
 ... ____ ..." or the sentence with a wh-word in the answer's place), so a reader model can
-answer by finding those words in a passage and copying the span that follows. Answers are
+answer by finding those words in a passage and copying the span that follows. The `loose`
+form (`SynthConfig.question_styles`) puts the wh-word first and keeps only some of the words
+near the answer, as people's questions do (SQuAD's): the passage must be matched on words,
+not on a string. Answers are
 short spans (identifiers, numbers, names, quoted strings, noun phrases) that occur once in
 their chunk and are rare in the corpus, so guessing a frequent answer does not work.
 
@@ -21,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ragtune.config import SynthConfig
+from ragtune.errors import RagtuneError
 from ragtune.records import Chunk, QAItem, content_id
 from ragtune.synth.base import Rejection, register_generator
 
@@ -44,6 +48,7 @@ SPAN_PATTERNS: list[tuple[str, float, re.Pattern[str]]] = [
     ("name", 2.5, re.compile(r"(?<![\w.])[A-Z][A-Za-z0-9]+(?:[ -][A-Z][A-Za-z0-9]+){0,3}(?![\w])")),
     ("noun_phrase", 1.0, re.compile(r"\b(?:the|a|an) ([a-z][a-z-]+(?: [a-z][a-z-]+){0,2})\b")),
 ]
+_EDGE_PUNCT = re.compile(r"^\W+|\W+$")
 MIN_SENTENCE_WORDS, MAX_SENTENCE_WORDS = 6, 45
 MAX_SPAN_WORDS = 6
 
@@ -157,11 +162,13 @@ class ExtractiveGenerator:
 
     # ---------------------------------------------------------- questions
     @staticmethod
-    def question(c: Candidate, style: str) -> str:
+    def question(c: Candidate, style: str, rng: random.Random | None = None) -> str:
         before, after = c.sentence[:c.start], c.sentence[c.end:]
         if style == "cloze":
             return f"Fill in the blank: {before}____{after}".strip()
         wh = _wh_word(c, after)
+        if style == "loose":
+            return loose_question(before, after, wh, rng or random.Random(c.sentence))
         if not before.strip():
             wh = wh[0].upper() + wh[1:]
         text = f"{before}{wh}{after}".strip()
@@ -179,8 +186,8 @@ class ExtractiveGenerator:
                 yield self._item(chunk, c, rng)
 
     def _item(self, chunk: Chunk, c: Candidate, rng: random.Random) -> QAItem:
-        style = "cloze" if rng.random() < 0.5 else "wh"
-        q = self.question(c, style)
+        style = pick_style(self.cfg.question_styles, rng.random())
+        q = self.question(c, style, rng)
         meta = {"style": style, "span_type": c.kind, "answer_start": c.sentence_start + c.start}
         if rng.random() < self.cfg.unanswerable_share:
             return QAItem(
@@ -196,6 +203,29 @@ class ExtractiveGenerator:
         )
 
 
+def pick_style(shares: dict[str, float], u: float) -> str:
+    """The question style that the uniform draw `u` falls on, shares taken in order."""
+    total, acc = sum(shares.values()), 0.0
+    for style, share in shares.items():
+        acc += share / total
+        if u < acc:
+            return style
+    return style
+
+
+def loose_question(before: str, after: str, wh: str, rng: random.Random) -> str:
+    """The wh-word, then 4-10 words before the answer and 0-6 after it, each content word kept
+    with p .85 and each stopword with p .5, at least two content words: "What ... module ... provides ... ?"."""
+    def words(text: str) -> list[str]:
+        return [w for w in (_EDGE_PUNCT.sub("", w) for w in text.split()) if w]
+
+    near = words(before)[-rng.randint(4, 10):] + words(after)[: rng.randint(0, 6)]
+    kept = [w for w in near if rng.random() < (0.5 if w.lower() in STOPWORDS else 0.85)]
+    if sum(w.lower() not in STOPWORDS for w in kept) < 2:
+        kept = near
+    return f"{wh[0].upper()}{wh[1:]} {' '.join(kept)}?"
+
+
 def _wh_word(c: Candidate, after: str) -> str:
     if c.kind == "number":
         value = c.answer.replace(",", "")
@@ -207,6 +237,13 @@ def _wh_word(c: Candidate, after: str) -> str:
     return "what"
 
 
+QUESTION_STYLES = ("cloze", "wh", "loose")
+
+
 @register_generator("extractive")
 def make_extractive(cfg: SynthConfig, corpus: Sequence[Chunk]) -> ExtractiveGenerator:
+    shares = cfg.question_styles
+    if any(s not in QUESTION_STYLES for s in shares) or not any(v > 0 for v in shares.values()):
+        raise RagtuneError(f"question_styles needs positive shares for some of {', '.join(QUESTION_STYLES)}; "
+                           f"got {shares}")
     return ExtractiveGenerator(cfg, corpus)
