@@ -271,6 +271,19 @@ def test_locate_rows_ask_many_questions_answered_from_random_word_passages(token
     assert seen["answered"] + seen["refused"] > 1.5 * seen["contexts"]  # follow-up questions
 
 
+def test_loose_question_share_asks_in_the_synth_loose_form(tokenizer):
+    corpus, forms = Corpus(corpus_texts()), {}
+    for share in (0.0, 1.0):
+        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", loose_question_share=share,
+                                            late_seq_len=640))
+        tasks, rng = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(4)
+        qas = [qa for _ in range(10) for qa in answered_questions(tokenizer, *tasks.row("rag", rng, 640, 0))]
+        forms[share] = {"loose" if q.startswith("What ") else "cloze" if "____" in q else "wh" for _, q, _ in qas}
+        for context, question, answer in qas:
+            assert " ".join(answer.split()) in " ".join(context.split()), (question, answer)
+    assert forms == {0.0: {"cloze", "wh"}, 1.0: {"loose"}}
+
+
 def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
     corpus = Corpus(corpus_texts())
     counts = {}

@@ -46,6 +46,7 @@ from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.models import pick_device, pick_dtype, tiny_llama, train_tokenizer
 from ragtune.prompts import Passage, PromptTemplate
+from ragtune.synth.extractive import loose_question
 
 # Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, three layers
 # (a cloze answer is three hops away: the words before the blank, their place, what follows).
@@ -305,10 +306,9 @@ class Tasks:
             ids, mask = ids + q_ids, mask + [0] * len(q_ids)
         return ids, mask
 
-    @staticmethod
-    def blank(rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
+    def blank(self, rng: random.Random, passage: tuple[str, str, list[str]]) -> tuple[str, str] | None:
         """(question, answer): a 1-4 word span of one sentence of `passage`, blanked in the
-        two question styles of the extractive synth generator."""
+        question styles of the extractive synth generator (`loose` a `loose_question_share`)."""
         sent = rng.choice(passage[2]).split()
         if len(sent) < 5:
             return None
@@ -316,6 +316,8 @@ class Tasks:
         start = rng.randint(1, len(sent) - n)
         answer = " ".join(sent[start : start + n]).strip(".,;:()")
         before, after = " ".join(sent[:start]), " ".join(sent[start + n :])
+        if self.cfg.loose_question_share and rng.random() < self.cfg.loose_question_share:
+            return loose_question(before, after, "what", rng), answer
         if rng.random() < 0.5:
             return f"Fill in the blank: {before} ____ {after}".strip(), answer
         return re.sub(r"[.!:;]+$", "", f"{before} what {after}".strip()) + "?", answer
