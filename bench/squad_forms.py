@@ -1,0 +1,58 @@
+"""The SQuAD v2 sample's answerable items with each question rewritten from the answer's own
+sentence in the extractive synth's forms: `cloze`, `wh` (in place) and `loose`. Scoring a
+reader on these next to the real questions splits its gap into question form (real vs
+cloze) and the rest (domain, prompt length: cloze vs python-docs). Writes OUT_DIR/{form}.json
+in SQuAD format, for `ragtune eval --qa`.
+
+    python bench/squad_forms.py ../shared/data/squad2-sample/dev-sample-v2.0.json OUT_DIR
+    ragtune eval --qa OUT_DIR/cloze.json --run RUN --base-model MODEL --no-robustness
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+from ragtune.synth.extractive import loose_question
+
+_SENT_END = re.compile(r"(?<=[.!?])\s+")
+FORMS = ("cloze", "wh", "loose")
+
+
+def around_answer(context: str, start: int, answer: str) -> tuple[str, str]:
+    """The text of the answer's sentence before and after the answer."""
+    s0 = max((m.end() for m in _SENT_END.finditer(context, 0, start)), default=0)
+    m = _SENT_END.search(context, start + len(answer))
+    return context[s0:start], context[start + len(answer) : m.start() if m else len(context)]
+
+
+def rewrite(question: dict, context: str, form: str, rng: random.Random) -> dict:
+    gold = question["answers"][0]
+    before, after = around_answer(context, gold["answer_start"], gold["text"])
+    if form == "cloze":
+        text = f"Fill in the blank: {before}____{after}".strip()
+    elif form == "wh":
+        text = re.sub(r"[.!:;]+$", "", f"{before}what{after}".strip()) + "?"
+    else:
+        text = loose_question(before, after, "what", rng)
+    return {**question, "question": text}
+
+
+def main() -> None:
+    src, out = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")), Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    for form in FORMS:
+        rng = random.Random(0)
+        data = [{**art, "paragraphs": [
+            {**p, "qas": [rewrite(q, p["context"], form, rng) for q in p["qas"] if q["answers"]]}
+            for p in art["paragraphs"]]} for art in src["data"]]
+        (out / f"{form}.json").write_text(json.dumps({"version": "v2.0", "data": data}), encoding="utf-8")
+        n = sum(len(p["qas"]) for art in data for p in art["paragraphs"])
+        print(f"{form}: {n} answerable questions -> {out / form}.json")
+
+
+if __name__ == "__main__":
+    main()
