@@ -352,6 +352,25 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     model, tok = load_model(tmp_path, precision="fp32")
     assert tok.pad_token_id != tok.eos_token_id and model.config.num_hidden_layers == 3
     assert model(input_ids=torch.tensor([[tok.bos_token_id, 10, 11]])).logits.shape[-1] == len(tok)
+    # prompts longer than the mixed phase's rows get dynamic RoPE scaling
+    assert model.config.max_position_embeddings == cfg.late_seq_len
+    assert model.config.rope_parameters["rope_type"] == "dynamic"
+
+
+def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_path):
+    from ragtune.models import tiny_llama
+
+    cfg = small_reader()
+    tok, _ = small_reader_tasks(cfg, tmp_path)
+    plain, scaled = tiny_llama(cfg, tok), tiny_llama(cfg, tok, trained_length=100)
+    assert plain.config.rope_parameters["rope_type"] == "default"
+    ids = torch.randint(10, len(tok), (1, 300))
+    with torch.no_grad():
+        assert torch.equal(plain(ids[:, :99]).logits, scaled(ids[:, :99]).logits)  # same weights, same RoPE
+        long_plain, long_scaled = plain(ids).logits, scaled(ids).logits
+    assert not torch.allclose(long_plain, long_scaled, atol=1e-4)
+    off = tiny_llama(cfg.model_copy(update={"rope_dynamic_factor": 0.0}), tok, trained_length=100)
+    assert off.config.rope_parameters["rope_type"] == "default"
 
 
 @pytest.mark.slow

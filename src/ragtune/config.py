@@ -60,6 +60,7 @@ class TinyModelConfig(_Config):
     same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
     first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
+    rope_dynamic_factor: float = 2.0  # prompts past late_seq_len: dynamic NTK RoPE with this factor; 0: off
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     task_mix: dict[str, float] = Field(
         default_factory=lambda: {"copy": 0.05, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,

@@ -202,9 +202,16 @@ def _with_template(texts: Iterable[str]) -> Iterable[str]:
     yield from texts
 
 
-def tiny_llama(cfg: TinyModelConfig, tokenizer: Any) -> Any:
+def tiny_llama(cfg: TinyModelConfig, tokenizer: Any, trained_length: int | None = None) -> Any:
+    """A small Llama; with `trained_length` (the longest sequence it will be trained on) and
+    `cfg.rope_dynamic_factor`, longer prompts get dynamic NTK RoPE scaling, so relative
+    distances never seen in training are squeezed into the seen range (docs/reader-model.md)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    rope: dict[str, Any] = {"max_position_embeddings": max(2048, cfg.seq_len)}
+    if trained_length and cfg.rope_dynamic_factor:
+        rope = {"max_position_embeddings": trained_length, "rope_parameters": {
+            "rope_type": "dynamic", "factor": cfg.rope_dynamic_factor, "rope_theta": 10000.0}}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -212,11 +219,11 @@ def tiny_llama(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=max(2048, cfg.seq_len),
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **rope,
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)

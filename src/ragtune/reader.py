@@ -384,7 +384,7 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
     corpus = Corpus(texts)
     encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     stream = torch.tensor([i for ids in encoded for i in [*ids, tokenizer.eos_token_id]], dtype=torch.long)
-    model = tiny_llama(cfg, tokenizer)
+    model = tiny_llama(cfg, tokenizer, trained_length=cfg.late_seq_len)
     prep_s = time.perf_counter() - t_start
     stats = train_reader(model, tokenizer, Tasks(tokenizer, corpus, stream, cfg), cfg, out)
     probe = probe_model(model, tokenizer=tokenizer)
@@ -432,7 +432,7 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
             restarts.append(stats["stalled"])
             console.print(f"reader: the {stats['stalled']['phase']} phase stalled at step "
                           f"{stats['stalled']['steps']}; starting over from new weights")
-            fresh = tiny_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer)
+            fresh = tiny_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer, cfg.late_seq_len)
             model.load_state_dict(fresh.state_dict())
     finally:
         torch.set_num_threads(threads_before)
