@@ -22,6 +22,8 @@ shaped like RAG prompts:
 - phase 4 (mix): per step one task drawn from `task_mix`: recall, copy, find, RAG-shaped
   cloze over corpus paragraphs (`rag`) or over passages of random words (`locate`, several
   questions per context), and plain text; at `late_seq_len`.
+
+Prompts longer than `late_seq_len` get dynamic NTK RoPE scaling (`rope_dynamic_factor`).
 """
 
 from __future__ import annotations
