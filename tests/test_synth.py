@@ -88,8 +88,9 @@ def test_question_styles_are_checked() -> None:
     chunk = Chunk(id="q", doc_id="d", source="s", title="t", text="x", start=0, end=1)
     with pytest.raises(RagtuneError, match="question_styles.*cloze, wh, loose"):
         synthesize([chunk], SynthConfig(question_styles={"riddle": 1.0}))
-    with pytest.raises(RagtuneError, match="question_styles"):
-        synthesize([chunk], SynthConfig(question_styles={"cloze": 0.0}))
+    for shares in ({"cloze": 0.0}, {"cloze": 1.0, "wh": -0.5}):
+        with pytest.raises(RagtuneError, match="question_styles"):
+            synthesize([chunk], SynthConfig(question_styles=shares))
 
 
 def test_apostrophes_do_not_make_quoted_spans() -> None:

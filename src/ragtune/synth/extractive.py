@@ -243,7 +243,8 @@ QUESTION_STYLES = ("cloze", "wh", "loose")
 @register_generator("extractive")
 def make_extractive(cfg: SynthConfig, corpus: Sequence[Chunk]) -> ExtractiveGenerator:
     shares = cfg.question_styles
-    if any(s not in QUESTION_STYLES for s in shares) or not any(v > 0 for v in shares.values()):
+    if (any(s not in QUESTION_STYLES for s in shares) or any(v < 0 for v in shares.values())
+            or not any(v > 0 for v in shares.values())):
         raise RagtuneError(f"question_styles needs positive shares for some of {', '.join(QUESTION_STYLES)}; "
                            f"got {shares}")
     return ExtractiveGenerator(cfg, corpus)
