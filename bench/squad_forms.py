@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from ragtune.synth.extractive import loose_question
+from ragtune.synth.extractive import Candidate, ExtractiveGenerator
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
 FORMS = ("cloze", "wh", "loose")
@@ -30,15 +30,13 @@ def around_answer(context: str, start: int, answer: str) -> tuple[str, str]:
 
 
 def rewrite(question: dict, context: str, form: str, rng: random.Random) -> dict:
+    """`question` asked of its answer's sentence in `form`, as the synth generator asks it."""
     gold = question["answers"][0]
     before, after = around_answer(context, gold["answer_start"], gold["text"])
-    if form == "cloze":
-        text = f"Fill in the blank: {before}____{after}".strip()
-    elif form == "wh":
-        text = re.sub(r"[.!:;]+$", "", f"{before}what{after}".strip()) + "?"
-    else:
-        text = loose_question(before, after, "what", rng)
-    return {**question, "question": text}
+    end = len(before) + len(gold["text"])
+    answer = Candidate(before + gold["text"] + after, gold["answer_start"] - len(before), len(before), end,
+                       kind="squad", score=0.0)
+    return {**question, "question": ExtractiveGenerator.question(answer, form, rng)}
 
 
 def main() -> None:
