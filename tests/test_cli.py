@@ -33,7 +33,6 @@ def test_help_says_what_each_verb_does(verb):
 @pytest.mark.parametrize("args", [
     ["ingest", "/nonexistent/folder"],
     ["synth", "--run", "/nonexistent/run"],
-    ["synth", "--run", ".", "--question-styles", "cloze=half"],
     ["build", "--run", "/nonexistent/run"],
     ["train", "--run", "/nonexistent/run"],
     ["eval", "--run", "/nonexistent/run"],
@@ -48,6 +47,11 @@ def test_bad_input_is_one_line_with_exit_code_2(args, tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("[transformers]")]
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in p.stderr
+
+
+def test_bad_question_styles_are_named_before_any_work(tmp_path):
+    p = ragtune("synth", "--run", str(tmp_path), "--question-styles", "cloze=half")
+    assert p.returncode == 2 and "--question-styles 'cloze=half'" in p.stderr and "e.g. cloze=0.4" in p.stderr
 
 
 def test_unknown_config_key_names_the_key(tmp_path):
