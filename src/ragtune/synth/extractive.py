@@ -162,13 +162,13 @@ class ExtractiveGenerator:
 
     # ---------------------------------------------------------- questions
     @staticmethod
-    def question(c: Candidate, style: str, rng: random.Random | None = None) -> str:
+    def question(c: Candidate, style: str, rng: random.Random) -> str:
         before, after = c.sentence[:c.start], c.sentence[c.end:]
         if style == "cloze":
             return f"Fill in the blank: {before}____{after}".strip()
         wh = _wh_word(c, after)
         if style == "loose":
-            return loose_question(before, after, wh, rng or random.Random(c.sentence))
+            return loose_question(before, after, wh, rng)
         if not before.strip():
             wh = wh[0].upper() + wh[1:]
         text = f"{before}{wh}{after}".strip()
