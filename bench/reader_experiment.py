@@ -2,6 +2,7 @@
 
     nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
     python bench/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
+    python bench/reader_experiment.py --find MODEL_DIR   # the find task's first answer ids, by level
     python bench/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
         # on a build's answerable items: first / every answer token / end / whole answer right
 
@@ -97,6 +98,32 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     return out
 
 
+def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
+    """Share of first answer ids right on fresh find rows (random ids, so no corpus is needed)
+    at every level up to 10: whether the find circuit survived the phases after its own."""
+    import random
+
+    import torch
+
+    from ragtune.config import TinyModelConfig
+    from ragtune.models import load_model
+    from ragtune.reader import Tasks, masked_loss, reader_config
+
+    model, tok = load_model(model_dir, precision="fp32")
+    cfg = reader_config(TinyModelConfig(recipe="reader"))
+    tasks = Tasks(tok, None, torch.zeros(10, dtype=torch.long), cfg)
+    info = json.loads((model_dir / "ragtune_tiny_model.json").read_text())
+    out: dict = {"find_level_reached": info.get("phases", {}).get("find", {}).get("level")}
+    for level in range(11):
+        rng = random.Random(level)
+        rows = [tasks.row("find", rng, cfg.late_seq_len, level) for _ in range(n_rows)]
+        ids, mask = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+        with torch.no_grad():
+            _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
+        out[level] = round(hits.item(), 3)
+    return out
+
+
 def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
     """Teacher-forced, on the answerable items of a build: is the first answer token right,
     every token, the end-of-answer token, all of them; overall and by prompt length."""
@@ -131,6 +158,9 @@ def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
 def main() -> None:
     if sys.argv[1] == "--answer-tokens":
         print(json.dumps(answer_token_acc(Path(sys.argv[2]), Path(sys.argv[3])), indent=1))
+        return
+    if sys.argv[1] == "--find":
+        print(json.dumps(find_acc(Path(sys.argv[2]))))
         return
     if sys.argv[1] == "--first-token":
         heldout = [t for i, t in enumerate(load_texts(DOCS)) if not i % 10]
