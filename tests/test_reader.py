@@ -431,3 +431,12 @@ def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_rows(tmp_path):
     late_batch = cfg.batch_size * cfg.seq_len // cfg.late_seq_len
     recall_phase = drawn[cfg.batch_size + late_batch :]  # after one copy step and one find step
     assert set(recall_phase) == {"recall", "find"} and len(recall_phase) == 22 * late_batch
+
+
+@pytest.mark.parametrize(("spread", "levels"), [(False, {6}), (True, set(range(7)))])
+def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spread, levels):
+    from ragtune.reader import _find_level
+
+    cfg = reader_config(TinyModelConfig(recipe="reader", find_spread=spread))
+    rng = random.Random(0)
+    assert {_find_level({"find": 6}, cfg, rng) for _ in range(300)} == levels

@@ -18,7 +18,8 @@ shaped like RAG prompts:
   until `find_phase_max` of the budget.
 - phase 3 (recall): spans of a window of text copied to their end (word pieces repeat, so a
   copy must match more than its last id), at the full learning rate, with a share of find
-  steps so the find circuit is kept; until `recall_phase_max` of the budget.
+  steps so the find circuit is kept (with `find_spread`, at levels up to the one reached);
+  until `recall_phase_max` of the budget.
 - phase 4 (mix): per step one task drawn from `task_mix`: recall, copy, find, RAG-shaped
   cloze over corpus paragraphs (`rag`) or over passages of random words (`locate`, several
   questions per context), and plain text; at `late_seq_len`.
@@ -490,10 +491,12 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             # a share of find rows in the recall phase keeps the find circuit (round 6)
             keep_find = phase == "recall" and cfg.find_phase_max > 0
             task = "find" if keep_find and rng.random() < cfg.recall_phase_find else phase
-            rows = [tasks.row(task, rng, row_len, top["find"] if task != phase else level) for _ in range(n_rows)]
+            rows = [tasks.row(task, rng, row_len, level if task == phase else _find_level(top, cfg, rng))
+                    for _ in range(n_rows)]
         else:
             task = rng.choices(names, weights)[0]
-            rows = [tasks.row(task, rng, cfg.late_seq_len, top.get(task, 0)) for _ in range(late_batch)]
+            rows = [tasks.row(task, rng, cfg.late_seq_len, _find_level(top, cfg, rng) if task == "find"
+                              else top.get(task, 0)) for _ in range(late_batch)]
         ids, mask = batch_of(rows, device)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         if mix_s is not None:  # linear decay to 10% over the mixed phase sharpens the copies
@@ -559,6 +562,12 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
         "log": log,
     }
+
+
+def _find_level(top: dict[str, int], cfg: TinyModelConfig, rng: random.Random) -> int:
+    """The level of a find row after the find phase: the one reached, or with `find_spread`
+    any from 0 to it, so easy rows keep the circuit while the top ones are still uncertain."""
+    return rng.randint(0, top["find"]) if cfg.find_spread else top["find"]
 
 
 def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: bool = False) -> bool:
