@@ -49,7 +49,7 @@ class TinyModelConfig(_Config):
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
     recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
-    find_spread: bool = True  # after the find phase, each find row at a level drawn from 0 to the one reached (round 8)
+    find_spread: bool = False  # find rows after the find phase at levels from 0 to the one reached (round 8)
     recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
     find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
