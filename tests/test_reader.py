@@ -433,13 +433,99 @@ def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_rows(tmp_path):
     assert set(recall_phase) == {"recall", "find"} and len(recall_phase) == 22 * late_batch
 
 
-@pytest.mark.parametrize(("spread", "levels"), [(False, {6}), (True, set(range(7)))])
-def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spread, levels):
+@pytest.mark.parametrize(("spread", "recall_phase", "mix"), [
+    ("off", {6}, {6}), ("mix", {6}, set(range(7))), ("after_find", set(range(7)), set(range(7))),
+    (True, set(range(7)), set(range(7))),  # round 8's boolean
+])
+def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spread, recall_phase, mix):
     from ragtune.reader import _find_level
 
     cfg = reader_config(TinyModelConfig(recipe="reader", find_spread=spread))
-    rng = random.Random(0)
-    before = rng.getstate()
-    assert {_find_level({"find": 6}, cfg, rng) for _ in range(300)} == levels
-    # off, it draws nothing: the rest of the run sees the random stream it saw before round 8
-    assert (rng.getstate() == before) is not spread
+    for in_mix, levels in ((False, recall_phase), (True, mix)):
+        rng = random.Random(0)
+        before = rng.getstate()
+        assert {_find_level({"find": 6}, cfg, rng, in_mix) for _ in range(300)} == levels
+        # at the level reached it draws nothing: the run sees the random stream it saw before round 8
+        assert (rng.getstate() == before) is (levels == {6})
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def _one_step(model, opt, tok):
+    ids = torch.randint(5, len(tok), (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def _reader_with_optimiser(tmp_path):
+    from ragtune.models import tiny_llama
+
+    cfg = reader_config(small_reader())
+    tok, _ = small_reader_tasks(cfg, tmp_path)
+    model = tiny_llama(cfg, tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _one_step(model, opt, tok)  # the optimiser has state before the phase, as in a run
+    return model, opt, tok
+
+
+@pytest.mark.parametrize(("first_acc", "second_acc", "kept"), [(0.7, 0.75, "second"), (0.75, 0.7, "first")])
+def test_a_recall_phase_that_did_not_form_runs_again_from_its_start_and_the_better_try_is_kept(
+        tmp_path, first_acc, second_acc, kept):
+    from ragtune.reader import _RecallRetry
+
+    model, opt, tok = _reader_with_optimiser(tmp_path)
+    retry = _RecallRetry(seconds=60)
+    retry.begin("recall", model, opt)
+    at_start, opt_steps = _weights(model), opt.state_dict()["state"][0]["step"].item()
+    _one_step(model, opt, tok)
+    after_first = _weights(model)
+    again, record = retry.end("recall", {"level": 0, "train_acc": first_acc}, model, opt)
+    assert again > 0 and retry.running and torch.equal(_weights(model), at_start)  # back where it began
+    assert opt.state_dict()["state"][0]["step"].item() == opt_steps
+    _one_step(model, opt, tok)
+    after_second = _weights(model)
+    again, record = retry.end("recall", {"level": 0, "train_acc": second_acc}, model, opt)
+    assert again == 0 and not retry.running and record["train_acc"] == max(first_acc, second_acc)
+    assert torch.equal(_weights(model), after_first if kept == "first" else after_second)
+    assert [t["kept"] for t in retry.log] == [kept]
+
+
+@pytest.mark.parametrize(("phase", "acc", "seconds", "retried"), [
+    ("recall", 0.85, 60, False),  # formed well enough
+    ("recall", 0.7, 60, True),
+    ("recall", 0.7, 0, False),  # no time allowed for a try
+    ("find", 0.02, 60, False),  # only recall runs again
+])
+def test_only_a_recall_phase_that_did_not_form_runs_again_and_only_within_the_time_allowed(
+        tmp_path, phase, acc, seconds, retried):
+    from ragtune.reader import _RecallRetry
+
+    model, opt, tok = _reader_with_optimiser(tmp_path)
+    retry = _RecallRetry(seconds=seconds)
+    retry.begin(phase, model, opt)
+    _one_step(model, opt, tok)
+    assert (retry.end(phase, {"level": 0, "train_acc": acc}, model, opt)[0] > 0) is retried
+
+
+@pytest.mark.slow
+def test_a_run_tries_a_recall_phase_that_did_not_form_twice_without_find_steps_and_goes_on(tmp_path):
+    from ragtune.models import tiny_llama
+    from ragtune.reader import train_reader
+
+    # each self-paced phase ends at its cap after one step; recall, one step in, is far from formed
+    cfg = reader_config(small_reader(max_steps=8, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=2e-9,
+                                     recall_phase_find=1.0, recall_retry_minutes=1))
+    tok, tasks = small_reader_tasks(cfg, tmp_path)
+    drawn: list[str] = []
+    row = tasks.row
+    tasks.row = lambda task, *a: drawn.append(task) or row(task, *a)  # records each row's task
+    stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
+    tried = stats["recall_retries"]
+    assert [(t["first"]["steps"], t["second"]["steps"]) for t in tried] == [(3, 4)]
+    assert stats["phases"]["recall"] == tried[0][tried[0]["kept"]] and stats["steps"] == 8
+    late_batch = cfg.batch_size * cfg.seq_len // cfg.late_seq_len
+    steps = [drawn[cfg.batch_size:][i * late_batch:(i + 1) * late_batch] for i in range(3)]  # find, recall, retry
+    assert [set(s) for s in steps] == [{"find"}, {"find"}, {"recall"}]  # the retry has no find steps

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ragtune.errors import RagtuneError
 
@@ -49,10 +49,13 @@ class TinyModelConfig(_Config):
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
     recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
-    find_spread: bool = False  # find rows after the find phase at levels from 0 to the one reached (round 8)
+    # find rows at levels from 0 to the one reached: "after_find" (recall phase and mix, round 8), "mix" (round 9)
+    find_spread: Literal["off", "mix", "after_find"] = "off"
     recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
     find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
+    recall_retry_minutes: float = 0.0  # past `minutes`: a recall phase that did not form runs again (0: never)
+    recall_retry_find: float = 0.0  # share of find steps when the recall phase runs again
     max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
@@ -67,6 +70,12 @@ class TinyModelConfig(_Config):
         default_factory=lambda: {"copy": 0.05, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
                                  "text": 0.05}
     )
+
+    @field_validator("find_spread", mode="before")
+    @classmethod
+    def _find_spread_bool(cls, value: object) -> object:
+        """Round 8's boolean still reads: true spread the levels after the find phase."""
+        return {True: "after_find", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class IngestConfig(_Config):
