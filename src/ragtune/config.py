@@ -54,8 +54,6 @@ class TinyModelConfig(_Config):
     recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
     copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
     find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
-    recall_retry_minutes: float = 0.0  # past `minutes`: a recall phase that did not form runs again (0: never)
-    recall_retry_find: float = 0.0  # share of find steps when the recall phase runs again
     max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)
     refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
@@ -74,7 +72,7 @@ class TinyModelConfig(_Config):
     @field_validator("find_spread", mode="before")
     @classmethod
     def _find_spread_bool(cls, value: object) -> object:
-        """Round 8's boolean still reads: true spread the levels after the find phase."""
+        """Round 8's boolean still reads: true spreads the levels after the find phase ("after_find")."""
         return {True: "after_find", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 

@@ -18,10 +18,8 @@ shaped like RAG prompts:
   until `find_phase_max` of the budget.
 - phase 3 (recall): spans of a window of text copied to their end (word pieces repeat, so a
   copy must match more than its last id), at the full learning rate, with a share of find
-  steps so the find circuit is kept (with `find_spread`, at levels up to the one reached);
+  steps so the find circuit is kept (with `find_spread="after_find"`, at levels up to the one reached);
   until `recall_phase_max` of the budget.
-- a recall phase that ends below `RECALL_RETRY_ACC` runs once more from its start, without
-  find steps, in up to `recall_retry_minutes` past the budget; the better try is kept.
 - phase 4 (mix): per step one task drawn from `task_mix`: recall, copy, find, RAG-shaped
   cloze over corpus paragraphs (`rag`) or over passages of random words (`locate`, several
   questions per context), and plain text; at `late_seq_len`.
@@ -31,7 +29,6 @@ Prompts longer than `late_seq_len` get dynamic NTK RoPE scaling (`rope_dynamic_f
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -473,9 +470,8 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     if cfg.recall_phase_max > 0:  # one level: it ends once spans are copied word for word
         phases.append(("recall", 0, 0, 0, max(cfg.recall_phase_max, cfg.find_phase_max)))
     top = {"copy": cfg.max_span, "find": FIND_TOP_LEVEL}
-    t0 = t_begin = last_save = time.perf_counter()  # t0 moves on when a phase runs again
+    t0 = last_save = time.perf_counter()
     budget = t_end - t0
-    retry = _RecallRetry(cfg.recall_retry_minutes * 60)
     step, mix_s, acc_avg, tokens, phase_step = 0, None, 0.0, 0, 0
     at = 0  # index of the current self-paced phase; len(phases): the mix
     level = phases[0][1]
@@ -494,8 +490,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 row_len, n_rows = cfg.late_seq_len, late_batch
             # a share of find rows in the recall phase keeps the find circuit (round 6)
             keep_find = phase == "recall" and cfg.find_phase_max > 0
-            find_share = cfg.recall_retry_find if retry.running else cfg.recall_phase_find
-            task = "find" if keep_find and rng.random() < find_share else phase
+            task = "find" if keep_find and rng.random() < cfg.recall_phase_find else phase
             rows = [tasks.row(task, rng, row_len, level if task == phase else _find_level(top, cfg, rng, False))
                     for _ in range(n_rows)]
         else:
@@ -522,20 +517,14 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 acc_avg = 0.9 * acc_avg + 0.1 * hits.item()
             at_cap = elapsed / budget >= phases[at][4]
             if _stalled(phase, step - phase_step, level, cfg, at_cap) and time.perf_counter() < restart_until:
-                return _stall_record(phase, step, level, acc_avg, seed, t_begin)
+                return _stall_record(phase, step, level, acc_avg, seed, t0)
             if (level >= last and acc_avg >= cfg.copy_switch_acc) or at_cap:
-                record = {"steps": step, "seconds": round(time.perf_counter() - t_begin, 1),
-                          "level": level, "train_acc": round(acc_avg, 3)}
-                console.print(f"reader: {phase} phase done at step {step} ({record['seconds']:.0f} s): "
+                ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
+                                "level": level, "train_acc": round(acc_avg, 3)}
+                console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
                               f"training answers {acc_avg:.0%} exact at level {level}")
                 if phase != "recall":  # recall's verdict is its loss at the end of the mix, where it forms
-                    record["formed"] = _formed(phase, level, acc_avg, last, cfg)
-                again, ended[phase] = retry.end(phase, record, model, opt)
-                if again:  # recall runs again from its start; its time cap and the budget move with it
-                    t0 += again
-                    level, acc_avg, phase_step = phases[at][1], 0.0, step
-                    continue
-                level = ended[phase]["level"]
+                    ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
                 if not ended[phase].get("formed", True):
                     skill = "copy reliably" if phase == "copy" else "find answers in passages"
                     console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
@@ -546,7 +535,6 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 at += 1
                 level, acc_avg, phase_step = (phases[at][1] if at < len(phases) else 0), 0.0, step
                 mix_s = round(time.perf_counter() - t0, 1) if at == len(phases) else None
-                retry.begin(phases[at][0] if at < len(phases) else "mix", model, opt)
         else:
             task_loss[task].append(loss.item())
         if step % 50 == 0:
@@ -557,7 +545,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
             model.save_pretrained(str(out))
             last_save = time.perf_counter()
-    seconds = time.perf_counter() - t_begin
+    seconds = time.perf_counter() - t0
     model.eval()
     if task_loss.get("recall"):
         ended["mix"] = _recall_record(task_loss["recall"])
@@ -572,7 +560,6 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         "copy_train_acc": round(copy["train_acc"], 3),
         "phases": ended,
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
-        "recall_retries": retry.log,
         "log": log,
     }
 
@@ -583,59 +570,6 @@ def _find_level(top: dict[str, int], cfg: TinyModelConfig, rng: random.Random, i
     uncertain. "mix" leaves the recall phase as it was, since recall forms there (round 9)."""
     spread = cfg.find_spread == "after_find" or (cfg.find_spread == "mix" and in_mix)
     return rng.randint(0, top["find"]) if spread else top["find"]
-
-
-RECALL_RETRY_ACC = 0.8  # recall phase at its cap: formed runs ended at 84-90% right, missed ones at 68-70%
-
-
-class _RecallRetry:
-    """A second try of a recall phase that ended below `RECALL_RETRY_ACC`: the model and
-    optimiser go back to where the phase began and it runs again, in up to `seconds` past the
-    budget, with `recall_retry_find` of its steps on find (none by default: a retry with find
-    steps stayed stuck, one without formed recall); the better try is kept. Whether recall
-    forms varies from run to run of the same seed (docs/reader-model.md, round 9)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.left, self.start, self.first, self.log = seconds, None, None, []
-
-    @property
-    def running(self) -> bool:
-        return self.first is not None
-
-    def begin(self, phase: str, model: Any, opt: Any) -> None:
-        retried = phase == "recall" and self.left > 0
-        self.start = (time.perf_counter(), _state(model, opt)) if retried else None
-
-    def end(self, phase: str, record: dict, model: Any, opt: Any) -> tuple[float, dict]:
-        """(seconds to run the phase again, or 0; the record of the try that is kept)."""
-        if self.first is not None:  # the second try is done: keep the better one
-            first, state = self.first
-            self.first = None
-            kept = "first" if first["train_acc"] > record["train_acc"] else "second"
-            if kept == "first":
-                _load_state(model, opt, state)
-            self.log.append({"first": first, "second": record, "kept": kept})
-            return 0.0, first if kept == "first" else record
-        if phase != "recall" or self.start is None or record["train_acc"] >= RECALL_RETRY_ACC:
-            return 0.0, record
-        took = time.perf_counter() - self.start[0]
-        if took > self.left:
-            return 0.0, record
-        self.left -= took
-        self.first = (record, _state(model, opt))
-        _load_state(model, opt, self.start[1])
-        console.print(f"reader: the recall phase ended at {record['train_acc']:.0%}, where recall does not form; "
-                      f"running it again from its start ({took:.0f} s)")
-        return took, record
-
-
-def _state(model: Any, opt: Any) -> tuple[dict, dict]:
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def _load_state(model: Any, opt: Any, state: tuple[dict, dict]) -> None:
-    model.load_state_dict(state[0])
-    opt.load_state_dict(copy.deepcopy(state[1]))
 
 
 def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: bool = False) -> bool:
