@@ -444,7 +444,6 @@ def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spre
     for in_mix, levels in ((False, recall_phase), (True, mix)):
         rng = random.Random(0)
         before = rng.getstate()
-        assert {_find_level({"find": 6}, cfg, rng, in_mix) for _ in range(300)} == levels
+        assert {_find_level({"find": 6}, cfg, rng, in_mix=in_mix) for _ in range(300)} == levels
         # at the level reached it draws nothing: the run sees the random stream it saw before round 8
         assert (rng.getstate() == before) is (levels == {6})
-

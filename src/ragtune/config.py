@@ -73,7 +73,7 @@ class TinyModelConfig(_Config):
     @classmethod
     def _find_spread_bool(cls, value: object) -> object:
         """Round 8's boolean still reads: true spreads the levels after the find phase ("after_find")."""
-        return {True: "after_find", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return ("after_find" if value else "off") if isinstance(value, bool) else value
 
 
 class IngestConfig(_Config):

@@ -18,8 +18,8 @@ shaped like RAG prompts:
   until `find_phase_max` of the budget.
 - phase 3 (recall): spans of a window of text copied to their end (word pieces repeat, so a
   copy must match more than its last id), at the full learning rate, with a share of find
-  steps so the find circuit is kept (with `find_spread="after_find"`, at levels up to the one reached);
-  until `recall_phase_max` of the budget.
+  steps so the find circuit is kept (with `find_spread="after_find"`, at levels up to the
+  one reached); until `recall_phase_max` of the budget.
 - phase 4 (mix): per step one task drawn from `task_mix`: recall, copy, find, RAG-shaped
   cloze over corpus paragraphs (`rag`) or over passages of random words (`locate`, several
   questions per context), and plain text; at `late_seq_len`.
@@ -491,11 +491,11 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
             # a share of find rows in the recall phase keeps the find circuit (round 6)
             keep_find = phase == "recall" and cfg.find_phase_max > 0
             task = "find" if keep_find and rng.random() < cfg.recall_phase_find else phase
-            rows = [tasks.row(task, rng, row_len, level if task == phase else _find_level(top, cfg, rng, False))
+            rows = [tasks.row(task, rng, row_len, level if task == phase else _find_level(top, cfg, rng, in_mix=False))
                     for _ in range(n_rows)]
         else:
             task = rng.choices(names, weights)[0]
-            rows = [tasks.row(task, rng, cfg.late_seq_len, _find_level(top, cfg, rng, True) if task == "find"
+            rows = [tasks.row(task, rng, cfg.late_seq_len, _find_level(top, cfg, rng, in_mix=True) if task == "find"
                               else top.get(task, 0)) for _ in range(late_batch)]
         ids, mask = batch_of(rows, device)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
