@@ -107,7 +107,7 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
 
     from ragtune.config import TinyModelConfig
     from ragtune.models import load_model
-    from ragtune.reader import Tasks, masked_loss, reader_config
+    from ragtune.reader import Tasks, batch_of, masked_loss, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
     cfg = reader_config(TinyModelConfig(recipe="reader"))
@@ -117,7 +117,7 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
     for level in range(11):
         rng = random.Random(level)
         rows = [tasks.row("find", rng, cfg.late_seq_len, level) for _ in range(n_rows)]
-        ids, mask = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+        ids, mask = batch_of(rows, next(model.parameters()).device)
         with torch.no_grad():
             _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
         out[level] = round(hits.item(), 3)
