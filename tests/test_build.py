@@ -158,6 +158,25 @@ def test_chat_template_prompts(corpus, tiny_model_dir) -> None:
     assert row["prompt"].startswith("<|system|>") and row["prompt"].endswith("<|assistant|>\n")
 
 
+def test_question_first_follows_the_base_model_unless_set(corpus, tiny_model_dir, tmp_path) -> None:
+    import shutil
+
+    from ragtune.models import load_tokenizer
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "reader")
+    PromptTemplate(question_first=True).save(base)  # as a reader pretrained that way saves it
+    chunks, qa = corpus
+
+    def questions_asked(cfg: BuildConfig, folder: Path) -> set[int]:
+        dd = build(qa[:20], chunks, cfg, load_tokenizer(folder))
+        return {r["prompt"].count("### Question:") for s in dd.values() for r in s}
+
+    assert questions_asked(BuildConfig(), base) == {2}
+    assert questions_asked(BuildConfig(question_first=False), base) == {1}
+    assert questions_asked(BuildConfig(), tiny_model_dir) == {1}
+    assert questions_asked(BuildConfig(question_first=True), tiny_model_dir) == {2}
+
+
 def test_imported_items_with_their_own_contexts(tokenizer) -> None:
     ctx = [f"Passage {i}: the river Ouse{i} floods in month {i} of the year, says record {i * 7}." for i in range(12)]
     qa = [QAItem(id=f"q{i}", question=f"When does the river Ouse{i} flood?", answer=f"month {i}",

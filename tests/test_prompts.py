@@ -1,3 +1,7 @@
+import copy
+
+import pytest
+
 from ragtune.config import REFUSAL
 from ragtune.prompts import IGNORE_INDEX, Passage, PromptTemplate, encode_example, prompt_ids
 
@@ -36,3 +40,22 @@ def test_template_round_trips_through_its_file(tmp_path):
     tpl = PromptTemplate(style="plain", refusal="No answer.")
     tpl.save(tmp_path)
     assert PromptTemplate.load(tmp_path) == tpl
+
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_question_first_asks_before_and_after_the_context(tokenizer, chat):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHAT if chat else None
+    plain, first = (PromptTemplate.for_tokenizer(tok, question_first=q) for q in (False, True))
+    q = "What is a list?"
+    one, two = plain.render(tok, q, PASSAGES), first.render(tok, q, PASSAGES)
+    assert one.count(q) == 1 and two.count(q) == 2
+    assert two.index(q) < two.index("[1] Lists") < two.rindex(q)
+    # the same text with the first question taken out: nothing else moves
+    heading = "### Question:\n" if not chat else "Question: "
+    assert two.replace(f"{heading}{q}\n\n", "", 1) == one
+    assert first.render_context(tok, q, first.context_block(PASSAGES)) == two

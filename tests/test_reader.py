@@ -13,6 +13,7 @@ from conftest import corpus_texts
 
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
+from ragtune.prompts import PromptTemplate
 from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config
 
 
@@ -202,6 +203,23 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
         assert ids[-1] == tokenizer.eos_token_id
 
 
+def test_question_first_rag_rows_ask_before_the_context_too(tasks, tokenizer):
+    first = Tasks(tokenizer, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"question_first": True}))
+    rng, seen = random.Random(3), 0
+    for _ in range(10):
+        ids, mask = first.rag(rng, 0)
+        text = tokenizer.decode(ids)
+        if "### Context:" not in text:  # a sentence too short fell back to `continue`
+            continue
+        seen += 1
+        before, after = text.split("### Context:")
+        question = after.split("### Question:\n")[1].split("\n\n### Answer:")[0]
+        assert f"### Question:\n{question}\n\n" in before
+    assert seen
+    # the other tasks keep the instruction as it was
+    assert first.instruction_ids == tasks.instruction_ids
+
+
 def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
     corpus = Corpus(corpus_texts())
     titles = lambda text: re.findall(r"\[\d\] (.*)\n", text.split("### Question:")[0])  # noqa: E731
@@ -284,6 +302,22 @@ def test_loose_question_share_asks_in_the_synth_loose_form(tokenizer):
     assert forms == {0.0: {"cloze", "wh"}, 1.0: {"loose"}}
 
 
+def test_shuffled_loose_questions_keep_their_words_in_another_order(tokenizer):
+    sentence = "the quick brown fox jumps over the lazy dog near the old mill by the river bank today."
+    passage, moved = ("T", sentence, [sentence]), 0
+    for seed in range(20):
+        asked = {}
+        for shuffled in (False, True):
+            cfg = TinyModelConfig(recipe="reader", loose_question_share=1.0, loose_shuffled=shuffled)
+            tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
+            asked[shuffled] = tasks.blank(random.Random(seed), passage)
+        (kept, answer), (bag, same_answer) = asked[False], asked[True]
+        assert answer == same_answer and kept.startswith("What ") and bag.startswith("What ")
+        assert sorted(kept[5:-1].split()) == sorted(bag[5:-1].split())
+        moved += kept != bag
+    assert moved >= 15
+
+
 def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
     corpus = Corpus(corpus_texts())
     counts = {}
@@ -355,6 +389,8 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     # prompts longer than the mixed phase's rows get dynamic RoPE scaling
     assert model.config.max_position_embeddings == cfg.late_seq_len
     assert model.config.rope_parameters["rope_type"] == "dynamic"
+    # the prompt its rag rows used is saved beside it, so build and serve render the same
+    assert PromptTemplate.load(tmp_path) == PromptTemplate(style="plain", question_first=False)
 
 
 def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_path):

@@ -163,8 +163,9 @@ def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer, 
     assert stats["completions"] == 0  # it never ran
 
 
-def test_rag_request_renders_like_training(tokenizer):
-    tpl = PromptTemplate.for_tokenizer(tokenizer)
+@pytest.mark.parametrize("question_first", [False, True])
+def test_rag_request_renders_like_training(tokenizer, question_first):
+    tpl = PromptTemplate.for_tokenizer(tokenizer, question_first=question_first)
     passages = [Passage("Lists", "A list is mutable."), Passage("Tuples", "A tuple is not.")]
     trained = tpl.render(tokenizer, "What is a list?", passages)
     from ragtune.prompts import prompt_ids

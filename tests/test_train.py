@@ -57,6 +57,15 @@ def test_rows_from_another_template_are_refused(tokenizer):
         encode_rows(ds["train"], tokenizer, PromptTemplate.for_tokenizer(tokenizer), None)
 
 
+def test_rows_that_ask_the_question_twice_are_accepted(tokenizer):
+    from ragtune.train.data import encode_rows
+
+    first = PromptTemplate.for_tokenizer(tokenizer, question_first=True)
+    ds = rag_dataset(tokenizer, n_train=4, n_val=2, template=first)
+    assert all(row["prompt"].count("### Question:") == 2 for row in ds["train"])
+    assert len(encode_rows(ds["train"], tokenizer, first, None).lengths) == 4
+
+
 def test_qlora_without_gpu_is_a_clear_error(tiny_model_dir, tokenizer, tmp_path):
     from ragtune.models import cuda_available
     from ragtune.train import train

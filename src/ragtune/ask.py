@@ -15,7 +15,7 @@ from ragtune.records import Chunk, read_jsonl
 def load_for_inference(
     adapter: str | Path | None = None, base_model: str | None = None, precision: str = "auto"
 ) -> tuple[Any, Any, PromptTemplate]:
-    """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter."""
+    """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter (or base)."""
     from ragtune.models import base_model_of, is_tuned_dir, load_model
 
     if adapter is None and base_model is None:
@@ -24,10 +24,9 @@ def load_for_inference(
         raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
     base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
     model, tok = load_model(base, adapter, precision=precision)
-    if adapter is not None and (Path(adapter) / PROMPT_FILE).is_file():
-        template = PromptTemplate.load(adapter)
-    else:
-        template = PromptTemplate.for_tokenizer(tok)
+    # the adapter's template, else the one a `tiny-model` reader was pretrained with
+    saved = [Path(d) for d in (adapter, base) if d and (Path(d) / PROMPT_FILE).is_file()]
+    template = PromptTemplate.load(saved[0]) if saved else PromptTemplate.for_tokenizer(tok)
     return model, tok, template
 
 

@@ -136,6 +136,9 @@ def build(
     dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
     cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
     cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
+    question_first: bool | None = typer.Option(
+        None, "--question-first/--question-last",
+        help="Ask the question before the context as well as after it (default: as the base model was pretrained)."),
     format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
                                      "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
                                      "openai, raft, parquet (repeat the option)."),
@@ -149,7 +152,7 @@ def build(
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
                     distractors=distractors, retriever=retriever, dense_model=dense_model,
                     unanswerable_share=unanswerable_share, max_length=max_length, cot=cot, cite=cite,
-                    formats=format or None, push_to_hub=push_to_hub, seed=seed)
+                    question_first=question_first, formats=format or None, push_to_hub=push_to_hub, seed=seed)
     build_to_run(run, cfg, tokenizer=tokenizer)
 
 

@@ -59,6 +59,8 @@ class TinyModelConfig(_Config):
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
     loose_question_share: float = 0.0  # `rag` / `locate` questions in the synth's `loose` form (wh first, some words)
+    question_first: bool = False  # `rag` / `locate` prompts ask the question before the context too
+    loose_shuffled: bool = False  # loose questions' words in random order: matched as a bag of words, not a string
     same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
     first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
@@ -131,6 +133,7 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
+    question_first: bool | None = None  # the question before the context too; None: as the base model was pretrained
     formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
     push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0

@@ -40,12 +40,15 @@ class PromptTemplate:
     instruction: str = DEFAULT_INSTRUCTION
     refusal: str = REFUSAL
     passage_format: str = "[{n}] {title}\n{text}"
+    # The question also before the context, so the passages are read knowing what is asked:
+    # a causal model's context tokens can then attend to the question's words.
+    question_first: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, refusal: str = REFUSAL) -> PromptTemplate:
+    def for_tokenizer(cls, tokenizer: Any, refusal: str = REFUSAL, question_first: bool = False) -> PromptTemplate:
         style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-        return cls(style=style, refusal=refusal)
+        return cls(style=style, refusal=refusal, question_first=question_first)
 
     @property
     def system(self) -> str:
@@ -58,17 +61,27 @@ class PromptTemplate:
         )
 
     def messages(self, question: str, passages: Sequence[Passage]) -> list[dict[str, str]]:
-        user = f"Context:\n{self.context_block(passages)}\n\nQuestion: {question}"
+        return self.context_messages(question, self.context_block(passages))
+
+    def context_messages(self, question: str, context: str) -> list[dict[str, str]]:
+        """System and user messages for an already formatted context block."""
+        first = f"Question: {question}\n\n" if self.question_first else ""
+        user = f"{first}Context:\n{context}\n\nQuestion: {question}"
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
     def render(self, tokenizer: Any, question: str, passages: Sequence[Passage]) -> str:
         """The prompt text, ending where the model's answer starts."""
+        return self.render_context(tokenizer, question, self.context_block(passages))
+
+    def render_context(self, tokenizer: Any, question: str, context: str) -> str:
+        """`render` for an already formatted context block (what `serve` receives)."""
         if self.style == "chat":
             return tokenizer.apply_chat_template(
-                self.messages(question, passages), tokenize=False, add_generation_prompt=True
+                self.context_messages(question, context), tokenize=False, add_generation_prompt=True
             )
+        first = f"### Question:\n{question}\n\n" if self.question_first else ""
         return (
-            f"### Instruction:\n{self.system}\n\n### Context:\n{self.context_block(passages)}"
+            f"### Instruction:\n{self.system}\n\n{first}### Context:\n{context}"
             f"\n\n### Question:\n{question}\n\n### Answer:\n"
         )
 

@@ -135,11 +135,11 @@ class Tasks:
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.lo = len(tokenizer.all_special_ids)  # random tokens avoid special ids
         self.vocab = len(tokenizer)
-        self.template = PromptTemplate(style="plain", refusal=REFUSAL)
+        self.template = PromptTemplate(style="plain", refusal=REFUSAL, question_first=cfg.question_first)
         self.eq = self.enc_mid(" =")
         self.q_ids, self.a_ids = self.enc_mid("\n\n### Question:\n"), self.enc_mid("\n\n### Answer:\n")
         self.blank_ids, self.what_ids = self.enc_mid(" ____"), self.enc_mid(" what")
-        instruction = self.template.render(None, "", []).split("### Context:")[0]
+        instruction = PromptTemplate(style="plain", refusal=REFUSAL).render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc_mid(";")
         self.word_starts = {i for t, i in tokenizer.get_vocab().items() if t.startswith("\u0120")}  # Ġ: a space
@@ -320,7 +320,12 @@ class Tasks:
         answer = " ".join(sent[start : start + n]).strip(".,;:()")
         before, after = " ".join(sent[:start]), " ".join(sent[start + n :])
         if self.cfg.loose_question_share and rng.random() < self.cfg.loose_question_share:
-            return loose_question(before, after, "what", rng), answer
+            question = loose_question(before, after, "what", rng)
+            if self.cfg.loose_shuffled:
+                wh, *words = question[:-1].split(" ")
+                rng.shuffle(words)
+                question = f"{wh} {' '.join(words)}?"
+            return question, answer
         if rng.random() < 0.5:
             return f"Fill in the blank: {before} ____ {after}".strip(), answer
         return re.sub(r"[.!:;]+$", "", f"{before} what {after}".strip()) + "?", answer
@@ -407,6 +412,8 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
 def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    # the prompt its RAG-shaped rows were rendered with: build and serve follow it
+    PromptTemplate(style="plain", refusal=REFUSAL, question_first=info["config"]["question_first"]).save(out)
     (out / "ragtune_tiny_model.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 

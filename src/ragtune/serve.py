@@ -11,9 +11,10 @@ How chat messages become a prompt (the rule, in order):
    own instruction as system text, then the context and the question. A request carries
    context when its body has `passages` (a ragtune extension: a list of strings or of
    `{"title", "text"}` objects, formatted with the template's passage format) or when its
-   last user message has the shape `Context:\\n<passages>\\n\\nQuestion: <question>` (what
-   `PromptTemplate.messages` sends; the passages are used verbatim). The client's system
-   message is then ignored, because the model was trained with the template's.
+   last user message has the shape `Context:\\n<passages>\\n\\nQuestion: <question>`, optionally
+   after `Question: <question>\\n\\n` (what `PromptTemplate.messages` sends; the passages are
+   used verbatim). The client's system message is then ignored, because the model was
+   trained with the template's.
 2. Otherwise the messages go through the tokenizer's chat template when it has one,
 3. else through a plain transcript (`System: ...`, `User: ...`, ending with `Assistant:`).
 """
@@ -42,7 +43,9 @@ from starlette.exceptions import HTTPException
 from ragtune.errors import RagtuneError
 from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate, prompt_ids
 
-_CONTEXT_MESSAGE = re.compile(r"\AContext:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
+# the question may come first too (a `question_first` template's messages)
+_CONTEXT_MESSAGE = re.compile(
+    r"\A(?:Question: [^\n]*\n\n)?Context:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
 
 
 # ---------------------------------------------------------------- request schema
@@ -108,14 +111,7 @@ def render_messages(
 
 
 def _render_rag(tokenizer: Any, template: PromptTemplate, context: str, question: str) -> list[int]:
-    if template.style == "chat":
-        msgs = [{"role": "system", "content": template.system},
-                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    else:
-        text = (f"### Instruction:\n{template.system}\n\n### Context:\n{context}"
-                f"\n\n### Question:\n{question}\n\n### Answer:\n")
-    return prompt_ids(tokenizer, text, template)
+    return prompt_ids(tokenizer, template.render_context(tokenizer, question, context), template)
 
 
 # ---------------------------------------------------------------- generation

@@ -36,7 +36,7 @@ from ragtune.build.card import dataset_card
 from ragtune.build.targets import target_text
 from ragtune.config import BuildConfig
 from ragtune.errors import RagtuneError
-from ragtune.prompts import Passage, PromptTemplate, end_of_answer, prompt_ids
+from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate, end_of_answer, prompt_ids
 from ragtune.records import Chunk, Example, QAItem, content_id, read_jsonl, to_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 
@@ -91,6 +91,15 @@ def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Pl
     return out
 
 
+def trained_question_first(tokenizer: Any) -> bool:
+    """Whether the base model was pretrained asking the question before its context too (a
+    `tiny-model` reader saves its prompt template beside its weights)."""
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if not (folder / PROMPT_FILE).is_file():
+        return False
+    return PromptTemplate.load(folder).question_first
+
+
 def assemble_examples(
     qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig, tokenizer: Any,
     retriever: Any = None,
@@ -126,7 +135,8 @@ def assemble_examples(
     lone = {c.doc_id: 1 for c in pool if c.doc_id not in split_of}  # documents without questions
     split_of.update(split_documents(lone, cfg.split, cfg.seed + 1) if lone else {})
 
-    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal)
+    question_first = cfg.question_first if cfg.question_first is not None else trained_question_first(tokenizer)
+    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal, question_first=question_first)
     template.extra["tokenizer"] = str(getattr(tokenizer, "name_or_path", "") or "")  # for `ragtune inspect`
     max_length = cfg.max_length or default_max_length(tokenizer)
     encoder = _Encoder(tokenizer, template)

@@ -50,7 +50,7 @@ def check_template(tokenizer: Any, template: PromptTemplate, prompts: Sequence[s
         raise RagtuneError("the dataset was rendered with a chat template but this tokenizer has none; "
                            "train with the base model the dataset was built for, or rebuild the dataset")
     probe = template.render(tokenizer, "\u2063Q", [Passage(title="\u2063T", text="\u2063X")])
-    tail = probe.split("\u2063Q", 1)[1]
+    tail = probe.rsplit("\u2063Q", 1)[1]  # the last question: question_first asks it twice
     bad = sum(1 for p in prompts if not (p.endswith(tail) and template.system in p))
     if bad:
         raise RagtuneError(f"{bad} of {len(prompts)} prompts were not rendered with this tokenizer's "
