@@ -199,7 +199,8 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
         prompt = text.split("### Answer:\n")[0]
         if "### Context:" not in prompt:  # a sentence too short fell back to `continue`
             continue
-        assert "### Question:" in prompt and answer.strip() in prompt.split("### Question:")[0]
+        context = prompt.split("### Context:")[1].rsplit("### Question:", 1)[0]
+        assert "### Question:" in prompt and answer.strip() in context
         assert ids[-1] == tokenizer.eos_token_id
 
 
@@ -222,7 +223,7 @@ def test_question_first_rag_rows_ask_before_the_context_too(tasks, tokenizer):
 
 def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
     corpus = Corpus(corpus_texts())
-    titles = lambda text: re.findall(r"\[\d\] (.*)\n", text.split("### Question:")[0])  # noqa: E731
+    titles = lambda text: re.findall(r"\[\d\] (.*)\n", text.partition("### Context:")[2].split("### Question:")[0])  # noqa: E731
     for share, want_same in ((1.0, True), (0.0, False)):
         cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", same_doc_distractors=share))
         tasks, rng, same = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(7), []
@@ -390,7 +391,8 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     assert model.config.max_position_embeddings == cfg.late_seq_len
     assert model.config.rope_parameters["rope_type"] == "dynamic"
     # the prompt its rag rows used is saved beside it, so build and serve render the same
-    assert PromptTemplate.load(tmp_path) == PromptTemplate(style="plain", question_first=False)
+    assert PromptTemplate.load(tmp_path) == PromptTemplate(style="plain", question_first=cfg.question_first)
+    assert cfg.question_first  # the reader default since round 10
 
 
 def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_path):

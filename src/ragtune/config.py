@@ -59,7 +59,7 @@ class TinyModelConfig(_Config):
     locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
     rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
     loose_question_share: float = 0.0  # `rag` / `locate` questions in the synth's `loose` form (wh first, some words)
-    question_first: bool = False  # `rag` / `locate` prompts ask the question before the context too
+    question_first: bool = True  # `rag` / `locate` prompts ask the question before the context too (round 10)
     loose_shuffled: bool = False  # loose questions' words in random order: matched as a bag of words, not a string
     same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
     first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
