@@ -30,12 +30,6 @@ def load_texts(root: Path) -> list[str]:
     return corpus_texts(root)
 
 
-def trained_question_first(model_dir: Path) -> bool:
-    """Whether the reader was trained with the question before its context as well."""
-    info = model_dir / "ragtune_tiny_model.json"
-    return bool(info.is_file() and json.loads(info.read_text())["config"].get("question_first"))
-
-
 def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     """Greedy answers to RAG-shaped cloze questions (oracle + 2 distractors) built from
     documents the model never saw: a direct check that it answers from its context. A
@@ -47,11 +41,13 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     from ragtune.config import REFUSAL, TinyModelConfig
     from ragtune.generation import generate
     from ragtune.models import load_model
+    from ragtune.prompts import PromptTemplate
     from ragtune.reader import Corpus, Tasks, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
+    saved = PromptTemplate.find(model_dir)  # how the reader's rag rows asked
     cfg = reader_config(TinyModelConfig(recipe="reader", refusal_share=1 / 3,
-                                        question_first=trained_question_first(model_dir)))
+                                        question_first=saved is not None and saved.question_first))
     tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
     rng = random.Random(123)
     prompts, answers = [], []

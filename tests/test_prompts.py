@@ -59,3 +59,13 @@ def test_question_first_asks_before_and_after_the_context(tokenizer, chat):
     heading = "### Question:\n" if not chat else "Question: "
     assert two.replace(f"{heading}{q}\n\n", "", 1) == one
     assert first.render_context(tok, q, first.context_block(PASSAGES)) == two
+
+
+def test_find_takes_the_first_folder_with_a_template(tmp_path):
+    adapter, base, empty = (tmp_path / n for n in ("adapter", "base", "empty"))
+    empty.mkdir()
+    PromptTemplate(refusal="adapter's").save(adapter)
+    PromptTemplate(refusal="base's").save(base)
+    assert PromptTemplate.find(None, empty, adapter, base).refusal == "adapter's"
+    assert PromptTemplate.find(empty, base, adapter).refusal == "base's"
+    assert PromptTemplate.find(empty, None) is None

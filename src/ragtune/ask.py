@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import RagtuneError
-from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
+from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl
 
 
@@ -25,8 +25,7 @@ def load_for_inference(
     base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
     model, tok = load_model(base, adapter, precision=precision)
     # the adapter's template, else the one a `tiny-model` reader was pretrained with
-    saved = [Path(d) for d in (adapter, base) if d and (Path(d) / PROMPT_FILE).is_file()]
-    template = PromptTemplate.load(saved[0]) if saved else PromptTemplate.for_tokenizer(tok)
+    template = PromptTemplate.find(adapter, base) or PromptTemplate.for_tokenizer(tok)
     return model, tok, template
 
 

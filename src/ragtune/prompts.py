@@ -95,6 +95,14 @@ class PromptTemplate:
     def load(cls, directory: str | Path) -> PromptTemplate:
         return cls(**json.loads((Path(directory) / PROMPT_FILE).read_text(encoding="utf-8")))
 
+    @classmethod
+    def find(cls, *folders: str | Path | None) -> PromptTemplate | None:
+        """The first `ragtune_prompt.json` among `folders` (an adapter before its base), else None."""
+        for folder in folders:
+            if folder and (Path(folder) / PROMPT_FILE).is_file():
+                return cls.load(folder)
+        return None
+
 
 def end_of_answer(tokenizer: Any, template: PromptTemplate) -> str:
     """The text that closes an answer: the chat template's end of turn, else the EOS token.

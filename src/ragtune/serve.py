@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from ragtune.errors import RagtuneError
-from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate, prompt_ids
+from ragtune.prompts import Passage, PromptTemplate, prompt_ids
 
 # the question may come first too (a `question_first` template's messages)
 _CONTEXT_MESSAGE = re.compile(
@@ -463,14 +463,6 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
 
 
 # ---------------------------------------------------------------- entry point
-def load_template(*folders: str | Path | None) -> PromptTemplate | None:
-    """The first `ragtune_prompt.json` found among `folders` (adapter first), else None."""
-    for folder in folders:
-        if folder and (Path(folder) / PROMPT_FILE).is_file():
-            return PromptTemplate.load(folder)
-    return None
-
-
 def serve(
     model: str | None = None,
     adapter: str | Path | None = None,
@@ -495,7 +487,7 @@ def serve(
             raise RagtuneError(f"environment variable {api_key_env} is empty; export the API key "
                                "clients must send, or drop --api-key-env")
     lm, tok = load_model(model, adapter=adapter)
-    template = load_template(adapter, model if Path(model).is_dir() else None)
+    template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
     app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -36,7 +36,7 @@ from ragtune.build.card import dataset_card
 from ragtune.build.targets import target_text
 from ragtune.config import BuildConfig
 from ragtune.errors import RagtuneError
-from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate, end_of_answer, prompt_ids
+from ragtune.prompts import Passage, PromptTemplate, end_of_answer, prompt_ids
 from ragtune.records import Chunk, Example, QAItem, content_id, read_jsonl, to_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 
@@ -94,10 +94,8 @@ def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Pl
 def trained_question_first(tokenizer: Any) -> bool:
     """Whether the base model was pretrained asking the question before its context too (a
     `tiny-model` reader saves its prompt template beside its weights)."""
-    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
-    if not (folder / PROMPT_FILE).is_file():
-        return False
-    return PromptTemplate.load(folder).question_first
+    saved = PromptTemplate.find(str(getattr(tokenizer, "name_or_path", "") or ""))
+    return saved is not None and saved.question_first
 
 
 def assemble_examples(

@@ -20,7 +20,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
 from ragtune.models import is_tuned_dir
-from ragtune.prompts import PROMPT_FILE, Passage, PromptTemplate
+from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Example, QAItem, from_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 
@@ -155,9 +155,9 @@ def qa_examples(qa: Sequence[QAItem], tokenizer: Any, template: PromptTemplate) 
 
 
 def load_template(candidates: Sequence[Path], tokenizer_source: str, refusal: str) -> PromptTemplate:
-    for d in candidates:
-        if (Path(d) / PROMPT_FILE).is_file():
-            return PromptTemplate.load(d)
+    found = PromptTemplate.find(*candidates)
+    if found is not None:
+        return found
     from ragtune.models import load_tokenizer
 
     return PromptTemplate.for_tokenizer(load_tokenizer(tokenizer_source), refusal=refusal)

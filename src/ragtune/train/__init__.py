@@ -13,7 +13,7 @@ from typing import Any
 
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
-from ragtune.prompts import PROMPT_FILE, PromptTemplate
+from ragtune.prompts import PromptTemplate
 from ragtune.runfolder import RunFolder
 from ragtune.train.data import Encoded, encode_rows
 from ragtune.train.engine import TRAIN_INFO, TRAIN_LOG, TrainResult, load_for_training, result_dict, run_training
@@ -74,7 +74,7 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     if base_model is None and not run.base_model.is_dir():
         raise RagtuneError(f"{run.base_model} does not exist; pass --base-model or run `ragtune tiny-model`")
     dataset = load_from_disk(str(run.dataset))
-    template = PromptTemplate.load(run.dataset) if (run.dataset / PROMPT_FILE).is_file() else None
+    template = PromptTemplate.find(run.dataset)
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
     if _main_process():
         run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
