@@ -205,7 +205,8 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
 
 
 def test_question_first_rag_rows_ask_before_the_context_too(tasks, tokenizer):
-    first = Tasks(tokenizer, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"question_first": True}))
+    first, last = (Tasks(tokenizer, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"question_first": q}))
+                   for q in (True, False))
     rng, seen = random.Random(3), 0
     for _ in range(10):
         ids, mask = first.rag(rng, 0)
@@ -217,8 +218,12 @@ def test_question_first_rag_rows_ask_before_the_context_too(tasks, tokenizer):
         question = after.split("### Question:\n")[1].split("\n\n### Answer:")[0]
         assert f"### Question:\n{question}\n\n" in before
     assert seen
+    rng = random.Random(3)
+    asked_last = [tokenizer.decode(last.rag(rng, 0)[0]).split("### Context:") for _ in range(10)]
+    assert all("### Question:" not in parts[0] for parts in asked_last if len(parts) == 2)
+    assert sum(len(parts) == 2 for parts in asked_last) == seen  # the same rows, asked the other way
     # the other tasks keep the instruction as it was
-    assert first.instruction_ids == tasks.instruction_ids
+    assert first.instruction_ids == last.instruction_ids
 
 
 def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):

@@ -394,7 +394,8 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
     stream = torch.tensor([i for ids in encoded for i in [*ids, tokenizer.eos_token_id]], dtype=torch.long)
     model = tiny_llama(cfg, tokenizer, trained_length=cfg.late_seq_len)
     prep_s = time.perf_counter() - t_start
-    stats = train_reader(model, tokenizer, Tasks(tokenizer, corpus, stream, cfg), cfg, out)
+    tasks = Tasks(tokenizer, corpus, stream, cfg)
+    stats = train_reader(model, tokenizer, tasks, cfg, out)
     probe = probe_model(model, tokenizer=tokenizer)
     info = {
         "recipe": "reader",
@@ -406,14 +407,13 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
         "probe": probe,
     }
     save(model, tokenizer, out, info)
+    tasks.template.save(out)  # the prompt its RAG-shaped rows used: build, ask and serve follow it
     return info
 
 
 def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    # the prompt its RAG-shaped rows were rendered with: build and serve follow it
-    PromptTemplate(style="plain", refusal=REFUSAL, question_first=info["config"]["question_first"]).save(out)
     (out / "ragtune_tiny_model.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
