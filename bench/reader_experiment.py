@@ -103,17 +103,20 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
 
 def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
     """Share of first answer ids right on fresh find rows (random ids, so no corpus is needed)
-    at every level up to 10: whether the find circuit survived the phases after its own."""
+    at every level up to 10: whether the find circuit survived the phases after its own; and
+    on `scatter` rows (a sentence matched on a bag of ids)."""
     import random
 
     import torch
 
     from ragtune.config import TinyModelConfig
     from ragtune.models import load_model
+    from ragtune.prompts import PromptTemplate
     from ragtune.reader import Tasks, batch_of, masked_loss, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
-    cfg = reader_config(TinyModelConfig(recipe="reader"))
+    saved = PromptTemplate.find(model_dir)
+    cfg = reader_config(TinyModelConfig(recipe="reader", question_first=bool(saved and saved.question_first)))
     tasks = Tasks(tok, None, torch.zeros(10, dtype=torch.long), cfg)
     info = json.loads((model_dir / "ragtune_tiny_model.json").read_text())
     out: dict = {"find_level_reached": info.get("phases", {}).get("find", {}).get("level")}
@@ -124,6 +127,11 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
         with torch.no_grad():
             _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
         out[level] = round(hits.item(), 3)
+    rows = [tasks.row("scatter", random.Random(99), cfg.late_seq_len, 0) for _ in range(n_rows)]
+    ids, mask = batch_of(rows, next(model.parameters()).device)
+    with torch.no_grad():  # matching a sentence on a bag of ids (round 11)
+        _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
+    out["scatter"] = round(hits.item(), 3)
     return out
 
 

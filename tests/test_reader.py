@@ -359,6 +359,39 @@ def test_find_answers_follow_the_ids_before_the_blank_once_in_the_context(tasks)
     assert checked > 60
 
 
+@pytest.mark.parametrize("question_first", [False, True])
+def test_scatter_answers_follow_the_anchor_in_the_sentence_sharing_the_question_bag(tokenizer, question_first):
+    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", question_first=question_first))
+    tasks = Tasks(tokenizer, None, torch.zeros(10, dtype=torch.long), cfg)
+    rng, decoys = random.Random(11), 0
+    for _ in range(40):
+        ids, mask = tasks.scatter(rng, 0)
+        s = mask.index(1)
+        answer, body = ids[s:-1], ids[: s - len(tasks.a_ids)]
+        q = max(i for i in range(len(body)) if body[i : i + len(tasks.q_ids)] == tasks.q_ids)
+        question = body[q + len(tasks.q_ids):]
+        start = 1 + (len(body) - q if question_first else 0)  # the question asked first, then the context
+        assert not question_first or body[1 : start] == body[q:]
+        context = body[start:q]
+        marker = next(len(m) for m in (tasks.blank_ids, tasks.what_ids) if question[-1 - len(m) : -1] == m)
+        before = question[: -1 - marker]  # the bag, then the anchor
+        sentences, cur = [], []
+        for x in context:
+            cur.append(x)
+            if x == tasks.stop:
+                sentences.append(cur)
+                cur = []
+        best = max(sentences, key=lambda x: len(set(x) & set(before)))
+        # the anchor: the longest tail of `before` found in the best sentence right before the answer
+        hits = [k for k in (2, 1) if any(best[j : j + k] == before[-k:] and best[j + k : j + k + len(answer)] == answer
+                                         for j in range(len(best)))]
+        assert hits, (before, answer, best)
+        k = hits[0]
+        decoys += sum(x[j : j + k] == before[-k:] for x in sentences if x is not best for j in range(len(x)))
+        assert sum(len(set(x) & set(before)) == len(set(best) & set(before)) for x in sentences) == 1
+    assert decoys >= 40  # the anchor alone never says where the answer is
+
+
 def test_rows_never_cut_targets(tasks):
     rng = random.Random(4)
     for task in ("continue", "rag", "text"):

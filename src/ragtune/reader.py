@@ -62,7 +62,7 @@ READER_GPU_DEFAULTS: dict[str, Any] = {
     **READER_DEFAULTS, "vocab_size": 2048, "hidden_size": 512, "num_layers": 4, "num_heads": 8,
     "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
 }
-TASKS = ("copy", "echo", "recall", "recall_ids", "find", "lookup", "continue", "rag", "locate", "text")
+TASKS = ("copy", "echo", "recall", "recall_ids", "find", "scatter", "lookup", "continue", "rag", "locate", "text")
 PLAIN_LOSS = ("copy", "echo", "recall", "recall_ids", "text")  # no question: no first answer token to weigh
 console = Console(stderr=True)
 CHECKPOINT_EVERY_S = 120.0
@@ -142,6 +142,7 @@ class Tasks:
         instruction = PromptTemplate(style="plain", refusal=REFUSAL).render(None, "", []).split("### Context:")[0]
         self.instruction_ids = [self.bos, *self.enc(instruction + "### Context:\n")]
         self.semi = self.enc_mid(";")
+        self.stop = self.enc_mid(".")[-1]
         self.word_starts = {i for t, i in tokenizer.get_vocab().items() if t.startswith("\u0120")}  # Ġ: a space
 
     def enc(self, text: str) -> list[int]:
@@ -232,6 +233,39 @@ class Tasks:
             a = [*ctx[s : s + n], self.eos]
             ids, mask = ids + q + a, mask + [0] * len(q) + [1] * len(a)
         return ids, mask
+
+    def scatter(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
+        """Matching a sentence on a bag of words, in random ids (round 11): a context of 4-8
+        "sentences" (8-16 ids and a full stop); the question is some of one sentence's ids in
+        random order with 0-2 foreign ids (a paraphrase), then 1-2 anchor ids, the blank
+        marker and the answer's next id. The anchor also occurs in 1-3 other sentences, so
+        only the sentence sharing the question's other ids says which occurrence the answer
+        (the 1-2 ids after it) follows: what a paraphrased question (SQuAD's) asks of a reader."""
+        def words(n: int) -> list[int]:  # random ids but the full stop, which ends a sentence
+            return [x + (x >= self.stop) for x in (rng.randrange(self.lo, self.vocab - 1) for _ in range(n))]
+
+        sents = [[*words(rng.randint(8, 16)), self.stop] for _ in range(rng.randint(4, 8))]
+        t = rng.randrange(len(sents))
+        sent, a, n = sents[t], rng.randint(1, 2), rng.randint(1, 2)
+        s = rng.randint(a + 1, len(sent) - n - 2)  # a bag id before the anchor, the next id after the answer
+        anchor, answer = sent[s - a : s], sent[s : s + n]
+        for other in rng.sample([i for i in range(len(sents)) if i != t], rng.randint(1, min(3, len(sents) - 1))):
+            j = rng.randint(0, len(sents[other]) - a - 2)
+            sents[other][j : j + a] = anchor  # a decoy: the same anchor followed by other ids
+        if any(x[j : j + a] == anchor and x[j + a : j + a + n] == answer
+               for i, x in enumerate(sents) for j in range(len(x)) if (i, j) != (t, s - a)):
+            return self.scatter(rng, max_len)  # the answer must follow the anchor in one place only
+        rest = [x for i, x in enumerate(sent[:-1]) if not s - a <= i <= s + n]
+        bag = [x for x in rest if rng.random() < 0.7]
+        bag = bag if len(bag) >= 2 else rng.sample(rest, 2)  # more than a decoy shares with the question
+        bag += words(rng.randint(0, 2))
+        rng.shuffle(bag)
+        marker = self.blank_ids if rng.random() < 0.5 else self.what_ids
+        question = [*self.q_ids, *bag, *anchor, *marker, sent[s + n]]
+        context = [x for sentence in sents for x in sentence]
+        first = question if self.cfg.question_first else []
+        ids = [self.bos, *first, *context, *question, *self.a_ids]
+        return [*ids, *answer, self.eos], [0] * len(ids) + [1] * (n + 1)
 
     def lookup(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         pairs = [(self.rand(rng, 2), self.rand(rng, rng.randint(1, 3))) for _ in range(rng.randint(2, 12))]
@@ -340,7 +374,7 @@ class Tasks:
         """Examples of one task packed into `seq_len` tokens; an example that would be cut
         keeps its prompt and loses its targets, so no target is ever truncated."""
         make = {"copy": self.copy, "echo": self.echo, "recall": self.recall, "recall_ids": self.recall_ids,
-                "find": self.find, "lookup": self.lookup, "continue": self.cont,
+                "find": self.find, "scatter": self.scatter, "lookup": self.lookup, "continue": self.cont,
                 "rag": self.rag, "locate": self.locate, "text": self.text}[task]
         ids: list[int] = []
         mask: list[int] = []
