@@ -127,7 +127,8 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
         with torch.no_grad():
             _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
         out[level] = round(hits.item(), 3)
-    rows = [tasks.row("scatter", random.Random(99), cfg.late_seq_len, 0) for _ in range(n_rows)]
+    rng = random.Random(99)
+    rows = [tasks.row("scatter", rng, cfg.late_seq_len, 0) for _ in range(n_rows)]
     ids, mask = batch_of(rows, next(model.parameters()).device)
     with torch.no_grad():  # matching a sentence on a bag of ids (round 11)
         _, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=True)
