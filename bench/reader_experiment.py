@@ -2,7 +2,8 @@
 
     nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
     python bench/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
-    python bench/reader_experiment.py --find MODEL_DIR   # the find task's first answer ids, by level
+    python bench/reader_experiment.py --find MODEL_DIR   # the find task's first answer ids, by level;
+        # and on scatter rows
     python bench/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
         # on a build's answerable items: first / every answer token / end / whole answer right
 

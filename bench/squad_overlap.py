@@ -20,9 +20,13 @@ def words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text)}
 
 
+def sentences(context: str) -> list[str]:
+    return _SENT.split(context)
+
+
 def best_sentence(question: str, context: str) -> str:
     q = words(question)
-    return max(_SENT.split(context), key=lambda s: len(q & words(s)))
+    return max(sentences(context), key=lambda s: len(q & words(s)))
 
 
 def main() -> None:

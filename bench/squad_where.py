@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from squad_overlap import _SENT, best_sentence
+from squad_overlap import best_sentence, sentences
 
 
 def norm_words(text: str) -> list[str]:
@@ -36,7 +36,7 @@ def gold_sentences(squad: Path) -> dict[str, dict]:
         for p in art["paragraphs"]:
             ctx = p["context"]
             spans, pos = [], 0
-            for s in _SENT.split(ctx):
+            for s in sentences(ctx):
                 start = ctx.find(s, pos)
                 spans.append((start, start + len(s), s))
                 pos = start + len(s)
