@@ -30,7 +30,7 @@ def contains(sentence: str, answer: str) -> bool:
 
 
 def gold_sentences(squad: Path) -> dict[str, dict]:
-    """question id -> context, title, the gold answer's sentence and the heuristic's."""
+    """question id -> context, the gold answer's sentence and the heuristic's."""
     out = {}
     for art in json.loads(squad.read_text(encoding="utf-8"))["data"]:
         for p in art["paragraphs"]:
@@ -45,20 +45,21 @@ def gold_sentences(squad: Path) -> dict[str, dict]:
                     continue
                 at = qa["answers"][0]["answer_start"]
                 gold = next((s for a, b, s in spans if a <= at < b), "")
-                out[qa["id"]] = {"context": ctx, "title": art.get("title", ""), "question": qa["question"],
-                                 "gold_sentence": gold, "heuristic": best_sentence(qa["question"], ctx)}
+                out[qa["id"]] = {"context": ctx, "gold_sentence": gold,
+                                 "heuristic": best_sentence(qa["question"], ctx)}
     return out
 
 
-def prompt_lengths(model: str, items: dict[str, dict]) -> dict[str, int]:
-    from transformers import AutoTokenizer
+def prompt_lengths(model: str, squad: Path) -> dict[str, int]:
+    """Token count of each prompt exactly as `ragtune eval --qa` renders it for `model`."""
+    from ragtune.evaluate import qa_examples
+    from ragtune.importers import import_file
+    from ragtune.models import load_tokenizer
+    from ragtune.prompts import PromptTemplate
 
-    from ragtune.prompts import Passage, PromptTemplate
-
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_tokenizer(model)
     template = PromptTemplate.find(model) or PromptTemplate.for_tokenizer(tok)
-    return {i: len(tok(template.render(tok, it["question"], [Passage(it["title"], it["context"])]))["input_ids"])
-            for i, it in items.items()}
+    return {ex.id: len(tok(ex.prompt)["input_ids"]) for ex in qa_examples(import_file(squad), tok, template)}
 
 
 def random_span(context: str, n_words: int, rng: random.Random) -> str:
@@ -91,7 +92,7 @@ def main() -> None:
     ap.add_argument("--trained-length", type=int, default=640)
     args = ap.parse_args()
     items = gold_sentences(args.squad)
-    lengths = prompt_lengths(args.model, items) if args.model else {}
+    lengths = prompt_lengths(args.model, args.squad) if args.model else {}
     for path in args.predictions:
         stats: dict[str, defaultdict] = {}
         rng = random.Random(0)
