@@ -492,21 +492,25 @@ def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
 
 
 @pytest.mark.slow
-def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_rows(tmp_path):
+@pytest.mark.parametrize("copy_share", [0.0, 0.3])
+def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(tmp_path, copy_share):
     from ragtune.models import tiny_llama
     from ragtune.reader import train_reader
 
     cfg = reader_config(small_reader(max_steps=24, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1.0,
-                                     recall_phase_find=0.5))
+                                     recall_phase_find=0.5, recall_phase_copy=copy_share))
     tok, tasks = small_reader_tasks(cfg, tmp_path)
-    drawn: list[str] = []
+    drawn: list[tuple[str, int, int]] = []
     row = tasks.row
-    tasks.row = lambda task, *a: drawn.append(task) or row(task, *a)  # records each row's task
+    tasks.row = lambda task, rng, n, span: drawn.append((task, n, span)) or row(task, rng, n, span)
     stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
     assert list(stats["phases"]) == ["copy", "find"] and stats["steps"] == 24  # recall until the end
     late_batch = cfg.batch_size * cfg.seq_len // cfg.late_seq_len
     recall_phase = drawn[cfg.batch_size + late_batch :]  # after one copy step and one find step
-    assert set(recall_phase) == {"recall", "find"} and len(recall_phase) == 22 * late_batch
+    assert len(recall_phase) == 22 * late_batch
+    assert {t for t, _, _ in recall_phase} == ({"recall", "find", "copy"} if copy_share else {"recall", "find"})
+    # copy rows there are as long as the phase's and copy spans up to the longest
+    assert {(n, span) for t, n, span in recall_phase if t == "copy"} <= {(cfg.late_seq_len, cfg.max_span)}
 
 
 @pytest.mark.parametrize(("spread", "recall_phase", "mix"), [

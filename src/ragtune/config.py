@@ -49,6 +49,7 @@ class TinyModelConfig(_Config):
     find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
     recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
     recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
+    recall_phase_copy: float = 0.0  # share of `copy` steps (spans up to max_span) in the recall phase (round 12)
     # find rows at levels from 0 to the one reached: "after_find" (recall phase and mix, round 8), "mix" (round 9)
     find_spread: Literal["off", "mix", "after_find"] = "off"
     recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers

@@ -529,10 +529,9 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 row_len, n_rows = min(cfg.seq_len, max(128, 2 * level + 2)), cfg.batch_size
             else:  # find: contexts grow to ~400 tokens; recall: windows of up to late_seq_len / 2
                 row_len, n_rows = cfg.late_seq_len, late_batch
-            # a share of find rows in the recall phase keeps the find circuit (round 6)
-            keep_find = phase == "recall" and cfg.find_phase_max > 0
-            task = "find" if keep_find and rng.random() < cfg.recall_phase_find else phase
-            rows = [tasks.row(task, rng, row_len, level if task == phase else _find_level(top, cfg, rng, in_mix=False))
+            task = _recall_phase_task(rng, cfg) if phase == "recall" else phase
+            rows = [tasks.row(task, rng, row_len, level if task == phase else
+                              top["copy"] if task == "copy" else _find_level(top, cfg, rng, in_mix=False))
                     for _ in range(n_rows)]
         else:
             task = rng.choices(names, weights)[0]
@@ -603,6 +602,17 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
         "mix_task_loss": {t: round(sum(v[-20:]) / len(v[-20:]), 3) for t, v in task_loss.items() if v},
         "log": log,
     }
+
+
+def _recall_phase_task(rng: random.Random, cfg: TinyModelConfig) -> str:
+    """A share of find rows in the recall phase keeps the find circuit (round 6); a share of
+    copy rows at the longest spans is meant to keep long copies exact (round 12)."""
+    if cfg.find_phase_max <= 0 and cfg.recall_phase_copy <= 0:
+        return "recall"
+    draw = rng.random()  # one draw per step, as before round 12, so the shipped run is unchanged
+    if cfg.find_phase_max > 0 and draw < cfg.recall_phase_find:
+        return "find"
+    return "copy" if draw >= 1 - cfg.recall_phase_copy else "recall"
 
 
 def _find_level(top: dict[str, int], cfg: TinyModelConfig, rng: random.Random, in_mix: bool) -> int:
