@@ -91,6 +91,9 @@ def test_cli_probe(tiny_model_dir):
     assert "ratio" in result.output
     bad = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8,x"])
     assert bad.exit_code != 0 and "comma-separated" in str(bad.exception)
+    assert CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8", "--rows", "2"]).exit_code == 0
+    no_rows = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--rows", "0"])
+    assert no_rows.exit_code == 2 and "--rows" in no_rows.output
 
 
 def test_reader_defaults_fill_only_unset_fields():

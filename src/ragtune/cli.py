@@ -323,6 +323,7 @@ def tiny_model(
 def probe(
     model: str = typer.Argument(..., help="Model folder or hub id."),
     lengths: str = typer.Option("8,32,128", help="Span lengths to probe."),
+    rows: int = typer.Option(64, min=1, help="Random spans per length."),
 ) -> None:
     """Induction probe: loss on the first vs second copy of repeated random spans, and the
     share of the repeated tokens the model continues exactly (greedy)."""
@@ -332,7 +333,7 @@ def probe(
         spans = [int(x) for x in lengths.split(",") if x.strip()]
     except ValueError:
         raise RagtuneError(f"--lengths '{lengths}' is not a comma-separated list of integers; e.g. 8,32,128") from None
-    probe_model(model, spans)
+    probe_model(model, spans, rows=rows)
 
 
 @app.command()

@@ -661,7 +661,7 @@ def probe_model(
     model: Any,
     lengths: Sequence[int] = (8, 32, 128),
     tokenizer: Any = None,
-    rows: int = 16,
+    rows: int = 64,  # 16 rows put one model's greedy share at 128 anywhere from 38% to 94% (round 12)
     seed: int = 0,
     show: bool = True,
 ) -> dict:
