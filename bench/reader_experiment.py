@@ -6,6 +6,8 @@
         # and on scatter rows
     python bench/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
         # on a build's answerable items: first / every answer token / end / whole answer right
+    python bench/reader_experiment.py --copy-errors MODEL_DIR   # where the probe's 128-id copies
+        # go wrong: the copy's second id (after one matched id) or later
 
 Values are parsed as JSON where possible (numbers, dicts). Prints and writes OUT_DIR/result.json.
 """
@@ -137,6 +139,30 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
     return out
 
 
+def copy_errors(model_dir: Path, n: int = 128, rows: int = 96) -> dict:
+    """The probe's rows at `n` ids (`<s> x_1..x_n x_1..x_n`, distinct random ids): the share
+    of rows whose second copy goes wrong, teacher-forced, at x_2 (predicted after x_1 alone
+    matched, the previous id x_n not) and later; and the probe's greedy share. One wrong id
+    derails a greedy copy, so the rows wrong at x_2 set the greedy share (round 12)."""
+    import torch
+
+    from ragtune.models import load_model
+    from ragtune.reader import greedy_continuation
+
+    model, tok = load_model(model_dir, precision="fp32")
+    pool = torch.tensor([i for i in range(len(tok)) if i not in set(tok.all_special_ids)])
+    gen = torch.Generator().manual_seed(1)
+    span = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:n]] for _ in range(rows)])
+    ids = torch.cat([torch.full((rows, 1), tok.bos_token_id), span, span], dim=1)
+    with torch.no_grad():
+        wrong = (model(input_ids=ids).logits[:, :-1].argmax(-1) != ids[:, 1:])[:, n + 1 : 2 * n]
+        greedy = greedy_continuation(model, ids[:, : n + 2], n - 1) == ids[:, n + 2 :]
+    return {"rows": rows, "wrong_at_x2": round(wrong[:, 0].float().mean().item(), 3),
+            "wrong_later": round(wrong[:, 1:].any(1).float().mean().item(), 3),
+            "next_token_acc": round(1 - wrong.float().mean().item(), 4),
+            "greedy_acc": round(greedy.float().mean().item(), 4)}
+
+
 def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
     """Teacher-forced, on the answerable items of a build: is the first answer token right,
     every token, the end-of-answer token, all of them; overall and by prompt length."""
@@ -171,6 +197,9 @@ def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
 def main() -> None:
     if sys.argv[1] == "--answer-tokens":
         print(json.dumps(answer_token_acc(Path(sys.argv[2]), Path(sys.argv[3])), indent=1))
+        return
+    if sys.argv[1] == "--copy-errors":
+        print(json.dumps(copy_errors(Path(sys.argv[2]))))
         return
     if sys.argv[1] == "--find":
         print(json.dumps(find_acc(Path(sys.argv[2]))))
