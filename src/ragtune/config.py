@@ -67,9 +67,9 @@ class TinyModelConfig(_Config):
     late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
     rope_dynamic_factor: float = 2.0  # prompts past late_seq_len: dynamic NTK RoPE with this factor; 0: off
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
-    # mixed-phase task weights; also available: echo, recall_ids, scatter (round 11), lookup, continue
+    # mixed-phase task weights (copy 0.05 until round 12); also available: echo, recall_ids, scatter, lookup, continue
     task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"copy": 0.05, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
+        default_factory=lambda: {"copy": 0.15, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
                                  "text": 0.05}
     )
 
