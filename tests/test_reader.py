@@ -44,9 +44,9 @@ class InductionCopier(torch.nn.Module):
 
 def small_reader(**overrides):
     """A reader config small enough to train a few steps in seconds."""
-    return TinyModelConfig(recipe="reader", scale="cpu", vocab_size=400, hidden_size=64, num_heads=2,
-                           intermediate_size=64, seq_len=64, max_span=16, late_seq_len=128, batch_size=4,
-                           warmup_steps=2, **overrides)
+    return TinyModelConfig(**{"recipe": "reader", "scale": "cpu", "vocab_size": 400, "hidden_size": 64,
+                              "num_heads": 2, "intermediate_size": 64, "seq_len": 64, "max_span": 16,
+                              "late_seq_len": 128, "batch_size": 4, "warmup_steps": 2, **overrides})
 
 
 def small_reader_tasks(cfg, tmp_path):
@@ -408,10 +408,30 @@ def test_corpus_too_small_is_a_clear_error():
 
 
 @pytest.mark.slow
+def test_mix_steps_whose_rows_lost_every_target_are_not_judged(tmp_path):
+    from ragtune.models import tiny_llama
+    from ragtune.reader import train_reader
+
+    # 32-token rows cut every recall example (a window of 8-16 ids, then 3-6 spans of 5 ids or
+    # more, each after the answer marker), so every recall step's loss is 0 over no targets:
+    # before round 12 that read as "recall formed"
+    cfg = reader_config(small_reader(max_steps=6, copy_phase_max=0.0, find_phase_max=0.0, recall_phase_max=0.0,
+                                     late_seq_len=32, task_mix={"recall": 1.0}))
+    tok, tasks = small_reader_tasks(cfg, tmp_path)
+    rng = random.Random(0)
+    assert not any(any(tasks.row("recall", rng, cfg.late_seq_len, 0)[1]) for _ in range(20))
+    stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
+    assert stats["steps"] == 6 and "recall" not in stats["mix_task_loss"] and "mix" not in stats["phases"]
+
+
+@pytest.mark.slow
 def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
     from ragtune.models import load_model, make_tiny_model
 
-    cfg = small_reader(max_steps=12, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1e-9)
+    # rows long enough for a recall example (a window and its spans) to keep its targets, and
+    # recall alone in the mix, so the mix's verdict on recall has steps to judge
+    cfg = small_reader(max_steps=12, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1e-9,
+                       late_seq_len=640, task_mix={"recall": 1.0})
     info = make_tiny_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())

@@ -575,7 +575,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 at += 1
                 level, acc_avg, phase_step = (phases[at][1] if at < len(phases) else 0), 0.0, step
                 mix_s = round(time.perf_counter() - t0, 1) if at == len(phases) else None
-        else:
+        elif mask[:, 1:].any():  # a step whose rows lost every target to truncation says nothing
             task_loss[task].append(loss.item())
         if step % 50 == 0:
             if step % 500 == 0:
