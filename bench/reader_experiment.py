@@ -143,7 +143,7 @@ def copy_errors(model_dir: Path, n: int = 128, rows: int = 96) -> dict:
     """The probe's rows at `n` ids (`<s> x_1..x_n x_1..x_n`, distinct random ids): the share
     of rows whose second copy goes wrong, teacher-forced, at x_2 (predicted after x_1 alone
     matched, the previous id x_n not) and later; and the probe's greedy share. One wrong id
-    derails a greedy copy, so the rows wrong at x_2 set the greedy share (round 12)."""
+    derails a greedy copy, so every row wrong anywhere costs the greedy share (round 12)."""
     import torch
 
     from ragtune.models import load_model

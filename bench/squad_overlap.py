@@ -56,12 +56,13 @@ def minus_question(question: str, context: str) -> str:
 
 def typed(question: str, context: str) -> str:
     q, asked = words(question), question.lower()
-    tokens = [t for t in _WORD.findall(best_sentence(question, context)) if t.lower() not in q]
+    sentence = _WORD.findall(best_sentence(question, context))
+    tokens = [t for t in sentence if t.lower() not in q]
     if _ASKS_NUMBER.search(asked) and (numbers := [t for t in tokens if _NUMBER.match(t)]):
         return numbers[0]
     if re.search(r"\bwho\b", asked) and (names := runs(tokens, lambda t: t[0].isupper())):
         return " ".join(names[0])
-    rest = runs(_WORD.findall(best_sentence(question, context)), lambda t: t.lower() not in q)
+    rest = runs(sentence, lambda t: t.lower() not in q)
     return " ".join(max(rest, key=len)) if rest else ""
 
 
