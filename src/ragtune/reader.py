@@ -606,7 +606,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
 
 def _recall_phase_task(rng: random.Random, cfg: TinyModelConfig) -> str:
     """A share of find rows in the recall phase keeps the find circuit (round 6); a share of
-    copy rows at the longest spans (off) kept long copies exacter but cost recall in one of
+    copy rows at the longest spans (off) made long copies more exact but cost recall in one of
     two runs (round 12)."""
     if cfg.find_phase_max <= 0 and cfg.recall_phase_copy <= 0:
         return "recall"
