@@ -147,13 +147,11 @@ def copy_errors(model_dir: Path, n: int = 128, rows: int = 96) -> dict:
     import torch
 
     from ragtune.models import load_model
-    from ragtune.reader import greedy_continuation
+    from ragtune.reader import greedy_continuation, repeated_spans
 
     model, tok = load_model(model_dir, precision="fp32")
     pool = torch.tensor([i for i in range(len(tok)) if i not in set(tok.all_special_ids)])
-    gen = torch.Generator().manual_seed(1)
-    span = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:n]] for _ in range(rows)])
-    ids = torch.cat([torch.full((rows, 1), tok.bos_token_id), span, span], dim=1)
+    ids = repeated_spans(pool, n, rows, tok.bos_token_id, torch.Generator().manual_seed(1))
     with torch.no_grad():
         wrong = (model(input_ids=ids).logits[:, :-1].argmax(-1) != ids[:, 1:])[:, n + 1 : 2 * n]
         greedy = greedy_continuation(model, ids[:, : n + 2], n - 1) == ids[:, n + 2 :]

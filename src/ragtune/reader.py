@@ -694,8 +694,7 @@ def probe_model(
     for n in lengths:
         if n > len(pool):
             raise RagtuneError(f"probe length {n} exceeds the {len(pool)} usable token ids")
-        span = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:n]] for _ in range(rows)])
-        ids = torch.cat([torch.full((rows, 1), bos), span, span], dim=1).to(device)
+        ids = repeated_spans(pool, n, rows, bos, gen).to(device)
         logits = model(input_ids=ids).logits[:, :-1].float()
         target = ids[:, 1:]
         ce = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -713,6 +712,12 @@ def probe_model(
     if show:
         print_probe(results)
     return results
+
+
+def repeated_spans(pool: torch.Tensor, n: int, rows: int, bos: int, gen: torch.Generator) -> torch.Tensor:
+    """The probe's rows `<s> x_1..x_n x_1..x_n`, x: n distinct ids drawn from `pool`."""
+    span = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:n]] for _ in range(rows)])
+    return torch.cat([torch.full((rows, 1), bos), span, span], dim=1)
 
 
 def greedy_continuation(model: Any, prefix: torch.Tensor, n_new: int) -> torch.Tensor:
