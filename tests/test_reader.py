@@ -14,7 +14,7 @@ from conftest import corpus_texts
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.prompts import PromptTemplate
-from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config
+from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config, unformed_advice
 
 
 class InductionCopier(torch.nn.Module):
@@ -550,3 +550,12 @@ def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spre
         assert {_find_level({"find": 6}, cfg, rng, in_mix=in_mix) for _ in range(300)} == levels
         # at the level reached it draws nothing: the run sees the random stream it saw before round 8
         assert (rng.getstate() == before) is (levels == {6})
+
+
+def test_unformed_find_with_a_large_vocabulary_points_at_the_one_where_it_formed():
+    small = reader_config(TinyModelConfig(recipe="reader", scale="cpu"))
+    large = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=1024))
+    assert "vocab_size=512" in unformed_advice("find", large)
+    assert "vocab_size" not in unformed_advice("find", small)
+    assert "vocab_size" not in unformed_advice("copy", large)
+    assert "will not copy reliably" in unformed_advice("copy", small)

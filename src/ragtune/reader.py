@@ -451,6 +451,17 @@ def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
     (out / "ragtune_tiny_model.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def unformed_advice(phase: str, cfg: TinyModelConfig) -> str:
+    """What a phase that ended without its circuit means, and what to try next."""
+    skill = "copy reliably" if phase == "copy" else "find answers in passages"
+    fix = "Another --seed may form it"
+    if phase == "find" and cfg.vocab_size > READER_DEFAULTS["vocab_size"]:
+        # Round 13: with 1,024 ids find did not form in two runs, even given twice the steps.
+        fix += f", or vocab_size={READER_DEFAULTS['vocab_size']}, where find has formed"
+    return f"the {phase} phase ended before its circuit formed; this model will not {skill}. {fix} " \
+           "(docs/reader-model.md)."
+
+
 def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path) -> dict:
     """The phased loop within `cfg.minutes`; checkpoints to `out` so a kill loses little.
     With `cfg.max_restarts`, a self-paced phase that stalls (its circuit did not form: seeds 1
@@ -566,10 +577,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                 if phase != "recall":  # recall's verdict is its loss at the end of the mix, where it forms
                     ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
                 if not ended[phase].get("formed", True):
-                    skill = "copy reliably" if phase == "copy" else "find answers in passages"
-                    console.print(f"[yellow]reader: the {phase} phase ended before its circuit formed; this "
-                                  f"model will not {skill}. Another --seed may form it (docs/reader-model.md)."
-                                  "[/yellow]")
+                    console.print(f"[yellow]reader: {unformed_advice(phase, cfg)}[/yellow]")
                 if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
                     top["find"] = level
                 at += 1
