@@ -555,7 +555,7 @@ def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spre
 def test_unformed_find_with_a_large_vocabulary_points_at_the_one_where_it_formed():
     small = reader_config(TinyModelConfig(recipe="reader", scale="cpu"))
     large = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=1024))
-    assert "vocab_size=512" in unformed_advice("find", large)
-    assert "vocab_size" not in unformed_advice("find", small)
-    assert "vocab_size" not in unformed_advice("copy", large)
+    assert "--vocab-size 512" in unformed_advice("find", large)
+    assert "vocab-size" not in unformed_advice("find", small)
+    assert "vocab-size" not in unformed_advice("copy", large)
     assert "will not copy reliably" in unformed_advice("copy", small)
