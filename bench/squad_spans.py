@@ -6,13 +6,12 @@ the gold answer ranks among the candidates: a rank share near 0.5 is a model tha
 not tell the answer apart from the rest of the context.
 
     python bench/squad_spans.py MODEL [ADAPTER|-] [MAX_WORDS] [LIMIT]
-    python bench/squad_spans.py /tmp/r12/D4 /tmp/r12/PD4/adapter 5
+    python bench/squad_spans.py READER RUN/adapter 5   # a reader and its LoRA from `ragtune train`
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import re
 import statistics
@@ -38,8 +37,9 @@ def candidates(context: str, max_words: int) -> list[str]:
 @torch.no_grad()
 def span_scores(model: torch.nn.Module, prompt: list[int], answers: list[list[int]], batch: int = 64) -> list[float]:
     """log p(answer ids | prompt) for each answer, the prompt's cache computed once."""
-    # transformers 5 names the KV cache `cache`; older versions `past_key_values`.
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    from ragtune.reader import kv_cache_arg
+
+    key = kv_cache_arg(model)
     out = model(torch.tensor([prompt]), use_cache=True)
     first = out.logits[0, -1].log_softmax(-1)
     scores = []

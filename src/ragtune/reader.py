@@ -728,12 +728,17 @@ def repeated_spans(pool: torch.Tensor, n: int, rows: int, bos: int, gen: torch.G
     return torch.cat([torch.full((rows, 1), bos), span, span], dim=1)
 
 
+def kv_cache_arg(model: Any) -> str:
+    """The name `model.forward` takes its KV cache by, which is also the output's attribute."""
+    # transformers 5 names the KV cache `cache`; older versions and other models `past_key_values`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def greedy_continuation(model: Any, prefix: torch.Tensor, n_new: int) -> torch.Tensor:
     """`n_new` argmax tokens after `prefix`, with a KV cache; no stopping at EOS."""
     if n_new <= 0:
         return prefix[:, :0]
-    # transformers 5 names the KV cache `cache`; older versions and other models `past_key_values`.
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    key = kv_cache_arg(model)
     out = model(input_ids=prefix, use_cache=True)
     nxt, new = out.logits[:, -1].argmax(-1, keepdim=True), []
     for _ in range(n_new):
