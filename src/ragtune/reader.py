@@ -456,7 +456,7 @@ def unformed_advice(phase: str, cfg: TinyModelConfig) -> str:
     skill = "copy reliably" if phase == "copy" else "find answers in passages"
     fix = "Another --seed may form it"
     if phase == "find" and cfg.vocab_size > READER_DEFAULTS["vocab_size"]:
-        # Round 13: with 1,024 ids find did not form in two runs, even given twice the steps.
+        # Round 13: with 1,024 ids find did not form in two runs, nor with 1.4x the find steps.
         fix += f", or --vocab-size {READER_DEFAULTS['vocab_size']}, where find has formed"
     return f"the {phase} phase ended before its circuit formed; this model will not {skill}. {fix} " \
            "(docs/reader-model.md)."
