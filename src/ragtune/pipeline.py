@@ -18,6 +18,7 @@ from rich.console import Console
 
 from ragtune.config import IngestConfig, RunConfig, TinyModelConfig
 from ragtune.errors import RagtuneError
+from ragtune.modelstore import resolve_model
 from ragtune.runfolder import RunFolder, file_hash
 
 console = Console(stderr=True)
@@ -98,14 +99,17 @@ def run_pipeline(cfg: RunConfig) -> dict:
         base = str(run.base_model)
         _stage(run, "tiny_model", _key(cfg.tiny_model.model_dump(), docs), run.base_model / "config.json",
                lambda: tiny_model_from_docs(docs, run.base_model, cfg.tiny_model))
+    # A named model or GGUF file is fetched and converted once, here, in view; the stages record
+    # its name and find the converted folder in the cache.
+    base_files = Path(resolve_model(base))
     ingest_cfg = cfg.ingest.model_copy(update={"tokenizer": cfg.ingest.tokenizer or base})
-    _stage(run, "ingest", _key(ingest_cfg.model_dump(), docs, Path(base)), run.chunks,
+    _stage(run, "ingest", _key(ingest_cfg.model_dump(), docs, base_files), run.chunks,
            lambda: ingest_to_run(docs, run.root, ingest_cfg))
     _stage(run, "synth", _key(cfg.synth.model_dump(), run.chunks), run.qa,
            lambda: synth_to_run(run.root, cfg.synth))
     _stage(run, "build", _key(cfg.build.model_dump(), run.qa, run.chunks), run.dataset,
            lambda: build_to_run(run.root, cfg.build, tokenizer=base))
-    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, Path(base)), run.adapter / "ragtune_train.json",
+    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / "ragtune_train.json",
            lambda: train_to_run(run.root, cfg.train, base_model=base))
     metrics_file = run.eval / "metrics.json"
     _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,

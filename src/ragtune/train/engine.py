@@ -23,7 +23,7 @@ import torch
 
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
-from ragtune.models import load_tokenizer, pick_dtype, require_gpu
+from ragtune.models import load_causal_lm, load_tokenizer, pick_dtype, require_gpu
 from ragtune.prompts import PromptTemplate
 from ragtune.train.data import Encoded, collate, plan_steps, split_step
 from ragtune.train.loss import AnswerLoss, causal_lm
@@ -64,8 +64,6 @@ class TrainResult:
 def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, torch.dtype]:
     """Base model (+ LoRA / QLoRA adapters) and tokenizer. Frozen LoRA bases are held in the
     compute dtype (no cast per step); full fine-tuning keeps fp32 master weights."""
-    from transformers import AutoModelForCausalLM
-
     compute = pick_dtype(cfg.precision, device)
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if cfg.method == "qlora":
@@ -78,13 +76,7 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
         kwargs["device_map"] = {"": device.index or 0}
     kwargs["dtype"] = torch.float32 if cfg.method == "full" else compute
     tok = load_tokenizer(base_model)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(base_model), **kwargs)
-    except (OSError, ValueError) as e:
-        raise RagtuneError(f"cannot load a causal LM from '{base_model}' ({type(e).__name__}: {e}); "
-                           "pass a local model folder or hub id, or build one with `ragtune tiny-model`") from None
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tok))
+    model = load_causal_lm(base_model, tok, **kwargs)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name

@@ -17,9 +17,8 @@ def export_merged(adapter: str | Path, out: str | Path, base_model: str | None =
     and save safetensors, tokenizer, generation config and the prompt template to `out`.
     With `merge=False` the 16-bit base is saved with the adapter beside it in `out/adapter`."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from ragtune.models import base_model_of, load_tokenizer
+    from ragtune.models import base_model_of, load_causal_lm, load_tokenizer
 
     adapter, out = Path(adapter), Path(out)
     if not (adapter / "adapter_config.json").is_file():
@@ -29,12 +28,7 @@ def export_merged(adapter: str | Path, out: str | Path, base_model: str | None =
         gpu_fp16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
         dtype = torch.float16 if gpu_fp16 else torch.bfloat16
     tok = load_tokenizer(adapter)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise RagtuneError(f"cannot load the base model '{base}' ({type(e).__name__}); pass --base-model") from None
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tok))
+    model = load_causal_lm(base, tok, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)
     if merge:
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
