@@ -136,9 +136,8 @@ def build(
     dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
     cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
     cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
-    question_first: bool | None = typer.Option(
-        None, "--question-first/--question-last",
-        help="Ask the question before the context as well as after it (default: as the base model was pretrained)."),
+    question_first: bool = typer.Option(
+        False, "--question-first/--question-last", help="Ask the question before the context as well as after it."),
     format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
                                      "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
                                      "openai, raft, parquet (repeat the option)."),

@@ -92,7 +92,7 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
-    question_first: bool | None = None  # the question before the context too; None: as the base model was pretrained
+    question_first: bool = False  # ask the question before the context as well as after it
     formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
     push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0
