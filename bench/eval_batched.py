@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ragtune.config import EvalConfig, TinyModelConfig  # noqa: E402
 from ragtune.evaluate import qa_examples  # noqa: E402
 from ragtune.evaluate.core import ModelSpec, PredictionCache, predict, stop_strings  # noqa: E402
-from ragtune.generation import _cut, stop_token_ids  # noqa: E402
+from ragtune.generation import stop_token_ids  # noqa: E402
 from ragtune.importers import import_file  # noqa: E402
 from ragtune.models import load_model, make_tiny_model  # noqa: E402
 from ragtune.prompts import PromptTemplate, prompt_ids  # noqa: E402
@@ -43,6 +43,16 @@ def build_model(qa_texts: list[str], out: Path, steps: int) -> Path:
     return out
 
 
+def cut(tok, ids: list[int], eos: list[int], stops: tuple[str, ...]) -> str:
+    """An answer as the eval stage keeps it: up to the first stop id, then the first stop string."""
+    ids = next((ids[:j] for j, t in enumerate(ids) if t in eos), ids)
+    text = tok.decode(ids, skip_special_tokens=True)
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text.strip()
+
+
 def one_at_a_time(model, tok, ids: list[list[int]], max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:
     """The plain way: one `model.generate` call per question, no padding."""
     eos = stop_token_ids(tok, model)
@@ -52,7 +62,7 @@ def one_at_a_time(model, tok, ids: list[list[int]], max_new_tokens: int, stops: 
         with torch.no_grad():
             gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                  do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
-        out.append(_cut(tok, gen[0, x.shape[1]:].tolist(), eos, stops))
+        out.append(cut(tok, gen[0, x.shape[1]:].tolist(), eos, stops))
     return out
 
 

@@ -63,15 +63,15 @@ def test_ask_input_errors(tmp_path, tiny_model_dir):
         ask("  ", base_model=str(tiny_model_dir), context=tmp_path / "x.txt")
 
 
-def test_a_bare_base_model_is_asked_with_the_template_it_was_pretrained_with(tmp_path, tiny_model_dir):
+def test_a_bare_base_model_is_asked_with_the_template_saved_beside_it(tmp_path, tiny_model_dir):
     import shutil
 
     from ragtune.ask import load_for_inference
 
     assert not load_for_inference(base_model=str(tiny_model_dir))[2].question_first
-    reader = shutil.copytree(tiny_model_dir, tmp_path / "reader")
-    PromptTemplate(question_first=True).save(reader)
-    assert load_for_inference(base_model=str(reader))[2].question_first
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    PromptTemplate(question_first=True).save(base)
+    assert load_for_inference(base_model=str(base))[2].question_first
 
 
 def test_base_model_of_an_adapter(tmp_path):

@@ -19,7 +19,7 @@ def ragtune(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 def test_every_design_verb_exists():
     for verb in ["ingest", "synth", "import", "build", "inspect", "train", "export", "eval", "ask",
-                 "serve", "tiny-model", "pretrain", "run", "probe"]:
+                 "serve", "tiny-model", "pretrain", "run"]:
         assert verb in VERBS
 
 

@@ -24,7 +24,7 @@ def load_for_inference(
         raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
     base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
     model, tok = load_model(base, adapter, precision=precision)
-    # the adapter's template, else the one a `tiny-model` reader was pretrained with
+    # the adapter's template, else one saved beside the base model's weights
     template = PromptTemplate.find(adapter, base) or PromptTemplate.for_tokenizer(tok)
     return model, tok, template
 

@@ -136,9 +136,8 @@ def build(
     dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
     cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
     cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
-    question_first: bool | None = typer.Option(
-        None, "--question-first/--question-last",
-        help="Ask the question before the context as well as after it (default: as the base model was pretrained)."),
+    question_first: bool = typer.Option(
+        False, "--question-first/--question-last", help="Ask the question before the context as well as after it."),
     format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
                                      "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
                                      "openai, raft, parquet (repeat the option)."),
@@ -305,7 +304,6 @@ def serve(
 def tiny_model(
     corpus: Path = typer.Option(..., help="Folder of documents to train the tokenizer and model on."),
     out: Path = typer.Option(..., help="Output model folder."),
-    recipe: str = typer.Option("fast", help="fast (tests, quickstart) or reader (copies from context)."),
     minutes: float | None = typer.Option(None, help="Wall-clock pretraining budget."),
     vocab_size: int | None = typer.Option(None),
     seed: int = typer.Option(0),
@@ -314,26 +312,9 @@ def tiny_model(
     from ragtune.config import TinyModelConfig, validated
     from ragtune.pipeline import tiny_model_from_docs
 
-    cfg = validated(TinyModelConfig, "tiny-model", recipe=recipe, minutes=minutes,
+    cfg = validated(TinyModelConfig, "tiny-model", minutes=minutes,
                     vocab_size=vocab_size, seed=seed)
     tiny_model_from_docs(corpus, out, cfg)
-
-
-@app.command()
-def probe(
-    model: str = typer.Argument(..., help="Model folder or hub id."),
-    lengths: str = typer.Option("8,32,128", help="Span lengths to probe."),
-    rows: int = typer.Option(64, min=1, help="Random spans per length."),
-) -> None:
-    """Induction probe: loss on the first vs second copy of repeated random spans, and the
-    share of the repeated tokens the model continues exactly (greedy)."""
-    from ragtune.reader import probe_model
-
-    try:
-        spans = [int(x) for x in lengths.split(",") if x.strip()]
-    except ValueError:
-        raise RagtuneError(f"--lengths '{lengths}' is not a comma-separated list of integers; e.g. 8,32,128") from None
-    probe_model(model, spans, rows=rows)
 
 
 @app.command()

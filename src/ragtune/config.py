@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ragtune.errors import RagtuneError
 
@@ -24,7 +24,6 @@ class _Config(BaseModel):
 class TinyModelConfig(_Config):
     """`ragtune tiny-model`: a byte-level BPE tokenizer and a small Llama trained on a corpus."""
 
-    recipe: Literal["fast", "reader"] = "fast"
     vocab_size: int = 2048
     hidden_size: int = 256
     num_layers: int = 4
@@ -36,48 +35,6 @@ class TinyModelConfig(_Config):
     minutes: float = 2.0  # wall-clock budget for pretraining
     max_steps: int | None = None  # stop early when set (tests)
     seed: int = 0
-    # `reader` recipe only (ragtune.reader). Shape / budget fields above that are not set
-    # explicitly take the reader's measured defaults (READER_DEFAULTS, or the GPU preset).
-    scale: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: bigger model, more tokens per step
-    warmup_steps: int = 100
-    max_span: int = 160  # longest repeated random span in the copy curriculum
-    widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
-    short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
-    copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
-    copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
-    find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
-    find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
-    recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
-    recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
-    recall_phase_copy: float = 0.0  # share of `copy` steps (spans up to max_span) in the recall phase (round 12)
-    # find rows at levels from 0 to the one reached: "after_find" (recall phase and mix, round 8), "mix" (round 9)
-    find_spread: Literal["off", "mix", "after_find"] = "off"
-    recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
-    copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
-    find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
-    max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)
-    refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
-    locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
-    rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
-    loose_question_share: float = 0.0  # `rag` / `locate` questions in the synth's `loose` form (wh first, some words)
-    question_first: bool = True  # `rag` / `locate` prompts ask the question before the context too (round 10)
-    loose_shuffled: bool = False  # loose questions' words in random order: matched as a bag of words, not a string
-    same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
-    first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
-    late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
-    rope_dynamic_factor: float = 2.0  # prompts past late_seq_len: dynamic NTK RoPE with this factor; 0: off
-    threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
-    # mixed-phase task weights (copy 0.05 until round 12); also available: echo, recall_ids, scatter, lookup, continue
-    task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"copy": 0.15, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
-                                 "text": 0.05}
-    )
-
-    @field_validator("find_spread", mode="before")
-    @classmethod
-    def _find_spread_bool(cls, value: object) -> object:
-        """Round 8's boolean still reads: true spreads the levels after the find phase ("after_find")."""
-        return ("after_find" if value else "off") if isinstance(value, bool) else value
 
 
 class IngestConfig(_Config):
@@ -135,7 +92,7 @@ class BuildConfig(_Config):
     max_length: int | None = None  # tokens; None: the tokenizer's model_max_length capped at 2048
     cot: bool = False
     cite: bool = False
-    question_first: bool | None = None  # the question before the context too; None: as the base model was pretrained
+    question_first: bool = False  # ask the question before the context as well as after it
     formats: list[str] = Field(default_factory=list)  # exports: see ragtune.build.exports.ALL_FORMATS
     push_to_hub: str | None = None  # a hub dataset id; pushed (private) only when set
     seed: int = 0

@@ -214,16 +214,10 @@ def _with_template(texts: Iterable[str]) -> Iterable[str]:
     yield from texts
 
 
-def tiny_llama(cfg: TinyModelConfig, tokenizer: Any, trained_length: int | None = None) -> Any:
-    """A small Llama; with `trained_length` (the longest sequence it will be trained on) and
-    `cfg.rope_dynamic_factor`, longer prompts get dynamic NTK RoPE scaling, so relative
-    distances never seen in training are squeezed into the seen range (docs/reader-model.md)."""
+def tiny_llama(cfg: TinyModelConfig, tokenizer: Any) -> Any:
+    """A small Llama of `cfg`'s shape for `tokenizer`, seeded with `cfg.seed`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope: dict[str, Any] = {"max_position_embeddings": max(2048, cfg.seq_len)}
-    if trained_length and cfg.rope_dynamic_factor:
-        rope = {"max_position_embeddings": trained_length, "rope_parameters": {
-            "rope_type": "dynamic", "factor": cfg.rope_dynamic_factor, "rope_theta": 10000.0}}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -235,7 +229,7 @@ def tiny_llama(cfg: TinyModelConfig, tokenizer: Any, trained_length: int | None 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **rope,
+        max_position_embeddings=max(2048, cfg.seq_len),
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)
@@ -243,10 +237,6 @@ def tiny_llama(cfg: TinyModelConfig, tokenizer: Any, trained_length: int | None 
 
 def make_tiny_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelConfig) -> dict:
     """Train a tokenizer on `texts`, build a small Llama and pretrain it; save to `out_dir`."""
-    if cfg.recipe == "reader":
-        from ragtune.reader import make_reader_model
-
-        return make_reader_model(texts, out_dir, cfg)
     if not texts:
         raise RagtuneError("the corpus for tiny-model holds no text; point --corpus at documents")
     out = Path(out_dir)
@@ -256,7 +246,7 @@ def make_tiny_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelCon
     stats = pretrain_causal_lm(model, tokenizer, texts, cfg)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    info = {"recipe": cfg.recipe, "parameters": sum(p.numel() for p in model.parameters()), **stats}
+    info = {"parameters": sum(p.numel() for p in model.parameters()), **stats}
     (out / "ragtune_tiny_model.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 

@@ -37,7 +37,7 @@ def tiny_model_from_docs(corpus: str | Path, out: str | Path, cfg: TinyModelConf
 
     t0 = time.perf_counter()
     info = make_tiny_model(corpus_texts(corpus), out, cfg)
-    console.print(f"tiny model ({cfg.recipe}) saved to {out} in {time.perf_counter() - t0:.0f} s: {info}")
+    console.print(f"tiny model saved to {out} in {time.perf_counter() - t0:.0f} s: {info}")
     return info
 
 

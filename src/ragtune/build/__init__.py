@@ -91,13 +91,6 @@ def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Pl
     return out
 
 
-def trained_question_first(tokenizer: Any) -> bool:
-    """Whether the base model was pretrained asking the question before its context too (a
-    `tiny-model` reader saves its prompt template beside its weights)."""
-    saved = PromptTemplate.find(str(getattr(tokenizer, "name_or_path", "") or ""))
-    return saved is not None and saved.question_first
-
-
 def assemble_examples(
     qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig, tokenizer: Any,
     retriever: Any = None,
@@ -133,8 +126,7 @@ def assemble_examples(
     lone = {c.doc_id: 1 for c in pool if c.doc_id not in split_of}  # documents without questions
     split_of.update(split_documents(lone, cfg.split, cfg.seed + 1) if lone else {})
 
-    question_first = cfg.question_first if cfg.question_first is not None else trained_question_first(tokenizer)
-    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal, question_first=question_first)
+    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal, question_first=cfg.question_first)
     template.extra["tokenizer"] = str(getattr(tokenizer, "name_or_path", "") or "")  # for `ragtune inspect`
     max_length = cfg.max_length or default_max_length(tokenizer)
     encoder = _Encoder(tokenizer, template)

@@ -1,7 +1,7 @@
 """The offline, LLM-free generator: questions from sentences of a chunk, answers copied from it.
 
 A question keeps the words of its source sentence around the answer ("Fill in the blank:
-... ____ ..." or the sentence with a wh-word in the answer's place), so a reader model can
+... ____ ..." or the sentence with a wh-word in the answer's place), so a model can
 answer by finding those words in a passage and copying the span that follows. The `loose`
 form (`SynthConfig.question_styles`) puts the wh-word first and keeps only some of the words
 near the answer, as people's questions do (SQuAD's): the passage must be matched on words,

@@ -1,12 +1,12 @@
 """One `reader` recipe experiment on the python-docs corpus: build, time, probe.
 
-    nice python bench/reader_experiment.py OUT_DIR [--set key=value ...]
-    python bench/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
-    python bench/reader_experiment.py --find MODEL_DIR   # the find task's first answer ids, by level;
+    nice python experiments/reader/reader_experiment.py OUT_DIR [--set key=value ...]
+    python experiments/reader/reader_experiment.py --first-token MODEL_DIR   # where the passage is found
+    python experiments/reader/reader_experiment.py --find MODEL_DIR   # the find task's first answer ids, by level;
         # and on scatter rows
-    python bench/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
+    python experiments/reader/reader_experiment.py --answer-tokens MODEL_DIR RUN/dataset/test.jsonl
         # on a build's answerable items: first / every answer token / end / whole answer right
-    python bench/reader_experiment.py --copy-errors MODEL_DIR   # where the probe's 128-id copies
+    python experiments/reader/reader_experiment.py --copy-errors MODEL_DIR   # where the probe's 128-id copies
         # go wrong: the copy's second id (after one matched id) or later
 
 Values are parsed as JSON where possible (numbers, dicts). Prints and writes OUT_DIR/result.json.
@@ -23,7 +23,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve()
 DOCS = Path(os.environ.get("RAGTUNE_DOCS") or next(
     (p / "shared" / "data" / "python-docs" for p in _HERE.parents if (p / "shared" / "data").is_dir()),
-    _HERE.parents[1].parent / "shared" / "data" / "python-docs"))
+    _HERE.parents[2].parent / "shared" / "data" / "python-docs"))
 
 
 def load_texts(root: Path) -> list[str]:
@@ -40,16 +40,16 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     import random
 
     import torch
+    from reader import Corpus, ReaderConfig, Tasks, reader_config
 
-    from ragtune.config import REFUSAL, TinyModelConfig
+    from ragtune.config import REFUSAL
     from ragtune.generation import generate
     from ragtune.models import load_model
     from ragtune.prompts import PromptTemplate
-    from ragtune.reader import Corpus, Tasks, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
     saved = PromptTemplate.find(model_dir)  # how the reader's rag rows asked
-    cfg = reader_config(TinyModelConfig(recipe="reader", refusal_share=1 / 3,
+    cfg = reader_config(ReaderConfig(refusal_share=1 / 3,
                                         question_first=saved is not None and saved.question_first))
     tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
     rng = random.Random(123)
@@ -81,16 +81,15 @@ def first_token_acc(model_dir: Path, texts: list[str], n: int = 100) -> dict:
     import random
 
     import torch
+    from reader import Corpus, ReaderConfig, Tasks, reader_config
 
-    from ragtune.config import TinyModelConfig
     from ragtune.models import load_model
-    from ragtune.reader import Corpus, Tasks, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
     out, corpus = {}, Corpus(texts)
     # rag_near: distractors from the oracle's document, which share its words as BM25's do
     for name, task, near in (("rag", "rag", 0.0), ("rag_near", "rag", 1.0), ("locate", "locate", 0.0)):
-        cfg = reader_config(TinyModelConfig(recipe="reader", locate_follow_ups=0, same_doc_distractors=near))
+        cfg = reader_config(ReaderConfig(locate_follow_ups=0, same_doc_distractors=near))
         tasks = Tasks(tok, corpus, torch.zeros(10, dtype=torch.long), cfg)
         rng, first, rest = random.Random(5), [], []
         for _ in range(n):
@@ -111,15 +110,14 @@ def find_acc(model_dir: Path, n_rows: int = 24) -> dict:
     import random
 
     import torch
+    from reader import ReaderConfig, Tasks, batch_of, masked_loss, reader_config
 
-    from ragtune.config import TinyModelConfig
     from ragtune.models import load_model
     from ragtune.prompts import PromptTemplate
-    from ragtune.reader import Tasks, batch_of, masked_loss, reader_config
 
     model, tok = load_model(model_dir, precision="fp32")
     saved = PromptTemplate.find(model_dir)
-    cfg = reader_config(TinyModelConfig(recipe="reader", question_first=bool(saved and saved.question_first)))
+    cfg = reader_config(ReaderConfig(question_first=bool(saved and saved.question_first)))
     tasks = Tasks(tok, None, torch.zeros(10, dtype=torch.long), cfg)
     info = json.loads((model_dir / "ragtune_tiny_model.json").read_text())
     out: dict = {"find_level_reached": info.get("phases", {}).get("find", {}).get("level")}
@@ -145,9 +143,9 @@ def copy_errors(model_dir: Path, n: int = 128, rows: int = 96) -> dict:
     matched, the previous id x_n not) and later; and the probe's greedy share. One wrong id
     derails a greedy copy, so every row wrong anywhere costs the greedy share (round 12)."""
     import torch
+    from reader import greedy_continuation, repeated_spans
 
     from ragtune.models import load_model
-    from ragtune.reader import greedy_continuation, repeated_spans
 
     model, tok = load_model(model_dir, precision="fp32")
     pool = torch.tensor([i for i in range(len(tok)) if i not in set(tok.all_special_ids)])
@@ -216,17 +214,16 @@ def main() -> None:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    from ragtune.config import TinyModelConfig
-    from ragtune.models import make_tiny_model
-    from ragtune.reader import print_probe
+    from reader import ReaderConfig, make_reader_model, print_probe
+
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     all_texts = load_texts(DOCS)
     texts = [t for i, t in enumerate(all_texts) if i % 10]  # every 10th document held out
     heldout = [t for i, t in enumerate(all_texts) if not i % 10]
-    cfg = TinyModelConfig(recipe="reader", **overrides)
-    info = make_tiny_model(texts, out, cfg)
+    cfg = ReaderConfig(**overrides)
+    info = make_reader_model(texts, out, cfg)
     info["total_seconds"] = round(time.perf_counter() - t0, 1)
     info["load_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     info["overrides"] = overrides

@@ -1,9 +1,12 @@
 """The `reader` tiny-model recipe (a small Llama that copies from its context) and the
-induction probe `ragtune probe`.
+induction probe. Research code, outside the ragtune package (NOTES.md has every run):
+
+    PYTHONPATH=src python experiments/reader/reader.py build --corpus DOCS --out MODEL [key=value ...]
+    PYTHONPATH=src python experiments/reader/reader.py probe MODEL [--lengths 8,32,128] [--rows 64]
 
 A tiny model pretrained on plain text for minutes never forms induction heads, so it cannot
 copy an answer out of a passage. The recipe here forms them first, with the loss only on the
-second copies of repeated random spans (the decisive lever, docs/reader-model.md), then
+second copies of repeated random spans (the decisive lever, NOTES.md), then
 trains the cloze hops in random ids, then keeps both while it learns the corpus and tasks
 shaped like RAG prompts:
 
@@ -39,19 +42,68 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from rich.console import Console
 
 from ragtune.config import REFUSAL, TinyModelConfig
 from ragtune.errors import RagtuneError
-from ragtune.models import pick_device, pick_dtype, tiny_llama, train_tokenizer
+from ragtune.models import pick_device, pick_dtype, train_tokenizer
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.synth.extractive import loose_question
 
-# Measured on 2 CPU cores (docs/reader-model.md): small vocabulary and FFN, three layers
+
+class ReaderConfig(TinyModelConfig):
+    """The `reader` recipe's settings: the tiny model's, plus the curriculum's. Shape / budget
+    fields of TinyModelConfig that are not set explicitly take the reader's measured defaults
+    (READER_DEFAULTS, or the GPU preset)."""
+
+    scale: Literal["auto", "cpu", "gpu"] = "auto"  # gpu: bigger model, more tokens per step
+    warmup_steps: int = 100
+    max_span: int = 160  # longest repeated random span in the copy curriculum
+    widen_acc: float = 0.85  # copy spans widen (16 -> max_span) while training copies are this exact
+    short_span_share: float = 0.25  # share of spans of 2-12 tokens, so short spans copy too
+    copy_phase_max: float = 0.55  # share of the budget the copy-only phase may take at most
+    copy_switch_acc: float = 0.9  # leave a self-paced phase once its training answers are this exact
+    find_widen_acc: float = 0.75  # `find` levels widen while this share of first answer tokens is right
+    find_phase_max: float = 0.35  # end of the `find` phase at the latest, as a share of the budget (0: none)
+    recall_phase_max: float = 0.6  # end of the `recall` phase (after find) at the latest, share of the budget; 0: none
+    recall_phase_find: float = 0.25  # share of `find` steps in the recall phase, which keep the find circuit
+    recall_phase_copy: float = 0.0  # share of `copy` steps (spans up to max_span) in the recall phase (round 12)
+    # find rows at levels from 0 to the one reached: "after_find" (recall phase and mix, round 8), "mix" (round 9)
+    find_spread: Literal["off", "mix", "after_find"] = "off"
+    recall_ambiguous_weight: float = 1.0  # loss weight of recall ids whose previous id has several followers
+    copy_patience_steps: int = 1500  # copy phase unfinished after this many steps: start over (normal: 550-1000)
+    find_patience_steps: int = 300  # find still at level 0 after this many steps or at its cap: start over
+    max_restarts: int = 0  # fresh starts after a stalled phase, while half the budget is left (round 4: off)
+    refusal_share: float = 0.0  # RAG-shaped examples whose oracle is swapped out; target: the refusal
+    locate_follow_ups: int = 6  # more questions on each `locate` context: denser targets
+    rag_follow_ups: int = 0  # more questions on each `rag` context, on any of its passages
+    loose_question_share: float = 0.0  # `rag` / `locate` questions in the synth's `loose` form (wh first, some words)
+    question_first: bool = True  # `rag` / `locate` prompts ask the question before the context too (round 10)
+    loose_shuffled: bool = False  # loose questions' words in random order: matched as a bag of words, not a string
+    same_doc_distractors: float = 0.75  # share of `rag` examples whose distractors come from the oracle's document
+    first_token_weight: float = 3.0  # loss weight of each answer's first token, where the passage is found
+    late_seq_len: int = 640  # sequence length of the mixed phase (RAG-shaped examples)
+    rope_dynamic_factor: float = 2.0  # prompts past late_seq_len: dynamic NTK RoPE with this factor; 0: off
+    threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
+    # mixed-phase task weights (copy 0.05 until round 12); also available: echo, recall_ids, scatter, lookup, continue
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: {"copy": 0.15, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
+                                 "text": 0.05}
+    )
+
+    @field_validator("find_spread", mode="before")
+    @classmethod
+    def _find_spread_bool(cls, value: object) -> object:
+        """Round 8's boolean still reads: true spreads the levels after the find phase ("after_find")."""
+        return ("after_find" if value else "off") if isinstance(value, bool) else value
+
+
+# Measured on 2 CPU cores (NOTES.md): small vocabulary and FFN, three layers
 # (a cloze answer is three hops away: the words before the blank, their place, what follows).
 READER_DEFAULTS: dict[str, Any] = {
     "vocab_size": 512, "hidden_size": 128, "num_layers": 3, "num_heads": 4,
@@ -70,7 +122,7 @@ FIND_TOP_LEVEL = 10
 RECALL_FORMED_LOSS = 0.6  # mixed-phase recall loss: 0.20-0.36 where word copying formed, 0.92-1.09 elsewhere
 
 
-def reader_config(cfg: TinyModelConfig) -> TinyModelConfig:
+def reader_config(cfg: ReaderConfig) -> ReaderConfig:
     """`cfg` with every field the user did not set explicitly replaced by the reader default."""
     gpu = cfg.scale == "gpu" or (cfg.scale == "auto" and torch.cuda.is_available())
     defaults = READER_GPU_DEFAULTS if gpu else READER_DEFAULTS
@@ -83,6 +135,34 @@ def reader_config(cfg: TinyModelConfig) -> TinyModelConfig:
         raise RagtuneError(f"max_span {out.max_span} needs seq_len >= {out.max_span * 2 + 1}")
     return out
 
+
+def reader_llama(cfg: ReaderConfig, tokenizer: Any, trained_length: int | None = None) -> Any:
+    """ragtune's tiny Llama (`ragtune.models.tiny_llama`); with `trained_length` (the longest
+    sequence it will be trained on) and `cfg.rope_dynamic_factor`, longer prompts get dynamic
+    NTK RoPE scaling, so relative distances never seen in training are squeezed into the seen
+    range (NOTES.md)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragtune.models import tiny_llama
+
+    if not (trained_length and cfg.rope_dynamic_factor):
+        return tiny_llama(cfg, tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=trained_length,
+        rope_parameters={"rope_type": "dynamic", "factor": cfg.rope_dynamic_factor, "rope_theta": 10000.0},
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
 
 # ---------------------------------------------------------------- corpus
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(])")
@@ -130,7 +210,7 @@ class Corpus:
 class Tasks:
     """Each task returns (ids, target_mask): target_mask[i] = 1 where token i is trained."""
 
-    def __init__(self, tokenizer: Any, corpus: Corpus, stream: torch.Tensor, cfg: TinyModelConfig):
+    def __init__(self, tokenizer: Any, corpus: Corpus, stream: torch.Tensor, cfg: ReaderConfig):
         self.tok, self.corpus, self.stream, self.cfg = tokenizer, corpus, stream, cfg
         self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.lo = len(tokenizer.all_special_ids)  # random tokens avoid special ids
@@ -216,7 +296,7 @@ class Tasks:
         three hops: the ids before the blank marker, where they are in the context, what
         follows there. `level` (0-10) widens k, m and the context towards real prompts (long
         sentences around the blank, passages of hundreds of tokens after the instruction):
-        a circuit learnt at one size does not carry to the next (docs/reader-model.md)."""
+        a circuit learnt at one size does not carry to the next (NOTES.md)."""
         ctx = self.rand(rng, rng.randint(16, 48 + 35 * level))
         head = self.instruction_ids if rng.random() < level / 10 else [self.bos]
         ids, mask = [*head, *ctx], [0] * (len(head) + len(ctx))
@@ -414,10 +494,10 @@ def _count(seq: list[int], sub: list[int]) -> int:
 
 
 # ---------------------------------------------------------------- training
-def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelConfig) -> dict:
+def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: ReaderConfig) -> dict:
     """Train a tokenizer on `texts`, build a small Llama, run the copy curriculum; save."""
     if not texts:
-        raise RagtuneError("the corpus for tiny-model holds no text; point --corpus at documents")
+        raise RagtuneError("the corpus for the reader recipe holds no text; point --corpus at documents")
     cfg = reader_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +506,7 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
     corpus = Corpus(texts)
     encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     stream = torch.tensor([i for ids in encoded for i in [*ids, tokenizer.eos_token_id]], dtype=torch.long)
-    model = tiny_llama(cfg, tokenizer, trained_length=cfg.late_seq_len)
+    model = reader_llama(cfg, tokenizer, trained_length=cfg.late_seq_len)
     prep_s = time.perf_counter() - t_start
     tasks = Tasks(tokenizer, corpus, stream, cfg)
     stats = train_reader(model, tokenizer, tasks, cfg, out)
@@ -441,7 +521,7 @@ def make_reader_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelC
         "probe": probe,
     }
     save(model, tokenizer, out, info)
-    tasks.template.save(out)  # the prompt its RAG-shaped rows used: build, ask and serve follow it
+    tasks.template.save(out)  # the prompt its RAG-shaped rows used: ask and serve follow it (build: --question-first)
     return info
 
 
@@ -451,7 +531,7 @@ def save(model: Any, tokenizer: Any, out: Path, info: dict) -> None:
     (out / "ragtune_tiny_model.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
-def unformed_advice(phase: str, cfg: TinyModelConfig) -> str:
+def unformed_advice(phase: str, cfg: ReaderConfig) -> str:
     """What a phase that ended without its circuit means, and what to try next."""
     skill = "copy reliably" if phase == "copy" else "find answers in passages"
     fix = "Another --seed may form it"
@@ -459,13 +539,13 @@ def unformed_advice(phase: str, cfg: TinyModelConfig) -> str:
         # Round 13: with 1,024 ids find did not form in two runs, nor with 1.4x the find steps.
         fix += f", or --vocab-size {READER_DEFAULTS['vocab_size']}, where find has formed"
     return f"the {phase} phase ended before its circuit formed; this model will not {skill}. {fix} " \
-           "(docs/reader-model.md)."
+           "(experiments/reader/NOTES.md)."
 
 
-def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path) -> dict:
+def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: ReaderConfig, out: Path) -> dict:
     """The phased loop within `cfg.minutes`; checkpoints to `out` so a kill loses little.
     With `cfg.max_restarts`, a self-paced phase that stalls (its circuit did not form: seeds 1
-    and 2 in docs/reader-model.md) starts the model over from new weights, while half the
+    and 2 in NOTES.md) starts the model over from new weights, while half the
     budget is left."""
     device = pick_device()
     model.to(device).train()
@@ -487,15 +567,15 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: TinyModelConfig,
             restarts.append(stats["stalled"])
             console.print(f"reader: the {stats['stalled']['phase']} phase stalled at step "
                           f"{stats['stalled']['steps']}; starting over from new weights")
-            fresh = tiny_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer, cfg.late_seq_len)
+            fresh = reader_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer, cfg.late_seq_len)
             model.load_state_dict(fresh.state_dict())
     finally:
         torch.set_num_threads(threads_before)
 
 
-def cpu_threads(cfg: TinyModelConfig, device: torch.device) -> int:
+def cpu_threads(cfg: ReaderConfig, device: torch.device) -> int:
     """One thread on a CPU that is already busy: at this size two threads that wait on each
-    other ran 2-6x slower than one when other jobs shared the cores (docs/reader-model.md)."""
+    other ran 2-6x slower than one when other jobs shared the cores (NOTES.md)."""
     if cfg.threads:
         return cfg.threads
     n = torch.get_num_threads()
@@ -504,7 +584,7 @@ def cpu_threads(cfg: TinyModelConfig, device: torch.device) -> int:
     return n
 
 
-def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, device: torch.device,
+def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: torch.device,
                 dtype: torch.dtype, seed: int, t_end: float, restart_until: float) -> dict:
     """Phases until `t_end`; returns early with a "stalled" entry where a phase stalls before
     `restart_until` (a perf_counter time)."""
@@ -578,7 +658,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
                     ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
                 if not ended[phase].get("formed", True):
                     console.print(f"[yellow]reader: {unformed_advice(phase, cfg)}[/yellow]")
-                if phase == "find":  # the mix asks at the level reached, not beyond (docs/reader-model.md)
+                if phase == "find":  # the mix asks at the level reached, not beyond (NOTES.md)
                     top["find"] = level
                 at += 1
                 level, acc_avg, phase_step = (phases[at][1] if at < len(phases) else 0), 0.0, step
@@ -612,7 +692,7 @@ def _train_loop(model: Any, tasks: Tasks, cfg: TinyModelConfig, out: Path, devic
     }
 
 
-def _recall_phase_task(rng: random.Random, cfg: TinyModelConfig) -> str:
+def _recall_phase_task(rng: random.Random, cfg: ReaderConfig) -> str:
     """A share of find rows in the recall phase keeps the find circuit (round 6); a share of
     copy rows at the longest spans (off) made long copies more exact but cost recall in one of
     two runs (round 12)."""
@@ -624,7 +704,7 @@ def _recall_phase_task(rng: random.Random, cfg: TinyModelConfig) -> str:
     return "copy" if draw >= 1 - cfg.recall_phase_copy else "recall"
 
 
-def _find_level(top: dict[str, int], cfg: TinyModelConfig, rng: random.Random, in_mix: bool) -> int:
+def _find_level(top: dict[str, int], cfg: ReaderConfig, rng: random.Random, in_mix: bool) -> int:
     """The level of a find row after the find phase: the one reached, or where `find_spread`
     says so any from 0 to it, so easy rows keep the circuit while the top ones are still
     uncertain. "mix" leaves the recall phase as it was, since recall forms there (round 9)."""
@@ -632,7 +712,7 @@ def _find_level(top: dict[str, int], cfg: TinyModelConfig, rng: random.Random, i
     return rng.randint(0, top["find"]) if spread else top["find"]
 
 
-def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: bool = False) -> bool:
+def _stalled(phase: str, steps: int, level: int, cfg: ReaderConfig, at_cap: bool = False) -> bool:
     """Copy not done, or find still at its first level, long after it usually is; or find at
     its share of the budget after half that wait (a busy CPU reaches the cap in fewer steps)."""
     if phase == "copy":
@@ -641,7 +721,7 @@ def _stalled(phase: str, steps: int, level: int, cfg: TinyModelConfig, at_cap: b
     return phase == "find" and level == 0 and steps > patience
 
 
-def _formed(phase: str, level: int, acc: float, top_level: int, cfg: TinyModelConfig) -> bool:
+def _formed(phase: str, level: int, acc: float, top_level: int, cfg: ReaderConfig) -> bool:
     if phase == "copy":
         return level >= top_level and acc >= cfg.copy_switch_acc
     return level > 0
@@ -655,7 +735,7 @@ def _recall_record(losses: list[float]) -> dict:
     if not formed:
         console.print(f"[yellow]reader: recall loss {loss:.2f} at the end (formed: < {RECALL_FORMED_LOSS}); this "
                       "model copies the first piece of an answer but rarely the rest. Another --seed may form "
-                      "it (docs/reader-model.md).[/yellow]")
+                      "it (experiments/reader/NOTES.md).[/yellow]")
     return {"recall_loss": round(loss, 3), "formed": formed}
 
 
@@ -769,3 +849,52 @@ def copies(results: dict[str, dict[str, float]], lengths: Sequence[int] = (32, 1
         results[str(n)]["ratio"] < 0.25 and results[str(n)]["greedy_acc"] >= 0.8
         for n in lengths if str(n) in results
     ) and not math.isnan(sum(r["ratio"] for r in results.values()))
+
+
+# ---------------------------------------------------------------- command line
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs, values parsed as JSON where they parse (numbers, booleans, dicts)."""
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise RagtuneError(f"'{kv}' is not key=value; e.g. seed=4 or task_mix='{{\"recall\": 1}}'")
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The reader recipe and the induction probe (research code).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="Build a reader model from a folder of documents.")
+    build.add_argument("--corpus", required=True, type=Path, help="Folder of documents.")
+    build.add_argument("--out", required=True, type=Path, help="Output model folder.")
+    build.add_argument("settings", nargs="*", help="ReaderConfig fields as key=value, e.g. seed=4 minutes=15")
+    probe = sub.add_parser("probe", help="Induction probe: first vs second copy of repeated random spans.")
+    probe.add_argument("model", help="Model folder or hub id.")
+    probe.add_argument("--lengths", default="8,32,128", help="Span lengths to probe.")
+    probe.add_argument("--rows", type=int, default=64, help="Random spans per length.")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        from ragtune.pipeline import corpus_texts
+
+        info = make_reader_model(corpus_texts(args.corpus), args.out, ReaderConfig(**_overrides(args.settings)))
+        console.print({k: v for k, v in info.items() if k not in ("log", "config", "probe")})
+        return
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    except ValueError:
+        raise RagtuneError(f"--lengths '{args.lengths}' is not a comma-separated list of integers; e.g. 8,32,128") \
+            from None
+    if args.rows < 1:
+        raise RagtuneError("--rows must be at least 1")
+    probe_model(args.model, lengths, rows=args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,12 @@
 """The SQuAD v2 sample's answerable items with each question rewritten from the answer's own
 sentence in the extractive synth's forms: `cloze`, `wh` (in place) and `loose`; and, as
 `sentence`, the real questions with each context cut to the sentence the overlap heuristic
-picks (bench/squad_overlap.py), so the sentence is found for the reader. Scoring a reader on
+picks (experiments/reader/squad_overlap.py), so the sentence is found for the reader. Scoring a reader on
 these next to the real questions splits its gap into question form (real vs cloze), finding
 the sentence (real vs sentence) and the rest (domain, prompt length: cloze vs python-docs).
 Writes OUT_DIR/{form}.json in SQuAD format, for `ragtune eval --qa`.
 
-    python bench/squad_forms.py ../shared/data/squad2-sample/dev-sample-v2.0.json OUT_DIR
+    python experiments/reader/squad_forms.py ../shared/data/squad2-sample/dev-sample-v2.0.json OUT_DIR
     ragtune eval --qa OUT_DIR/cloze.json --run RUN --base-model MODEL --no-robustness
 """
 

@@ -10,11 +10,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import corpus_texts
+from reader import (
+    Corpus,
+    ReaderConfig,
+    Tasks,
+    copies,
+    masked_loss,
+    probe_model,
+    reader_config,
+    unformed_advice,
+)
 
-from ragtune.config import REFUSAL, TinyModelConfig
+from ragtune.config import REFUSAL
 from ragtune.errors import RagtuneError
 from ragtune.prompts import PromptTemplate
-from ragtune.reader import Corpus, Tasks, copies, masked_loss, probe_model, reader_config, unformed_advice
 
 
 class InductionCopier(torch.nn.Module):
@@ -44,7 +53,7 @@ class InductionCopier(torch.nn.Module):
 
 def small_reader(**overrides):
     """A reader config small enough to train a few steps in seconds."""
-    return TinyModelConfig(**{"recipe": "reader", "scale": "cpu", "vocab_size": 400, "hidden_size": 64,
+    return ReaderConfig(**{"scale": "cpu", "vocab_size": 400, "hidden_size": 64,
                               "num_heads": 2, "intermediate_size": 64, "seq_len": 64, "max_span": 16,
                               "late_seq_len": 128, "batch_size": 4, "warmup_steps": 2, **overrides})
 
@@ -81,35 +90,41 @@ def test_probe_rejects_bad_lengths(tiny_model_dir):
         probe_model(str(tiny_model_dir), lengths=(1,))
 
 
-def test_cli_probe(tiny_model_dir):
-    from typer.testing import CliRunner
+def test_cli_probe(tiny_model_dir, capsys):
+    from reader import main
 
-    from ragtune.cli import app
+    main(["probe", str(tiny_model_dir), "--lengths", "8"])
+    assert "ratio" in capsys.readouterr().out
+    with pytest.raises(RagtuneError, match="comma-separated"):
+        main(["probe", str(tiny_model_dir), "--lengths", "8,x"])
+    main(["probe", str(tiny_model_dir), "--lengths", "8", "--rows", "2"])
+    with pytest.raises(RagtuneError, match="--rows"):
+        main(["probe", str(tiny_model_dir), "--rows", "0"])
 
-    result = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8"])
-    assert result.exit_code == 0, result.output
-    assert "ratio" in result.output
-    bad = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8,x"])
-    assert bad.exit_code != 0 and "comma-separated" in str(bad.exception)
-    assert CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--lengths", "8", "--rows", "2"]).exit_code == 0
-    no_rows = CliRunner().invoke(app, ["probe", str(tiny_model_dir), "--rows", "0"])
-    assert no_rows.exit_code == 2 and "--rows" in no_rows.output
+
+def test_cli_build_settings_are_parsed_as_json_where_they_parse():
+    from reader import _overrides
+
+    assert _overrides(["seed=4", "task_mix={\"recall\": 1}", "find_spread=mix"]) == {
+        "seed": 4, "task_mix": {"recall": 1}, "find_spread": "mix"}
+    with pytest.raises(RagtuneError, match="key=value"):
+        _overrides(["seed"])
 
 
 def test_reader_defaults_fill_only_unset_fields():
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", hidden_size=128))
+    cfg = reader_config(ReaderConfig(scale="cpu", hidden_size=128))
     assert cfg.vocab_size == 512 and cfg.num_layers == 3 and cfg.hidden_size == 128
-    gpu = reader_config(TinyModelConfig(recipe="reader", scale="gpu"))
+    gpu = reader_config(ReaderConfig(scale="gpu"))
     assert gpu.hidden_size > cfg.hidden_size and gpu.batch_size > cfg.batch_size
     with pytest.raises(RagtuneError, match="task_mix"):
-        reader_config(TinyModelConfig(recipe="reader", task_mix={"poetry": 1.0}))
+        reader_config(ReaderConfig(task_mix={"poetry": 1.0}))
     with pytest.raises(RagtuneError, match="seq_len"):
-        reader_config(TinyModelConfig(recipe="reader", seq_len=100))
+        reader_config(ReaderConfig(seq_len=100))
 
 
 @pytest.fixture
 def tasks(tokenizer):
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", late_seq_len=256))
+    cfg = reader_config(ReaderConfig(scale="cpu", late_seq_len=256))
     stream = torch.arange(5, 2000) % len(tokenizer)
     return Tasks(tokenizer, Corpus(corpus_texts()), stream, cfg)
 
@@ -233,7 +248,7 @@ def test_same_doc_distractors_come_from_the_oracles_document(tokenizer):
     corpus = Corpus(corpus_texts())
     titles = lambda text: re.findall(r"\[\d\] (.*)\n", text.partition("### Context:")[2].split("### Question:")[0])  # noqa: E731
     for share, want_same in ((1.0, True), (0.0, False)):
-        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", same_doc_distractors=share))
+        cfg = reader_config(ReaderConfig(scale="cpu", same_doc_distractors=share))
         tasks, rng, same = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(7), []
         for _ in range(40):
             found = titles(tokenizer.decode(tasks.rag(rng, 0)[0]))
@@ -274,7 +289,7 @@ def answered_questions(tokenizer, ids, mask):
 
 
 def test_locate_rows_ask_many_questions_answered_from_random_word_passages(tokenizer):
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", refusal_share=0.3, late_seq_len=640))
+    cfg = reader_config(ReaderConfig(scale="cpu", refusal_share=0.3, late_seq_len=640))
     tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
     rng = random.Random(5)
     seen = {"answered": 0, "refused": 0, "contexts": 0}
@@ -301,7 +316,7 @@ def test_locate_rows_ask_many_questions_answered_from_random_word_passages(token
 def test_loose_question_share_asks_in_the_synth_loose_form(tokenizer):
     corpus, forms = Corpus(corpus_texts()), {}
     for share in (0.0, 1.0):
-        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", loose_question_share=share,
+        cfg = reader_config(ReaderConfig(scale="cpu", loose_question_share=share,
                                             late_seq_len=640))
         tasks, rng = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(4)
         qas = [qa for _ in range(10) for qa in answered_questions(tokenizer, *tasks.row("rag", rng, 640, 0))]
@@ -317,7 +332,7 @@ def test_shuffled_loose_questions_keep_their_words_in_another_order(tokenizer):
     for seed in range(20):
         asked = {}
         for shuffled in (False, True):
-            cfg = TinyModelConfig(recipe="reader", loose_question_share=1.0, loose_shuffled=shuffled)
+            cfg = ReaderConfig(loose_question_share=1.0, loose_shuffled=shuffled)
             tasks = Tasks(tokenizer, Corpus(corpus_texts()), torch.arange(5, 50), cfg)
             asked[shuffled] = tasks.blank(random.Random(seed), passage)
         (kept, answer), (bag, same_answer) = asked[False], asked[True]
@@ -331,7 +346,7 @@ def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
     corpus = Corpus(corpus_texts())
     counts = {}
     for follow_ups in (0, 3):
-        cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", rag_follow_ups=follow_ups,
+        cfg = reader_config(ReaderConfig(scale="cpu", rag_follow_ups=follow_ups,
                                             late_seq_len=640))
         tasks, rng, n = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(9), 0
         for _ in range(20):
@@ -364,7 +379,7 @@ def test_find_answers_follow_the_ids_before_the_blank_once_in_the_context(tasks)
 
 @pytest.mark.parametrize("question_first", [False, True])
 def test_scatter_answers_follow_the_anchor_in_the_sentence_sharing_the_question_bag(tokenizer, question_first):
-    cfg = reader_config(TinyModelConfig(recipe="reader", scale="cpu", question_first=question_first))
+    cfg = reader_config(ReaderConfig(scale="cpu", question_first=question_first))
     tasks = Tasks(tokenizer, None, torch.zeros(10, dtype=torch.long), cfg)
     rng, decoys = random.Random(11), 0
     for _ in range(40):
@@ -409,8 +424,7 @@ def test_corpus_too_small_is_a_clear_error():
 
 @pytest.mark.slow
 def test_mix_steps_whose_rows_lost_every_target_are_not_judged(tmp_path):
-    from ragtune.models import tiny_llama
-    from ragtune.reader import train_reader
+    from reader import reader_llama, train_reader
 
     # 32-token rows cut every recall example (a window of 8-16 ids, then 3-6 spans of 5 ids or
     # more, each after the answer marker), so every recall step's loss is 0 over no targets:
@@ -420,19 +434,21 @@ def test_mix_steps_whose_rows_lost_every_target_are_not_judged(tmp_path):
     tok, tasks = small_reader_tasks(cfg, tmp_path)
     rng = random.Random(0)
     assert not any(any(tasks.row("recall", rng, cfg.late_seq_len, 0)[1]) for _ in range(20))
-    stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
+    stats = train_reader(reader_llama(cfg, tok), tok, tasks, cfg, tmp_path)
     assert stats["steps"] == 6 and "recall" not in stats["mix_task_loss"] and "mix" not in stats["phases"]
 
 
 @pytest.mark.slow
 def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
-    from ragtune.models import load_model, make_tiny_model
+    from reader import make_reader_model
+
+    from ragtune.models import load_model
 
     # rows long enough for a recall example (a window and its spans) to keep its targets, and
     # recall alone in the mix, so the mix's verdict on recall has steps to judge
     cfg = small_reader(max_steps=12, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1e-9,
                        late_seq_len=640, task_mix={"recall": 1.0})
-    info = make_tiny_model(corpus_texts(), tmp_path, cfg)
+    info = make_reader_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
     assert saved["copy_phase_steps"] == 1 and saved["phases"]["find"]["steps"] == 2  # copy, find, recall, the mix
@@ -457,18 +473,18 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
 
 
 def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_path):
-    from ragtune.models import tiny_llama
+    from reader import reader_llama
 
     cfg = small_reader()
     tok, _ = small_reader_tasks(cfg, tmp_path)
-    plain, scaled = tiny_llama(cfg, tok), tiny_llama(cfg, tok, trained_length=100)
+    plain, scaled = reader_llama(cfg, tok), reader_llama(cfg, tok, trained_length=100)
     assert plain.config.rope_parameters["rope_type"] == "default"
     ids = torch.randint(10, len(tok), (1, 300))
     with torch.no_grad():
         assert torch.equal(plain(ids[:, :99]).logits, scaled(ids[:, :99]).logits)  # same weights, same RoPE
         long_plain, long_scaled = plain(ids).logits, scaled(ids).logits
     assert not torch.allclose(long_plain, long_scaled, atol=1e-4)
-    off = tiny_llama(cfg.model_copy(update={"rope_dynamic_factor": 0.0}), tok, trained_length=100)
+    off = reader_llama(cfg.model_copy(update={"rope_dynamic_factor": 0.0}), tok, trained_length=100)
     assert off.config.rope_parameters["rope_type"] == "default"
 
 
@@ -480,24 +496,23 @@ def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_pa
     ({"copy_phase_max": 0.0, "find_phase_max": 1e-9, "find_patience_steps": 1}, "find", 2),
 ])
 def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall, phase, at_step):
-    from ragtune.models import tiny_llama
-    from ragtune.reader import train_reader
+    from reader import reader_llama, train_reader
 
     cfg = reader_config(small_reader(max_steps=8, max_restarts=1, **stall))
     tok, tasks = small_reader_tasks(cfg, tmp_path)
-    model = tiny_llama(cfg, tok)
+    model = reader_llama(cfg, tok)
     first_weights = model.model.embed_tokens.weight.detach().clone()
     stats = train_reader(model, tok, tasks, cfg, tmp_path)
     assert [(r["phase"], r["steps"], r["seed"]) for r in stats["restarts"]] == [(phase, at_step, 0)]
     assert stats["steps"] == 8  # the second start ran on: no restart left, so no stall ends it
-    fresh = tiny_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
+    fresh = reader_llama(cfg.model_copy(update={"seed": 1000}), tok).model.embed_tokens.weight
     moved = (model.model.embed_tokens.weight - fresh).abs().mean() / (first_weights - fresh).abs().mean()
     assert moved < 0.5  # the weights trained on from the new start, not from the first
 
 
 @pytest.mark.parametrize(("losses", "formed"), [([1.2] * 30 + [0.24] * 20, True), ([0.24] * 30 + [0.95] * 20, False)])
 def test_recall_counts_as_formed_by_its_last_losses(losses, formed, capsys):
-    from ragtune.reader import _recall_record
+    from reader import _recall_record
 
     assert _recall_record(losses)["formed"] is formed
     assert ("rarely the rest" in " ".join(capsys.readouterr().err.split())) is not formed
@@ -508,17 +523,16 @@ def test_recall_counts_as_formed_by_its_last_losses(losses, formed, capsys):
     ("find", 1, 0.5, True), ("find", 0, 0.8, False),
 ])
 def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
-    from ragtune.reader import _formed
+    from reader import _formed
 
-    cfg = reader_config(TinyModelConfig(recipe="reader"))
+    cfg = reader_config(ReaderConfig())
     assert _formed(phase, level, acc, 160 if phase == "copy" else 10, cfg) is formed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("copy_share", [0.0, 0.3])
 def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(tmp_path, copy_share):
-    from ragtune.models import tiny_llama
-    from ragtune.reader import train_reader
+    from reader import reader_llama, train_reader
 
     cfg = reader_config(small_reader(max_steps=24, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1.0,
                                      recall_phase_find=0.5, recall_phase_copy=copy_share))
@@ -526,7 +540,7 @@ def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(t
     drawn: list[tuple[str, int, int]] = []
     row = tasks.row
     tasks.row = lambda task, rng, n, span: drawn.append((task, n, span)) or row(task, rng, n, span)
-    stats = train_reader(tiny_llama(cfg, tok), tok, tasks, cfg, tmp_path)
+    stats = train_reader(reader_llama(cfg, tok), tok, tasks, cfg, tmp_path)
     assert list(stats["phases"]) == ["copy", "find"] and stats["steps"] == 24  # recall until the end
     late_batch = cfg.batch_size * cfg.seq_len // cfg.late_seq_len
     recall_phase = drawn[cfg.batch_size + late_batch :]  # after one copy step and one find step
@@ -541,9 +555,9 @@ def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(t
     (True, set(range(7)), set(range(7))),  # round 8's boolean
 ])
 def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spread, recall_phase, mix):
-    from ragtune.reader import _find_level
+    from reader import _find_level
 
-    cfg = reader_config(TinyModelConfig(recipe="reader", find_spread=spread))
+    cfg = reader_config(ReaderConfig(find_spread=spread))
     for in_mix, levels in ((False, recall_phase), (True, mix)):
         rng = random.Random(0)
         before = rng.getstate()
@@ -553,8 +567,8 @@ def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spre
 
 
 def test_unformed_find_with_a_large_vocabulary_points_at_the_one_where_it_formed():
-    small = reader_config(TinyModelConfig(recipe="reader", scale="cpu"))
-    large = reader_config(TinyModelConfig(recipe="reader", scale="cpu", vocab_size=1024))
+    small = reader_config(ReaderConfig(scale="cpu"))
+    large = reader_config(ReaderConfig(scale="cpu", vocab_size=1024))
     assert "--vocab-size 512" in unformed_advice("find", large)
     assert "vocab-size" not in unformed_advice("find", small)
     assert "vocab-size" not in unformed_advice("copy", large)

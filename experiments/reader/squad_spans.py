@@ -5,8 +5,8 @@ would give (constrained MAP). Prints that answer's F1 on the answerable items an
 the gold answer ranks among the candidates: a rank share near 0.5 is a model that does
 not tell the answer apart from the rest of the context.
 
-    python bench/squad_spans.py MODEL [ADAPTER|-] [MAX_WORDS] [LIMIT]
-    python bench/squad_spans.py READER RUN/adapter 5   # a reader and its LoRA from `ragtune train`
+    python experiments/reader/squad_spans.py MODEL [ADAPTER|-] [MAX_WORDS] [LIMIT]
+    python experiments/reader/squad_spans.py READER RUN/adapter 5   # a reader and its LoRA from `ragtune train`
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SQUAD = Path(os.environ.get("RAGTUNE_SQUAD") or Path(__file__).resolve().parents[2] / "shared" / "data"
+SQUAD = Path(os.environ.get("RAGTUNE_SQUAD") or Path(__file__).resolve().parents[3] / "shared" / "data"
              / "squad2-sample" / "dev-sample-v2.0.json")
 _WORD = re.compile(r"\S+")
 
@@ -37,7 +37,7 @@ def candidates(context: str, max_words: int) -> list[str]:
 @torch.no_grad()
 def span_scores(model: torch.nn.Module, prompt: list[int], answers: list[list[int]], batch: int = 64) -> list[float]:
     """log p(answer ids | prompt) for each answer, the prompt's cache computed once."""
-    from ragtune.reader import kv_cache_arg
+    from reader import kv_cache_arg
 
     key = kv_cache_arg(model)
     out = model(torch.tensor([prompt]), use_cache=True)

@@ -2,7 +2,7 @@
 its context with the most words in common with the question. Writes {id: answer} JSON for
 `ragtune eval --qa FILE --predictions OUT`.
 
-    python bench/squad_overlap.py ../shared/data/squad2-sample/dev-sample-v2.0.json OUT.json [RULE]
+    python experiments/reader/squad_overlap.py ../shared/data/squad2-sample/dev-sample-v2.0.json OUT.json [RULE]
 
 RULE (how far rules without any reading go; round 12): `sentence` (the issue's heuristic,
 the default), `minus-question` (that sentence without the question's words), `typed` (in

@@ -4,7 +4,7 @@ context as long), inside the sentence-overlap heuristic's sentence, sharing a wo
 answer; with --model, F1 for prompts within / past the length the model trained on. Reads
 `ragtune eval --qa FILE` predictions.
 
-    python bench/squad_where.py ../shared/data/squad2-sample/dev-sample-v2.0.json \
+    python experiments/reader/squad_where.py ../shared/data/squad2-sample/dev-sample-v2.0.json \
         RUN/squad/predictions.jsonl [--model MODEL_DIR --trained-length 640]
 """
 
