@@ -77,6 +77,7 @@ def ask(
     precision: str = "auto",
 ) -> str:
     """The model's greedy answer to `question` given a context file or retrieved passages."""
+    from ragtune.abstain import logit_bias_of
     from ragtune.evaluate.core import stop_strings
     from ragtune.generation import generate
     from ragtune.prompts import prompt_ids
@@ -97,4 +98,4 @@ def ask(
         raise RagtuneError(f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
                            "context file or use --docs with a smaller --k")
     return generate(model, tok, [ids], max_new_tokens=max_new_tokens, batch_size=1,
-                    stop_strings=stop_strings(template))[0]
+                    stop_strings=stop_strings(template), first_token_bias=logit_bias_of(adapter))[0]

@@ -181,7 +181,9 @@ def train(
     grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     lora_r: int = typer.Option(16),
     lora_alpha: int = typer.Option(32),
-    lora_dropout: float = typer.Option(0.05),
+    lora_dropout: float | None = typer.Option(None, help="Dropout on the LoRA path (default 0: faster, less memory)."),
+    micro_batch_tokens: int | None = typer.Option(
+        None, help="Padded tokens per forward/backward pass at most (default 2048; 0: no cap). Bounds memory."),
     target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names."),
     dora: bool = typer.Option(False, "--dora", help="Weight-decomposed LoRA (DoRA)."),
     rslora: bool = typer.Option(False, "--rslora", help="Rank-stabilised LoRA scaling."),
@@ -202,6 +204,7 @@ def train(
     cfg = validated(TrainConfig, "train", method=method, epochs=epochs, max_steps=max_steps,
                     max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                     lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                    micro_batch_tokens=micro_batch_tokens,
                     use_dora=dora, use_rslora=rslora, precision=precision, packing=packing,
                     eval_steps=eval_steps, save_steps=save_steps,
                     early_stopping_patience=early_stopping_patience, resume=resume, report_to=report_to,

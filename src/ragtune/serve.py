@@ -140,10 +140,12 @@ class Engine:
     request whose client hung up is skipped if it has not started, and stopped if it has.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8,
+                 first_token_bias: dict[int, float] | None = None) -> None:
         from ragtune.generation import stop_token_ids
 
         self.model, self.tokenizer = model, tokenizer
+        self.first_token_bias = first_token_bias  # the adapter's calibrated abstention rule
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
@@ -208,7 +210,7 @@ class Engine:
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
                 do_sample=sample, temperature=jobs[0].temperature if sample else None,
                 top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
-                pad_token_id=self.pad_id, use_cache=True)[:, width:]
+                pad_token_id=self.pad_id, use_cache=True, logits_processor=self.processors(width))[:, width:]
         for r, job in enumerate(jobs):
             toks, job.finish_reason = out[r].tolist(), "length"
             for k, t in enumerate(toks):
@@ -225,6 +227,14 @@ class Engine:
         with self._stats_lock:
             self.stats["batches"] += 1
             self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
+
+    def processors(self, prompt_width: int) -> Any:
+        from transformers import LogitsProcessorList
+
+        from ragtune.generation import FirstTokenBias
+
+        bias = self.first_token_bias
+        return LogitsProcessorList([FirstTokenBias(bias, prompt_width)] if bias else [])
 
     def count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -275,6 +285,7 @@ class Engine:
                 do_sample=sample, temperature=job.temperature if sample else None,
                 top_p=job.top_p if sample else None, top_k=None,
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
+                logits_processor=self.processors(ids.shape[1]),
                 streamer=_Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
                 stopping_criteria=StoppingCriteriaList([_Cancel()]),
             )
@@ -310,9 +321,11 @@ def create_app(
     model_name: str = "ragtune",
     default_max_tokens: int = 256,
     batch_size: int = 8,
+    first_token_bias: dict[int, float] | None = None,
 ) -> Any:
-    """A FastAPI app serving `model` with OpenAI's chat-completions protocol."""
-    engine = Engine(model, tokenizer, batch_size)
+    """A FastAPI app serving `model` with OpenAI's chat-completions protocol; `first_token_bias`
+    is the adapter's abstention rule (`ragtune.abstain`)."""
+    engine = Engine(model, tokenizer, batch_size, first_token_bias)
     def check_key(request: Request) -> None:
         # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
         # client disconnects from the endpoint, which needs them to drop abandoned requests.
@@ -475,6 +488,7 @@ def serve(
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
 
+    from ragtune.abstain import logit_bias_of
     from ragtune.models import base_model_of, load_model
 
     if model is None and adapter is None:
@@ -489,7 +503,8 @@ def serve(
     lm, tok = load_model(model, adapter=adapter)
     template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
-    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size)
+    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size,
+                     first_token_bias=logit_bias_of(adapter))
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")

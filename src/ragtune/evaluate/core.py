@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ragtune.abstain import logit_bias_of
 from ragtune.config import EvalConfig
 from ragtune.generation import generate
 from ragtune.metrics import ItemScore, aggregate, score_item
@@ -97,7 +98,7 @@ class PredictionCache:
 def cache_key(spec: ModelSpec, prompt: str, cfg: EvalConfig, template: PromptTemplate) -> str:
     return content_id(
         "eval-v1", model_fingerprint(spec.base_model), model_fingerprint(spec.adapter), prompt,
-        str(cfg.max_new_tokens), cfg.precision, json.dumps(stop_strings(template)),
+        str(cfg.max_new_tokens), cfg.precision, json.dumps(stop_strings(template)), str(cfg.abstention_rule),
     )
 
 
@@ -120,11 +121,12 @@ def predict(
         progress(len(items) - len(todo))
     ids = {i: prompt_ids(tokenizer, items[i].prompt, template) for i in todo}
     todo.sort(key=lambda i: len(ids[i]), reverse=True)  # batches of similar length
+    bias = logit_bias_of(spec.adapter) if cfg.abstention_rule else None
     t0 = time.perf_counter()
     for b in range(0, len(todo), cfg.batch_size):
         batch = todo[b : b + cfg.batch_size]
         texts = generate(model, tokenizer, [ids[i] for i in batch], max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, stop_strings=stop_strings(template))
+                         batch_size=cfg.batch_size, stop_strings=stop_strings(template), first_token_bias=bias)
         for i, text in zip(batch, texts, strict=True):
             out[i] = text
             cache.put(keys[i], text)  # finished work survives a kill

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ragtune.abstain import ABSTAIN_FILE, RefusalRule, calibrate
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.prompts import PromptTemplate
@@ -49,6 +51,7 @@ def train(
     if not len(train_enc):
         raise RagtuneError(f"no training example fits max_length {max_length}; raise train.max_length")
     val_enc: Encoded | None = None
+    val = None
     if "validation" in dataset and len(dataset["validation"]):
         val = dataset["validation"]
         if cfg.eval_limit and len(val) > cfg.eval_limit:
@@ -59,8 +62,25 @@ def train(
     info = {"base_model": str(base_model), "method": cfg.method, "config": cfg.model_dump(),
             "template_style": template.style, "result": result_dict(res)}
     if _main_process():
+        rule = calibrate_abstention(model, tok, template, val, cfg, out)
+        info["abstention"] = asdict(rule) if rule else None
         (out / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return res
+
+
+def calibrate_abstention(model: Any, tok: Any, template: PromptTemplate, val: Any, cfg: TrainConfig,
+                         out: Path) -> RefusalRule | None:
+    """Choose and save the refusal bias on the validation rows (see `ragtune.abstain`)."""
+    (out / ABSTAIN_FILE).unlink(missing_ok=True)  # a rule belongs to the weights it was chosen for
+    if not cfg.calibrate_abstention or val is None:
+        return None
+    rule = calibrate(model, tok, template, val, batch_size=cfg.batch_size)
+    if rule is not None:
+        rule.save(out)
+        c = rule.calibration
+        print(f"abstention: refusal bias {rule.bias:+.2f} on {c['examples']} validation examples, "
+              f"F1 {c['f1_unbiased']} -> {c['f1_calibrated']}, refused {c['refused_calibrated']}%")
+    return rule
 
 
 def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None = None) -> TrainResult:

@@ -113,6 +113,23 @@ def split_step(
     return [p for p in pieces[rank::world]]
 
 
+def cap_tokens(micro: Sequence[int], lengths: Sequence[int], max_tokens: int | None) -> list[list[int]]:
+    """Cut a micro-batch (sorted longest first) into pieces whose padded size, rows x longest
+    row, stays within `max_tokens`; a row longer than that goes alone. Activation memory
+    follows the padded size, so a memory budget holds whatever the rows' lengths, and since a
+    step's loss is a sum over its examples the pieces add up to the same gradient."""
+    if not max_tokens:
+        return [list(micro)] if micro else []
+    ordered = sorted(micro, key=lambda j: -lengths[j])
+    pieces: list[list[int]] = []
+    for j in ordered:
+        if pieces and (len(pieces[-1]) + 1) * lengths[pieces[-1][0]] <= max_tokens:
+            pieces[-1].append(j)
+        else:
+            pieces.append([j])
+    return pieces
+
+
 def pack(indices: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
     """First-fit-decreasing packing of examples into rows of at most `row_tokens` tokens."""
     rows: list[list[int]] = []

@@ -25,7 +25,7 @@ from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.models import load_causal_lm, load_tokenizer, pick_dtype, require_gpu
 from ragtune.prompts import PromptTemplate
-from ragtune.train.data import Encoded, collate, plan_steps, split_step
+from ragtune.train.data import Encoded, cap_tokens, collate, plan_steps, split_step
 from ragtune.train.loss import AnswerLoss, causal_lm
 
 TRAIN_INFO = "ragtune_train.json"
@@ -122,15 +122,21 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Any:
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_loss(
-    loss_fn: AnswerLoss, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype
+    loss_fn: AnswerLoss, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
+    max_tokens: int | None = None, desc: str | None = None,
 ) -> tuple[float, float]:
-    """(mean of per-example losses, mean over answer tokens) on a tokenised split."""
+    """(mean of per-example losses, mean over answer tokens) on a tokenised split; with `desc`,
+    a progress bar (a validation pass on long rows takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     was_training = loss_fn.training
     loss_fn.eval()
     order = sorted(range(len(enc)), key=lambda j: -enc.lengths[j])
+    batches = [p for s in range(0, len(order), batch_size)
+               for p in cap_tokens(order[s:s + batch_size], enc.lengths, max_tokens)]
     ex_sum, tok_sum, n_tok = 0.0, 0.0, 0
-    for s in range(0, len(order), batch_size):
-        batch = to_device(collate(enc, order[s:s + batch_size], pad_id, False), device)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False, file=sys.stderr):
+        batch = to_device(collate(enc, idx, pad_id, False), device)
         with _autocast(device, dtype):
             _, per_example = loss_fn(batch)
         counts = torch.bincount(batch["target_example"], minlength=len(per_example))
@@ -220,7 +226,8 @@ def run_training(
                       trainable_params=sum(p.numel() for p in params),
                       total_params=sum(p.numel() for p in inner.model.parameters()))
     if val_enc is not None and len(val_enc) and start == 0:
-        res.initial_eval_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute)[0]
+        res.initial_eval_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute,
+                                              cfg.micro_batch_tokens, "validation (before training)")[0]
     bar = tqdm(total=total, initial=start, disable=not main, desc="train", unit="step", file=sys.stderr)
     t0 = time.perf_counter()
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
@@ -236,7 +243,8 @@ def run_training(
             plan = plan_steps(train_enc.lengths, step_size, cfg.seed, epoch, cfg.group_by_length, world > 1)
             plan_epoch = epoch
         examples = plan[within]
-        micro = [m for m in split_step(examples, train_enc.lengths, cfg.grad_accum, rank, world) if m]
+        micro = [piece for m in split_step(examples, train_enc.lengths, cfg.grad_accum, rank, world)
+                 for piece in cap_tokens(m, train_enc.lengths, cfg.micro_batch_tokens)]
         scale = world / len(examples)
         step_loss = torch.zeros((), device=device)
         for k, idx in enumerate(micro):
@@ -264,8 +272,8 @@ def run_training(
                                "elapsed_s": round(elapsed, 2)}
         evaluated = val_enc is not None and cfg.eval_steps and step % cfg.eval_steps == 0
         if evaluated:
-            row["eval_loss"], row["eval_token_loss"] = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id,
-                                                                     device, compute)
+            row["eval_loss"], row["eval_token_loss"] = evaluate_loss(
+                inner, val_enc, cfg.batch_size, pad_id, device, compute, cfg.micro_batch_tokens, "validation")
             if row["eval_loss"] < best - 1e-6:
                 best, bad_evals = row["eval_loss"], 0
                 if main and (cfg.save_steps or cfg.early_stopping_patience):
@@ -294,7 +302,8 @@ def run_training(
     res.epochs = round(step / steps_per_epoch, 4)
     res.train_loss = sum(losses[-10:]) / len(losses[-10:]) if losses else None
     if val_enc is not None and len(val_enc):
-        res.eval_loss, res.eval_token_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute)
+        res.eval_loss, res.eval_token_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute,
+                                                           cfg.micro_batch_tokens, "validation (after training)")
         best = min(best, res.eval_loss)
     res.best_eval_loss = None if best == math.inf else best
     res.tokens_per_s = round(res.tokens / max(res.seconds, 1e-9), 1)
