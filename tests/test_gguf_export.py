@@ -3,10 +3,14 @@ GGUF loader with the same weights, the same greedy answers and the same tokenize
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from train_helpers import rag_rows
 
 from ragtune.config import TrainConfig
@@ -79,3 +83,45 @@ def test_q8_0_export_keeps_logits_within_tolerance_and_greedy_answers(tuned, tmp
 # q8_0 stores each block of 32 weights as 8-bit steps of one f16 scale. On the tuned tiny Llama
 # every logit and log-probability stays within 0.1 of the f32 merged model's (measured: 0.033).
 Q8_TOLERANCE = 0.1
+
+
+# ---------------------------------------------------------------- from folders, through the CLI
+def ragtune_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m ragtune` on this checkout's sources, whatever copy is installed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "ragtune", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_cli_exports_the_adapter_as_gguf_and_a_modelfile(tuned, tmp_path):
+    out = tmp_path / "ollama" / "tuned.gguf"
+    p = ragtune_cli("export", "--adapter", str(tuned["adapter"]), "--gguf", str(out), "--ollama")
+    assert p.returncode == 0, p.stderr
+    modelfile = (out.parent / "Modelfile").read_text(encoding="utf-8")
+    assert modelfile.startswith("FROM ./tuned.gguf\n") and tuned["template"].system in modelfile
+    back = load_gguf_model(out)
+    pad = tuned["tok"].pad_token_id
+    assert greedy(back, tuned["prompts"][:5], pad) == greedy(tuned["model"], tuned["prompts"][:5], pad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gguf", "x.gguf"], "--adapter"),
+    (["--adapter", "a", "--ollama", "--out", "o"], "--gguf"),
+    (["--adapter", "/nonexistent", "--gguf", "x.gguf"], "adapter_config.json"),
+    (["--adapter", "/nonexistent", "--gguf", "x.gguf", "--gguf-type", "q4_0"], "f16, bf16, q8_0"),
+])
+def test_bad_export_options_are_one_line_naming_the_fix(args, message):
+    p = ragtune_cli("export", *args)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("[transformers]")]
+    assert p.returncode == 2 and len(lines) == 1 and message in lines[0], p.stderr
+
+
+def test_other_architectures_are_refused_naming_the_supported_ones(tmp_path):
+    from transformers import GPT2Config
+
+    from ragtune.errors import RagtuneError
+    from ragtune.gguf_export import write_gguf
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(str(tmp_path / "gpt2"))
+    with pytest.raises(RagtuneError, match=r"supports llama, qwen2 models .*not 'gpt2'"):
+        write_gguf(tmp_path / "gpt2", tmp_path / "x.gguf")

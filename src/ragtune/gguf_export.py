@@ -258,3 +258,122 @@ def load_gguf_tokenizer(gguf_path: str | Path) -> Any:
     if metadata.get("tokenizer.ggml.add_space_prefix") and pre.get("type") == "ByteLevel":
         tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     return tok
+
+
+# ---------------------------------------------------------------- from a folder
+def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type: str = "f16", ollama: bool = False,
+               base_model: str | None = None) -> Path:
+    """Export an adapter (merged into its base first, in f32) or a full model folder as one GGUF;
+    with `ollama`, also a `Modelfile` beside it. Returns the GGUF's path."""
+    if gguf_type not in GGUF_TYPES:
+        raise RagtuneError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}; pick one of those")
+    model, tok, template = load_for_export(Path(model_dir_or_adapter), base_model)
+    path = write_gguf_from_model(model, tok, out_path, gguf_type, template)
+    if ollama:
+        write_modelfile(path, tok, template)
+    return path
+
+
+def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate]:
+    """The merged model, its tokenizer and the training prompt template, from an adapter or model folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ragtune.models import base_model_of, load_tokenizer
+
+    is_adapter = (source / "adapter_config.json").is_file()
+    if not is_adapter and not (source / "config.json").is_file():
+        raise RagtuneError(f"{source} holds neither adapter_config.json nor config.json; pass the adapter "
+                           "`ragtune train` wrote or a model folder")
+    base = (base_model or base_model_of(source)) if is_adapter else str(source)
+    try:
+        _arch_of(AutoConfig.from_pretrained(base))  # refuse unsupported models before loading weights
+        # Merging in f32 keeps the adapter's small update exact before the one rounding to the GGUF type.
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if is_adapter else "auto")
+    except (OSError, ValueError) as e:
+        raise RagtuneError(f"cannot load the model '{base}' ({type(e).__name__}); pass --base-model") from None
+    tok = load_tokenizer(source)
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+    if is_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(source)).merge_and_unload()
+    template = PromptTemplate.find(source, base) or PromptTemplate.for_tokenizer(tok)
+    return model.eval(), tok, template
+
+
+# ---------------------------------------------------------------- Ollama
+SYSTEM_MARK, PROMPT_MARK, QUESTION_MARK = "\u2063SYSTEM\u2063", "\u2063PROMPT\u2063", "\u2063QUESTION\u2063"
+MODELFILE = "Modelfile"
+
+
+def _go_escape(text: str) -> str:
+    """Literal text for a Go template: `{{` would open an action."""
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def prompt_frame(tokenizer: Any, template: PromptTemplate) -> tuple[str, str]:
+    """The text before and after the user's part of a training prompt, the system text marked.
+
+    Chat style: the chat template rendered for a system and a user message, split at the user's
+    content. Plain style: the fixed headings, split after the instruction and after the question.
+    """
+    if template.style == "chat":
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM_MARK}, {"role": "user", "content": PROMPT_MARK}],
+            tokenize=False, add_generation_prompt=True)
+        if SYSTEM_MARK not in text or text.count(PROMPT_MARK) != 1:
+            raise RagtuneError("the chat template drops the system or user message; an Ollama TEMPLATE cannot "
+                               "reproduce it, so export without --ollama")
+        before, after = text.split(PROMPT_MARK)
+        return before, after
+    marked = PromptTemplate(**{**asdict(template), "instruction": SYSTEM_MARK})
+    text = marked.render_context(tokenizer, QUESTION_MARK, PROMPT_MARK)
+    start = text.index(SYSTEM_MARK) + len(SYSTEM_MARK) + len("\n\n")
+    end = text.rindex(QUESTION_MARK) + len(QUESTION_MARK)
+    return text[:start], text[end:]
+
+
+def ollama_prompt(tokenizer: Any, template: PromptTemplate, question: str, context: str) -> str:
+    """What to send Ollama as the prompt so it renders exactly the training prompt for (question, context)."""
+    if template.style == "chat":
+        return template.context_messages(question, context)[1]["content"]
+    before, after = prompt_frame(tokenizer, template)
+    full = template.render_context(tokenizer, question, context)
+    head = before.replace(SYSTEM_MARK, template.system)
+    return full[len(head): len(full) - len(after)]
+
+
+def ollama_template(tokenizer: Any, template: PromptTemplate) -> str:
+    """The Modelfile TEMPLATE: the training prompt with `.System` and `.Prompt`, then `.Response`
+    (Ollama renders up to `.Response` when generating) and the end of an answer."""
+    from ragtune.prompts import end_of_answer
+
+    before, after = prompt_frame(tokenizer, template)
+    head = _go_escape(before).replace(SYSTEM_MARK, "{{ .System }}")
+    end = _go_escape(end_of_answer(tokenizer, template))
+    return f"{head}{{{{ .Prompt }}}}{_go_escape(after)}{{{{ .Response }}}}{end}"
+
+
+def stop_strings(tokenizer: Any, template: PromptTemplate) -> list[str]:
+    """Texts that end an answer: the chat turn's end token and EOS."""
+    from ragtune.prompts import end_of_answer
+
+    stops = [end_of_answer(tokenizer, template).strip(), tokenizer.eos_token or ""]
+    return [s for i, s in enumerate(stops) if s and s not in stops[:i]]
+
+
+def modelfile_text(gguf_name: str, tokenizer: Any, template: PromptTemplate) -> str:
+    """An Ollama Modelfile: the GGUF, the training prompt as TEMPLATE, stop tokens, greedy decoding
+    (as `ragtune eval` scores) and the RAG instruction with its refusal sentence as SYSTEM."""
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{ollama_template(tokenizer, template)}"""']
+    lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stop_strings(tokenizer, template)]
+    lines += ["PARAMETER temperature 0", f'SYSTEM """{template.system}"""']
+    return "\n".join(lines) + "\n"
+
+
+def write_modelfile(gguf_path: str | Path, tokenizer: Any, template: PromptTemplate) -> Path:
+    path = Path(gguf_path)
+    out = path.parent / MODELFILE
+    out.write_text(modelfile_text(path.name, tokenizer, template), encoding="utf-8")
+    return out
