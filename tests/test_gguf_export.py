@@ -4,6 +4,7 @@ GGUF loader with the same weights, the same greedy answers and the same tokenize
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,149 @@ def test_other_architectures_are_refused_naming_the_supported_ones(tmp_path):
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(str(tmp_path / "gpt2"))
     with pytest.raises(RagtuneError, match=r"supports llama, qwen2 models .*not 'gpt2'"):
         write_gguf(tmp_path / "gpt2", tmp_path / "x.gguf")
+
+
+# ---------------------------------------------------------------- tokenizer round trip
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory):
+    """A SmolLM2-style tokenizer: byte-level BPE without a prefix space, ChatML specials and template."""
+    from conftest import corpus_texts
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(corpus_texts(), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.add_tokens(["<think>"])  # an added, non-special token: llama.cpp's USER_DEFINED
+    tok.chat_template = CHATML
+    return tok
+
+
+def random_texts(tokenizer, n: int = 1000, seed: int = 0) -> list[str]:
+    """Corpus words mixed with digits, accents, CJK, emoji, odd whitespace and the special tokens."""
+    from conftest import corpus_texts
+
+    rng = random.Random(seed)
+    words = " ".join(corpus_texts()).split()
+    odd = ["\n", "\n\n", "  ", "\t", " \n ", "123", "45678", "3.14", "é", "Straße", "日本語", "🙂", "—", "'s",
+           "can't", "x=1;", "  indented", "(a, b)", "\u00a0"] + list(tokenizer.all_special_tokens)
+    texts = []
+    for _ in range(n):
+        parts = [rng.choice(words) if rng.random() < 0.75 else rng.choice(odd) for _ in range(rng.randint(1, 25))]
+        texts.append("".join(p + rng.choice([" ", " ", "", "\n", "  "]) for p in parts).strip(rng.choice([" ", ""])))
+    return texts
+
+
+def gguf_of(tokenizer, path: Path) -> Path:
+    """A GGUF of a random tiny Llama with this tokenizer: the tokenizer is what is tested."""
+    from conftest import TEST_MODEL
+
+    from ragtune.gguf_export import write_gguf_from_model
+    from ragtune.models import tiny_llama
+
+    return write_gguf_from_model(tiny_llama(TEST_MODEL, tokenizer), tokenizer, path, "f16")
+
+
+def assert_same_tokenizer(before, after, texts: list[str]) -> None:
+    specials = [*before.all_special_tokens, *before.added_tokens_encoder]
+    for token in specials:
+        assert after.convert_tokens_to_ids(token) == before.convert_tokens_to_ids(token), token
+        assert after(token, add_special_tokens=False)["input_ids"] == before(token, add_special_tokens=False)[
+            "input_ids"], token
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(after, key) == getattr(before, key), key
+    differ = [t for t in texts if after(t)["input_ids"] != before(t)["input_ids"]]
+    assert not differ, f"{len(differ)} of {len(texts)} texts tokenise differently, e.g. {differ[0]!r}"
+    assert [after.decode(after(t)["input_ids"], skip_special_tokens=False) for t in texts[:50]] == [
+        before.decode(before(t)["input_ids"], skip_special_tokens=False) for t in texts[:50]]
+
+
+def test_chat_tokenizer_round_trips_through_transformers_gguf_loader(chat_tokenizer, tmp_path):
+    """What llama.cpp and Ollama read: no help from ragtune on the way back."""
+    from transformers import AutoTokenizer
+
+    path = gguf_of(chat_tokenizer, tmp_path / "chat.gguf")
+    back = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert_same_tokenizer(chat_tokenizer, back, random_texts(chat_tokenizer))
+    assert back.chat_template == CHATML
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    assert back.apply_chat_template(messages, add_generation_prompt=True) == chat_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True)
+
+
+def test_prefix_space_tokenizer_round_trips_with_the_recorded_flag(tokenizer, tmp_path):
+    """ragtune's tiny tokenizer adds a prefix space, which GGUF readers drop: the file records it,
+    `load_gguf_tokenizer` restores it; without it, text free of special tokens (after which the
+    tiny tokenizer adds a space again) needs only a leading space."""
+    from transformers import AutoTokenizer
+
+    from ragtune.gguf_export import load_gguf_tokenizer
+
+    path = gguf_of(tokenizer, tmp_path / "tiny.gguf")
+    texts = random_texts(tokenizer)
+    assert_same_tokenizer(tokenizer, load_gguf_tokenizer(path), texts)
+    plain = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    free = [t for t in texts if not any(s in t for s in tokenizer.all_special_tokens)]
+    assert len(free) > 500
+    assert all(plain(t if t.startswith(" ") else " " + t)["input_ids"] == tokenizer(t)["input_ids"] for t in free)
+
+
+# ---------------------------------------------------------------- Ollama Modelfile
+def modelfile_fields(text: str) -> dict[str, list[str]]:
+    """FROM / TEMPLATE / SYSTEM / PARAMETER values of a Modelfile, triple-quoted values unwrapped."""
+    import json
+    import re
+
+    fields: dict[str, list[str]] = {}
+    for key, quoted, plain in re.findall(r'^(\w+) (?:"""(.*?)"""|([^\n]*))$', text, flags=re.M | re.S):
+        value = quoted if quoted or not plain else plain
+        if key == "PARAMETER" and value.startswith("stop "):
+            key, value = "stop", json.loads(value[len("stop "):])
+        fields.setdefault(key, []).append(value)
+    return fields
+
+
+def render_ollama(template: str, system: str, prompt: str) -> str:
+    """Ollama's rendering of the TEMPLATE we write when generating: the text up to `.Response`
+    (Ollama cuts the rest), with `.System`, `.Prompt` and escaped `{{` filled in."""
+    import re
+
+    values = {'{{ "{{" }}': "{{", "{{ .System }}": system, "{{ .Prompt }}": prompt}
+    head = template.split("{{ .Response }}")[0]
+    pieces = re.split(r"(\{\{.*?\}\})", head)  # actions at odd indices; values are not re-parsed
+    assert all(p in values for p in pieces[1::2]), "an action this renderer does not know"
+    return "".join(values[p] if i % 2 else p for i, p in enumerate(pieces))
+
+
+@pytest.mark.parametrize("style", ["chat", "plain"])
+def test_modelfile_template_renders_the_training_prompt(style, chat_tokenizer, tokenizer, tmp_path):
+    from ragtune.gguf_export import modelfile_text, ollama_prompt
+    from ragtune.prompts import Passage, end_of_answer
+
+    tok = chat_tokenizer if style == "chat" else tokenizer
+    assert (getattr(tok, "chat_template", None) is not None) == (style == "chat")
+    for question_first in (False, True):
+        template = PromptTemplate.for_tokenizer(tok, question_first=question_first)
+        fields = modelfile_fields(modelfile_text("m.gguf", tok, template))
+        assert fields["FROM"] == ["./m.gguf"] and fields["SYSTEM"] == [template.system]
+        assert end_of_answer(tok, template).strip() in fields["stop"] and tok.eos_token in fields["stop"]
+        for i, question in enumerate(["Who wrote it?", "What does {{ .Prompt }} mean?", "x"]):
+            passages = [Passage(title=f"doc {i}", text="It was written by {{ Ada }}.\n\nSecond line."),
+                        Passage(title="other", text="Nothing here.")]
+            context = template.context_block(passages)
+            want = template.render(tok, question, passages)
+            got = render_ollama(fields["TEMPLATE"][0], fields["SYSTEM"][0],
+                                ollama_prompt(tok, template, question, context))
+            assert got == want
+    assert "PARAMETER temperature 0" in modelfile_text("m.gguf", tok, template)
