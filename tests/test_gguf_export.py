@@ -60,6 +60,7 @@ def test_f16_export_generates_the_merged_models_greedy_tokens(tuned, tmp_path):
     path = write_gguf_from_model(tuned["model"], tuned["tok"], tmp_path / "tuned-f16.gguf", "f16")
     back = load_gguf_model(path)
     assert back.config.tie_word_embeddings and back.config.num_hidden_layers == tuned["model"].config.num_hidden_layers
+    assert_same_weights(tuned["model"], back, 0.001)  # f16 rounding: 2**-11 of each tensor's scale at most
     pad = tuned["tok"].pad_token_id
     assert greedy(back, tuned["prompts"], pad) == greedy(tuned["model"], tuned["prompts"], pad)
 
@@ -272,3 +273,43 @@ def test_modelfile_template_renders_the_training_prompt(style, chat_tokenizer, t
                                 ollama_prompt(tok, template, question, context))
             assert got == want
     assert "PARAMETER temperature 0" in modelfile_text("m.gguf", tok, template)
+
+
+# ---------------------------------------------------------------- other shapes and types
+@pytest.mark.parametrize("arch, gguf_type", [("llama", "bf16"), ("qwen2", "f16"), ("qwen2", "q8_0")])
+def test_grouped_query_llama_and_qwen2_read_back_with_the_same_logits(arch, gguf_type, chat_tokenizer, tmp_path):
+    """Fewer KV heads than query heads (the K permutation uses the KV count), Qwen2's q/k/v biases,
+    an untied output matrix, and bf16."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from ragtune.gguf_export import write_gguf_from_model
+
+    shape = dict(vocab_size=len(chat_tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 tie_word_embeddings=arch == "llama")
+    torch.manual_seed(0)
+    cls, config = (LlamaForCausalLM, LlamaConfig) if arch == "llama" else (Qwen2ForCausalLM, Qwen2Config)
+    model = cls(config(**shape)).eval()
+    if arch == "qwen2":  # random biases, so a dropped or misnamed bias shows
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+    path = write_gguf_from_model(model, chat_tokenizer, tmp_path / f"{arch}.gguf", gguf_type)
+    back = load_gguf_model(path)
+    assert type(back) is cls and back.config.tie_word_embeddings == shape["tie_word_embeddings"]
+    x = torch.randint(0, len(chat_tokenizer), (2, 24))
+    with torch.no_grad():
+        ref, got = model(x).logits, back(x).logits
+    tolerance = {"f16": 0.01, "bf16": 0.05, "q8_0": Q8_TOLERANCE}[gguf_type]
+    assert (got - ref).abs().max() <= tolerance * ref.abs().max()
+    assert_same_weights(model, back, tolerance)
+
+
+def assert_same_weights(model, back, tolerance: float) -> None:
+    """Every tensor back in place: a Q/K row order or a bias gone wrong shows here even where a
+    nearly uniform attention of a small model hides it from the logits."""
+    want, got = model.state_dict(), back.state_dict()
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        scale = tensor.abs().max().clamp_min(1e-6)
+        assert (got[name].float() - tensor.float()).abs().max() <= tolerance * scale, name
