@@ -99,6 +99,9 @@ def test_cli_exports_the_adapter_as_gguf_and_a_modelfile(tuned, tmp_path):
     out = tmp_path / "ollama" / "tuned.gguf"
     p = ragtune_cli("export", "--adapter", str(tuned["adapter"]), "--gguf", str(out), "--ollama")
     assert p.returncode == 0, p.stderr
+    from ragtune.gguf_export import read_prompt_template
+
+    assert read_prompt_template(out) == tuned["template"]  # for ragtune's own GGUF import
     modelfile = (out.parent / "Modelfile").read_text(encoding="utf-8")
     assert modelfile.startswith("FROM ./tuned.gguf\n") and tuned["template"].system in modelfile
     back = load_gguf_model(out)

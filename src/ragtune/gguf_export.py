@@ -260,6 +260,15 @@ def load_gguf_tokenizer(gguf_path: str | Path) -> Any:
     return tok
 
 
+def read_prompt_template(gguf_path: str | Path) -> PromptTemplate | None:
+    """The training prompt template a ragtune export stored in the file, else None."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    metadata, _ = read_gguf_metadata(str(gguf_path))
+    value = metadata.get(PROMPT_KEY)
+    return PromptTemplate(**json.loads(value)) if isinstance(value, str) else None
+
+
 # ---------------------------------------------------------------- from a folder
 def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type: str = "f16", ollama: bool = False,
                base_model: str | None = None) -> Path:
