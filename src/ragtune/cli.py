@@ -214,15 +214,34 @@ def train(
 
 @app.command()
 def export(
-    adapter: Path = typer.Option(..., help="Adapter folder written by `ragtune train`."),
-    out: Path = typer.Option(..., help="Folder for the merged model."),
+    adapter: Path | None = typer.Option(None, help="Adapter folder written by `ragtune train`."),
+    model: Path | None = typer.Option(None, help="A full model folder to export as GGUF (instead of --adapter)."),
+    out: Path | None = typer.Option(None, help="Folder for the merged model."),
     merge: bool = typer.Option(True, help="Merge the adapter into a 16-bit base."),
     base_model: str | None = typer.Option(None, "--base-model"),
+    gguf: Path | None = typer.Option(None, "--gguf", help="Also write one GGUF file (llama.cpp, Ollama, LM Studio)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF weights: f16, bf16 or q8_0."),
+    ollama: bool = typer.Option(False, "--ollama", help="Write an Ollama Modelfile next to the GGUF."),
 ) -> None:
-    """Merge an adapter into its base model and save safetensors with the tokenizer."""
-    from ragtune.train import export_merged
+    """Merge an adapter into its base model and save safetensors with the tokenizer, and/or a GGUF."""
+    source = adapter or model
+    if source is None or (adapter and model):
+        raise RagtuneError("pass one of --adapter (a trained adapter) or --model (a full model folder)")
+    if out is None and gguf is None:
+        raise RagtuneError("nothing to write: pass --out FOLDER (merged safetensors) and/or --gguf FILE.gguf")
+    if ollama and gguf is None:
+        raise RagtuneError("--ollama writes a Modelfile next to a GGUF; pass --gguf FILE.gguf too")
+    if out is not None:
+        if adapter is None:
+            raise RagtuneError("--out merges an adapter; pass --adapter, or --gguf to export a model folder")
+        from ragtune.train import export_merged
 
-    export_merged(adapter, out, base_model=base_model, merge=merge)
+        export_merged(adapter, out, base_model=base_model, merge=merge)
+    if gguf is not None:
+        from ragtune.gguf_export import write_gguf
+
+        path = write_gguf(source, gguf, gguf_type=gguf_type, ollama=ollama, base_model=base_model)
+        typer.echo(f"wrote {path}" + (f" and {path.parent / 'Modelfile'}" if ollama else ""))
 
 
 # ------------------------------------------------------------------ eval / ask / serve
