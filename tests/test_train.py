@@ -183,3 +183,14 @@ def test_accelerate_settings_left_by_another_library_do_not_leak(tiny_model_dir,
                                                                            precision="fp32"), tmp_path)
     assert res.steps == 1 and res.dtype == "float32"
     assert not AcceleratorState._shared_state  # and ragtune leaves none behind
+
+
+def test_micro_batches_are_cut_to_the_token_budget():
+    from ragtune.train.data import cap_tokens
+
+    lengths = [100, 90, 50, 40, 30, 300]
+    pieces = cap_tokens([0, 1, 2, 3, 4, 5], lengths, 200)
+    assert sorted(j for p in pieces for j in p) == [0, 1, 2, 3, 4, 5]  # nothing lost or repeated
+    assert pieces[0] == [5]  # longer than the budget: alone
+    assert all(len(p) * max(lengths[j] for j in p) <= 200 for p in pieces[1:])
+    assert cap_tokens([2, 0], lengths, None) == [[2, 0]]

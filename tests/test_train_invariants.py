@@ -68,9 +68,14 @@ def test_batch_size_times_accumulation_gives_the_same_update(tiny_model_dir, tok
 
     ds = rag_dataset(tokenizer, 24, 4)
     for bs, acc in [(8, 1), (4, 2), (2, 4)]:
-        train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=bs, grad_accum=acc, **EXACT),
-              tmp_path / f"{bs}x{acc}")
+        train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=bs, grad_accum=acc, micro_batch_tokens=None,
+                                              **EXACT), tmp_path / f"{bs}x{acc}")
+    # a token budget under every row's length: each row is a micro-batch of its own
+    train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=8, micro_batch_tokens=1, **EXACT),
+          tmp_path / "capped")
     assert losses(tmp_path / "8x1") == pytest.approx(losses(tmp_path / "4x2"), abs=1e-4)
+    assert losses(tmp_path / "8x1") == pytest.approx(losses(tmp_path / "capped"), abs=1e-4)
+    assert_same_adapter(tmp_path / "8x1", tmp_path / "capped", atol=1e-4)
     # Adam turns float-order noise in tiny gradients (LoRA B starts at zero) into up to ~1% of
     # a step (2.7e-5 measured at lr 3e-3); a loss scaled per micro-batch is 8e-3 off above.
     assert_same_adapter(tmp_path / "8x1", tmp_path / "4x2", atol=1e-4)

@@ -228,8 +228,11 @@ def _write_model_folder(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ragtune.gguf_export import read_prompt_template
+
     tok, loaded = _load_gguf(gguf)
     config = loaded.config
+    tok = _within_vocab(tok, config.vocab_size)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -242,11 +245,32 @@ def _write_model_folder(gguf: Path, out: Path) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(out))  # the saved tokenizer must load as it will be used
+    template = read_prompt_template(gguf)  # a ragtune export carries the prompt it was trained with
+    if template is not None:
+        template.save(out)
+
+
+def _within_vocab(tok: Any, n_vocab: int) -> Any:
+    """The tokenizer without tokens past the model's embeddings: transformers' GGUF reader
+    adds `<|endoftext|>` to byte-level vocabularies that lack it, a token with no weights."""
+    if len(tok) <= n_vocab:
+        return tok
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] < n_vocab]
+    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if getattr(tok, k) is not None and tok.convert_tokens_to_ids(getattr(tok, k)) < n_vocab}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   chat_template=getattr(tok, "chat_template", None), **specials)
 
 
 def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from ragtune.gguf_export import load_gguf_tokenizer
 
     try:
         import gguf as _gguf  # noqa: F401 - transformers needs it to read the file
@@ -254,7 +278,7 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
         raise RagtuneError("reading GGUF files needs the gguf package: pip install gguf") from None
     folder, name = str(gguf.parent), gguf.name
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tok = load_gguf_tokenizer(gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # a truncated or foreign file fails in many ways inside the reader
         raise RagtuneError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: {str(e)[:120]}); "
