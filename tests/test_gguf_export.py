@@ -87,6 +87,24 @@ def test_q8_0_export_keeps_logits_within_tolerance_and_greedy_answers(tuned, tmp
 Q8_TOLERANCE = 0.1
 
 
+
+def test_f16_export_keeps_greedy_answers_that_differ_from_prompt_to_prompt(tuned, tmp_path):
+    """The tuned tiny Llama answers every prompt alike (it has learnt the answer prior, not reading), so
+    greedy agreement is also checked on a Llama whose larger random weights answer each prompt differently."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragtune.gguf_export import write_gguf_from_model
+
+    tok = tuned["tok"]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True, max_position_embeddings=2048)).eval()
+    want = greedy(model, tuned["prompts"], tok.pad_token_id)
+    assert len({tuple(w) for w in want}) == N_PROMPTS  # every answer different
+    back = load_gguf_model(write_gguf_from_model(model, tok, tmp_path / "varied.gguf", "f16"))
+    assert greedy(back, tuned["prompts"], tok.pad_token_id) == want
+
 # ---------------------------------------------------------------- from folders, through the CLI
 def ragtune_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m ragtune` on this checkout's sources, whatever copy is installed."""
