@@ -180,8 +180,8 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
     if prefix_space:
         # llama.cpp's BPE ignores this flag and transformers' GGUF tokenizer drops it: text is then
         # split without the leading space. Recorded so ragtune's own import can restore it.
-        log.warning("the tokenizer adds a prefix space, which llama.cpp's BPE does not; prompts in llama.cpp "
-                    "tokenise slightly differently from training")
+        log.warning("the tokenizer adds a prefix space, which llama.cpp's BPE does not: the Modelfile's TEMPLATE "
+                    "starts with one, and a prompt given to llama.cpp directly needs a leading space")
     writer.add_add_space_prefix(prefix_space)
     if isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
