@@ -47,7 +47,8 @@ def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf
                            "resize the model's embeddings to the tokenizer before exporting")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), arch)
+    # Tensors spill to a temporary file past 256 MB, so a 7B export does not hold a second copy in memory.
+    writer = gguf.GGUFWriter(str(out), arch, use_temp_file=True)
     _add_hparams(writer, config, arch, n_vocab, gguf_type)
     add_tokenizer(writer, tokenizer, n_vocab)
     if template is not None:
