@@ -87,6 +87,24 @@ def test_q8_0_export_keeps_logits_within_tolerance_and_greedy_answers(tuned, tmp
 Q8_TOLERANCE = 0.1
 
 
+
+def test_f16_export_keeps_greedy_answers_that_differ_from_prompt_to_prompt(tuned, tmp_path):
+    """The tuned tiny Llama answers every prompt alike (it has learnt the answer prior, not reading), so
+    greedy agreement is also checked on a Llama whose larger random weights answer each prompt differently."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragtune.gguf_export import write_gguf_from_model
+
+    tok = tuned["tok"]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True, max_position_embeddings=2048)).eval()
+    want = greedy(model, tuned["prompts"], tok.pad_token_id)
+    assert len({tuple(w) for w in want}) == N_PROMPTS  # every answer different
+    back = load_gguf_model(write_gguf_from_model(model, tok, tmp_path / "varied.gguf", "f16"))
+    assert greedy(back, tuned["prompts"], tok.pad_token_id) == want
+
 # ---------------------------------------------------------------- from folders, through the CLI
 def ragtune_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m ragtune` on this checkout's sources, whatever copy is installed."""
@@ -257,11 +275,18 @@ def render_ollama(template: str, system: str, prompt: str) -> str:
 
 @pytest.mark.parametrize("style", ["chat", "plain"])
 def test_modelfile_template_renders_the_training_prompt(style, chat_tokenizer, tokenizer, tmp_path):
+    """Rendered as Ollama renders it, the TEMPLATE gives the training prompt's text, and through the
+    GGUF's own tokenizer (as llama.cpp reads it, no prefix space) the training prompt's ids."""
+    from transformers import AutoTokenizer
+
     from ragtune.gguf_export import modelfile_text, ollama_prompt
     from ragtune.prompts import Passage, end_of_answer
 
     tok = chat_tokenizer if style == "chat" else tokenizer
     assert (getattr(tok, "chat_template", None) is not None) == (style == "chat")
+    path = gguf_of(tok, tmp_path / "m.gguf")
+    reader = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    lead = " " if style == "plain" else ""  # the space the tiny tokenizer adds and llama.cpp does not
     for question_first in (False, True):
         template = PromptTemplate.for_tokenizer(tok, question_first=question_first)
         fields = modelfile_fields(modelfile_text("m.gguf", tok, template))
@@ -270,11 +295,11 @@ def test_modelfile_template_renders_the_training_prompt(style, chat_tokenizer, t
         for i, question in enumerate(["Who wrote it?", "What does {{ .Prompt }} mean?", "x"]):
             passages = [Passage(title=f"doc {i}", text="It was written by {{ Ada }}.\n\nSecond line."),
                         Passage(title="other", text="Nothing here.")]
-            context = template.context_block(passages)
             want = template.render(tok, question, passages)
             got = render_ollama(fields["TEMPLATE"][0], fields["SYSTEM"][0],
-                                ollama_prompt(tok, template, question, context))
-            assert got == want
+                                ollama_prompt(tok, template, question, template.context_block(passages)))
+            assert got == lead + want
+            assert reader(got)["input_ids"] == prompt_ids(tok, want, template)
     assert "PARAMETER temperature 0" in modelfile_text("m.gguf", tok, template)
 
 

@@ -47,7 +47,8 @@ def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf
                            "resize the model's embeddings to the tokenizer before exporting")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), arch)
+    # Tensors spill to a temporary file past 256 MB, so a 7B export does not hold a second copy in memory.
+    writer = gguf.GGUFWriter(str(out), arch, use_temp_file=True)
     _add_hparams(writer, config, arch, n_vocab, gguf_type)
     add_tokenizer(writer, tokenizer, n_vocab)
     if template is not None:
@@ -176,15 +177,21 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
     add_bos, add_eos = _adds_special(tokenizer)
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(add_eos)
-    prefix_space = any(p.get("add_prefix_space") for p in byte_level)
+    prefix_space = adds_prefix_space(tokenizer)
     if prefix_space:
         # llama.cpp's BPE ignores this flag and transformers' GGUF tokenizer drops it: text is then
         # split without the leading space. Recorded so ragtune's own import can restore it.
-        log.warning("the tokenizer adds a prefix space, which llama.cpp's BPE does not; prompts in llama.cpp "
-                    "tokenise slightly differently from training")
+        log.warning("the tokenizer adds a prefix space, which llama.cpp's BPE does not: the Modelfile's TEMPLATE "
+                    "starts with one, and a prompt given to llama.cpp directly needs a leading space")
     writer.add_add_space_prefix(prefix_space)
     if isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
+
+
+def adds_prefix_space(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a space before text, as ragtune's tiny tokenizers do."""
+    pre = _pre_tokenizers(json.loads(tokenizer.backend_tokenizer.to_str()))
+    return any(p.get("type") == "ByteLevel" and p.get("add_prefix_space") for p in pre)
 
 
 def _pre_tokenizers(spec: dict) -> list[dict]:
@@ -355,11 +362,17 @@ def ollama_prompt(tokenizer: Any, template: PromptTemplate, question: str, conte
 
 def ollama_template(tokenizer: Any, template: PromptTemplate) -> str:
     """The Modelfile TEMPLATE: the training prompt with `.System` and `.Prompt`, then `.Response`
-    (Ollama renders up to `.Response` when generating) and the end of an answer."""
+    (Ollama renders up to `.Response` when generating) and the end of an answer. Rendered, it
+    tokenises in llama.cpp to the ids the training prompt had."""
     from ragtune.prompts import end_of_answer
 
     before, after = prompt_frame(tokenizer, template)
     head = _go_escape(before).replace(SYSTEM_MARK, "{{ .System }}")
+    if adds_prefix_space(tokenizer) and not head.startswith(" "):
+        # llama.cpp does not add the space this tokenizer puts before the text; written here, the
+        # prompt's first word gets the ids it had in training (the plain prompt has no special
+        # tokens in it, after which the tokenizer would add one again).
+        head = " " + head
     end = _go_escape(end_of_answer(tokenizer, template))
     return f"{head}{{{{ .Prompt }}}}{_go_escape(after)}{{{{ .Response }}}}{end}"
 
