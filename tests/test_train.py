@@ -83,7 +83,7 @@ def trained(tiny_model_dir, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter")
     ds = rag_dataset(tokenizer)
     ds["validation"] = ds["train"].select(range(16))  # loss on rows it trains on: 20 steps must fit them
-    res = train(ds, tiny_model_dir, TrainConfig(max_steps=20, **FAST), out)
+    res = train(ds, tiny_model_dir, TrainConfig(max_steps=20, eval_steps=20, **FAST), out)
     return out, res
 
 

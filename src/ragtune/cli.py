@@ -259,6 +259,8 @@ def eval_(
     robustness: bool = typer.Option(True, help="Also score closed book / oracle + k distractors / oracle removed."),
     precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
     cache: bool = typer.Option(True, help="Reuse predictions cached in RUN/cache."),
+    abstention_rule: bool = typer.Option(True, help="Apply the refusal bias `train` calibrated "
+                                         "(adapter/ragtune_abstain.json)."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
                                             "(official SQuAD v2 algorithm) instead of running models."),
@@ -281,7 +283,8 @@ def eval_(
 
     cfg = validated(EvalConfig, "eval", split=split, limit=limit, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, robustness=robustness, precision=precision, cache=cache,
-                    judge=judge, judge_base_url=judge_base_url, judge_model=judge_model, judge_repeats=judge_repeats)
+                    abstention_rule=abstention_rule, judge=judge, judge_base_url=judge_base_url,
+                    judge_model=judge_model, judge_repeats=judge_repeats)
     metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
     typer.echo(format_table(metrics))
     typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")

@@ -225,7 +225,9 @@ def run_training(
     res = TrainResult(out=str(out), method=cfg.method, dtype=str(compute).replace("torch.", ""), processes=world,
                       trainable_params=sum(p.numel() for p in params),
                       total_params=sum(p.numel() for p in inner.model.parameters()))
-    if val_enc is not None and len(val_enc) and start == 0:
+    # A step-0 point only for a validation curve: eval compares base and tuned on the test split
+    # anyway, and on a CPU this pass over long rows costs minutes.
+    if val_enc is not None and len(val_enc) and start == 0 and cfg.eval_steps:
         res.initial_eval_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute,
                                               cfg.micro_batch_tokens, "validation (before training)")[0]
     bar = tqdm(total=total, initial=start, disable=not main, desc="train", unit="step", file=sys.stderr)
