@@ -73,6 +73,8 @@ def synth(
                                         "unanswerable_check."),
     limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
     dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
+    replace: bool = typer.Option(False, "--replace", help="Replace the synthesised rows of RUN/qa.jsonl with "
+                                 "this run's (imported rows stay); by default rows are added."),
     seed: int = typer.Option(0),
 ) -> None:
     """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
@@ -93,7 +95,8 @@ def synth(
                     model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                     rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
                     batch_size=batch_size, prompts_dir=prompts_dir,
-                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
+                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, replace=replace,
+                    seed=seed)
     synth_to_run(run, cfg)
 
 

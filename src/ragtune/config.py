@@ -121,6 +121,7 @@ class SynthConfig(_Config):
     roundtrip_k: int = 10  # the question must retrieve its chunk within the top k (BM25)
     dedupe_threshold: float = 0.9  # MinHash Jaccard above which questions are duplicates (distilabel: 0.9)
     cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
+    replace: bool = False  # qa.jsonl keeps only imported rows and this run's (default: add to what is there)
 
 
 class BuildConfig(_Config):
