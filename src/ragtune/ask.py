@@ -9,7 +9,7 @@ from typing import Any
 
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate
-from ragtune.records import Chunk, read_jsonl
+from ragtune.records import Chunk, read_jsonl, read_text_file
 
 
 def load_for_inference(
@@ -34,7 +34,7 @@ def context_passages(path: str | Path) -> list[Passage]:
     if not p.is_file():
         raise RagtuneError(f"context file {p} not found; pass a text file with --context")
     try:
-        text = p.read_text(encoding="utf-8").strip()
+        text = read_text_file(p).strip()
     except UnicodeDecodeError:
         raise RagtuneError(f"context file {p} is not UTF-8 text; convert it or use --docs") from None
     if not text:

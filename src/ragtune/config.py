@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ragtune.errors import RagtuneError
+from ragtune.records import read_text_file
 
 REFUSAL = "Sorry. I cannot find the answer based on the context."
 
@@ -239,7 +240,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise RagtuneError(f"config file {path} not found; pass the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

@@ -21,7 +21,7 @@ from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answe
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
 from ragtune.models import is_tuned_dir
 from ragtune.prompts import Passage, PromptTemplate
-from ragtune.records import Example, QAItem, from_dict, write_jsonl
+from ragtune.records import Example, QAItem, from_dict, read_text_file, write_jsonl
 from ragtune.runfolder import RunFolder
 
 __all__ = [
@@ -176,7 +176,7 @@ def score_prediction_file(
         preds = predictions
     else:
         try:
-            preds = json.loads(Path(predictions).read_text(encoding="utf-8"))
+            preds = json.loads(read_text_file(predictions))
         except (OSError, json.JSONDecodeError) as e:
             raise RagtuneError(f"cannot read predictions {predictions} ({type(e).__name__}); pass a JSON "
                                "object mapping question id to answer text") from None
