@@ -194,7 +194,8 @@ def train(
     eval_steps: int | None = typer.Option(None, help="Validation loss every N steps."),
     save_steps: int | None = typer.Option(None, help="Checkpoint every N steps (keeps last and best)."),
     early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/adapter/checkpoints/last."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from RUN/adapter/checkpoints/last when "
+                                "it was saved with the same settings and inputs (default), or start over."),
     report_to: str = typer.Option("none", help="none, tensorboard or wandb."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -354,12 +355,19 @@ def pretrain(
 
 # ------------------------------------------------------------------ run
 @app.command("run")
-def run_(config: Path = typer.Argument(..., help="YAML config with sections named after the stages.")) -> None:
-    """Run the whole pipeline from one YAML config into one run folder."""
+def run_(
+    config: Path = typer.Argument(..., help="YAML config with sections named after the stages."),
+    restart: bool = typer.Option(False, "--restart", help="Train from step 0 instead of resuming a killed "
+                                 "run's last checkpoint."),
+) -> None:
+    """Run the whole pipeline from one YAML config into one run folder; a re-run resumes."""
     from ragtune.config import load_run_config
     from ragtune.pipeline import run_pipeline
 
-    run_pipeline(load_run_config(config))
+    cfg = load_run_config(config)
+    if restart:
+        cfg.train.resume = False
+    run_pipeline(cfg)
 
 
 def main() -> None:

@@ -173,7 +173,7 @@ class TrainConfig(_Config):
     max_grad_norm: float | None = 1.0
     pack_length: int | None = None  # tokens per packed row; None: the longest example
     eval_limit: int | None = 256  # validation examples scored per evaluation (None: all)
-    resume: bool = False  # continue from OUT/checkpoints/last when it exists
+    resume: bool = True  # continue from OUT/checkpoints/last when saved with the same settings and inputs
 
 
 class EvalConfig(_Config):

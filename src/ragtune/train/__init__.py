@@ -16,7 +16,15 @@ from ragtune.errors import RagtuneError
 from ragtune.prompts import PromptTemplate
 from ragtune.runfolder import RunFolder
 from ragtune.train.data import Encoded, encode_rows
-from ragtune.train.engine import TRAIN_INFO, TRAIN_LOG, TrainResult, load_for_training, result_dict, run_training
+from ragtune.train.engine import (
+    TRAIN_INFO,
+    TRAIN_LOG,
+    TrainResult,
+    load_for_training,
+    result_dict,
+    run_training,
+    write_text_atomic,
+)
 from ragtune.train.export import export_merged
 
 __all__ = ["TrainResult", "train", "train_to_run", "export_merged", "encode_rows", "TRAIN_INFO", "TRAIN_LOG"]
@@ -59,7 +67,7 @@ def train(
     info = {"base_model": str(base_model), "method": cfg.method, "config": cfg.model_dump(),
             "template_style": template.style, "result": result_dict(res)}
     if _main_process():
-        (out / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        write_text_atomic(out / TRAIN_INFO, json.dumps(info, indent=2))
     return res
 
 
