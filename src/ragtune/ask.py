@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.adapter_check import check_adapter_fits
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl, read_text_file
@@ -23,6 +24,8 @@ def load_for_inference(
     if adapter is not None and not is_tuned_dir(adapter):
         raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
     base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
+    if adapter is not None:
+        check_adapter_fits(adapter, base)
     model, tok = load_model(base, adapter, precision=precision)
     # the adapter's template, else the one a `tiny-model` reader was pretrained with
     template = PromptTemplate.find(adapter, base) or PromptTemplate.for_tokenizer(tok)

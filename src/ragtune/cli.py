@@ -167,7 +167,9 @@ def inspect(
 ) -> None:
     """Show rendered examples with trained tokens highlighted, and warn about masking problems."""
     from ragtune.build import inspect_dataset
+    from ragtune.config import InspectConfig, validated
 
+    validated(InspectConfig, "inspect", n=n)
     inspect_dataset(dataset, n=n, tokenizer=tokenizer)
 
 
@@ -282,7 +284,9 @@ def ask(
 ) -> None:
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
+    from ragtune.config import AskConfig, validated
 
+    validated(AskConfig, "ask", k=k, max_new_tokens=max_new_tokens)
     typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
                       max_new_tokens=max_new_tokens))
 
@@ -298,8 +302,11 @@ def serve(
     batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
+    from ragtune.config import ServeConfig, validated
     from ragtune.serve import serve as serve_fn
 
+    validated(ServeConfig, "serve", host=host, port=port, api_key_env=api_key_env, model_name=model_name,
+              batch_size=batch_size)
     serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
              model_name=model_name, batch_size=batch_size)
 
@@ -348,8 +355,10 @@ def pretrain(
     minutes: float = typer.Option(10.0),
 ) -> None:
     """Domain adaptation: continue causal-LM training of a model on a document folder."""
+    from ragtune.config import TinyModelConfig, validated
     from ragtune.pipeline import pretrain_on_docs
 
+    validated(TinyModelConfig, "pretrain", minutes=minutes)
     pretrain_on_docs(model, corpus, out, minutes=minutes)
 
 

@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from ragtune.adapter_check import check_adapter_fits
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate, prompt_ids
 
@@ -486,6 +487,9 @@ def serve(
         if not api_key:
             raise RagtuneError(f"environment variable {api_key_env} is empty; export the API key "
                                "clients must send, or drop --api-key-env")
+    _check_port_free(host, port)
+    if adapter is not None:
+        check_adapter_fits(adapter, model)
     lm, tok = load_model(model, adapter=adapter)
     template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
@@ -493,6 +497,20 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before the model loads, not with uvicorn's error and exit 3 after."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise RagtuneError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or stop "
+                               "what uses it") from None
 
 
 class serving:  # noqa: N801 - used as a context manager, reads like a function

@@ -158,6 +158,7 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
     run = RunFolder(Path(run_dir))
     if not run.chunks.is_file():
         raise RagtuneError(f"{run.chunks} not found; run `ragtune ingest DOCS --run {run.root}` first")
+    run.ensure()
     chunks = list(read_jsonl(run.chunks, Chunk))
     cfg = cfg.model_copy(update={"cache_dir": cfg.cache_dir or str(run.cache)})
     console = Console(stderr=True)

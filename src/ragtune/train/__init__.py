@@ -81,6 +81,7 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     base = base_model or str(run.base_model)
     if base_model is None and not run.base_model.is_dir():
         raise RagtuneError(f"{run.base_model} does not exist; pass --base-model or run `ragtune tiny-model`")
+    run.ensure()
     dataset = load_from_disk(str(run.dataset))
     template = PromptTemplate.find(run.dataset)
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
