@@ -38,13 +38,14 @@ def test_a_smaller_run_adds_to_qa_jsonl_and_replace_is_explicit(run: Path) -> No
     assert ids(run) == [i.id for i in limited.items]
 
 
-def test_a_run_that_keeps_nothing_fails_and_changes_no_file(run: Path) -> None:
-    files = {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
+def test_a_run_that_keeps_nothing_fails_and_leaves_qa_jsonl_as_it_was(run: Path) -> None:
+    files = {p.name: p.read_bytes() for p in run.glob("*.jsonl") if p.name != "qa_rejected.jsonl"}
     cfg = SynthConfig(generator="openai", model="m", base_url="http://127.0.0.1:1/v1", timeout_s=1, max_retries=0)
-    with pytest.raises(RagtuneError, match=r"kept no row .*api_error .*unchanged; check --base-url") as e:
+    with pytest.raises(RagtuneError, match=r"kept no row .*api_error .*unchanged.*; check --base-url") as e:
         synth_to_run(run, cfg, progress=False)
     assert "\n" not in str(e.value)
-    assert {p.name: p.read_bytes() for p in run.glob("*.jsonl")} == files
+    assert {p.name: p.read_bytes() for p in run.glob("*.jsonl") if p.name != "qa_rejected.jsonl"} == files
+    assert '"api_error"' in (run / "qa_rejected.jsonl").read_text()  # why, row by row
 
 
 def test_a_torn_last_line_is_repaired_and_other_bad_lines_are_named(run: Path) -> None:

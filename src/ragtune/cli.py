@@ -300,15 +300,21 @@ def serve(
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
     model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
     batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
+    max_tokens: int = typer.Option(1024, help="Cap of any request's max_tokens (the model's context caps it too)."),
+    max_body_bytes: int = typer.Option(1 << 20, help="Larger request bodies are refused (413)."),
+    request_timeout_s: float = typer.Option(120.0, help="Time limit of a request, queueing included."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
     from ragtune.config import ServeConfig, validated
+    from ragtune.serve import Limits
     from ragtune.serve import serve as serve_fn
 
     validated(ServeConfig, "serve", host=host, port=port, api_key_env=api_key_env, model_name=model_name,
-              batch_size=batch_size)
+              batch_size=batch_size, max_tokens=max_tokens, max_body_bytes=max_body_bytes,
+              request_timeout_s=request_timeout_s)
     serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
-             model_name=model_name, batch_size=batch_size)
+             model_name=model_name, batch_size=batch_size,
+             limits=Limits(max_tokens=max_tokens, max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s))
 
 
 # ------------------------------------------------------------------ models

@@ -242,6 +242,9 @@ class ServeConfig(_Config):
     api_key_env: str | None = None
     model_name: str | None = None  # id reported by /v1/models; default: the model folder's name
     batch_size: int = Field(8, ge=1, le=256)  # requests waiting together with equal settings are generated as one batch
+    max_tokens: int = Field(1024, ge=1, le=1_000_000)  # cap of any request's max_tokens (the context caps it too)
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies get 413
+    request_timeout_s: float = Field(120.0, gt=0)  # queueing + generation; past it: 429, or the text so far
 
 
 class AskConfig(_Config):

@@ -13,12 +13,12 @@ duplicate), and finally rewrites both files in the order an uninterrupted run wr
 
 Synth never loses rows: rows already in qa.jsonl that this run does not make again stay
 (`--replace` keeps only imported rows instead); rows of chunks that left chunks.jsonl move to
-qa_rejected.jsonl. A run that keeps no row fails with the reason and leaves both files as they were.
+qa_rejected.jsonl. A run that keeps no row fails with the reason and leaves qa.jsonl as it was (its rejections
+are added to qa_rejected.jsonl, to show why).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -166,9 +166,9 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         result = synthesize(chunks, cfg, progress=False)
         console.print(f"synth dry run: {result.summary}")
         return result
+    qa_existed = run.qa.is_file()
     old = read_jsonl_repaired(run.qa)
     old_rejected = read_jsonl_repaired(run.qa_rejected)
-    rejected_before = run.qa_rejected.read_bytes() if run.qa_rejected.is_file() else None
     have_items = {r["id"] for r in old}
     have_rejections = {rejection_id(from_dict(Rejection, r)) for r in old_rejected}
     with JsonlAppender(run.qa) as qa_out, JsonlAppender(run.qa_rejected) as rej_out:
@@ -177,8 +177,9 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
             on_item=lambda i: i.id in have_items or qa_out.write(i),
             on_rejection=lambda r: rejection_id(r) in have_rejections or rej_out.write(r),
         )
-    if not result.items:
-        _restore(run.qa_rejected, rejected_before)  # nothing was appended to qa.jsonl (no item was kept)
+    if not result.items:  # nothing was appended to qa.jsonl; the rejections stay, to show why
+        if not qa_existed:
+            run.qa.unlink(missing_ok=True)  # the appender's empty file
         raise RagtuneError(_nothing_kept(result.summary, run.qa))
     qa_rows, rejected_rows, stale = _merged(old, old_rejected, result, {c.id for c in chunks}, cfg.replace)
     write_jsonl(run.qa, qa_rows)
@@ -230,16 +231,7 @@ def _nothing_kept(summary: dict[str, Any], qa: Path) -> str:
     fix = ("check --base-url, --model, the API key and --timeout-s" if "api_error" in summary["rejected_by_reason"]
            else "check the chunks, --questions-per-chunk and the filters (--no-filter)")
     return (f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
-            f"{qa} is unchanged; {fix}, then re-run")
-
-
-def _restore(path: Path, content: bytes | None) -> None:
-    if content is None:
-        path.unlink(missing_ok=True)
-    elif path.read_bytes() != content:
-        tmp = path.with_name(path.name + ".restore")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+            f"{qa} is unchanged, the rejected rows are in {qa.with_name('qa_rejected.jsonl').name}; {fix}, then re-run")
 
 
 def _tokens_line(summary: dict[str, Any]) -> str:
