@@ -350,18 +350,8 @@ def create_app(
     engine = Engine(model, tokenizer, batch_size)
     positions = context_positions(model, tokenizer)
 
-    def check_key(request: Request) -> None:
-        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
-        # client disconnects from the endpoint, which needs them to drop abandoned requests.
-        if api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise _BadKey()
-
     app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, openapi_url=None if api_key else "/openapi.json",
-                  dependencies=[Depends(check_key)])
+                  dependencies=[Depends(_key_check(api_key))])
     app.state.engine = engine
     _error_handlers(app)
     created = int(time.time())
@@ -391,17 +381,33 @@ def create_app(
             work = asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
         if not await _unless_disconnected(work, request, job):
             return _error(499, "client closed the request")
-        if job.expired:
-            return _busy(limits)
-        return {
-            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
-                         "finish_reason": job.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
-                      "total_tokens": len(job.ids) + job.n_tokens},
-        }
+        return _busy(limits) if job.expired else _completion(cid, model_name, job)
 
     return app
+
+
+def _key_check(api_key: str | None) -> Any:
+    def check_key(request: Request) -> None:
+        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
+        # client disconnects from the endpoint, which needs them to drop abandoned requests.
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise _BadKey()
+
+    return check_key
+
+
+def _completion(cid: str, model_name: str, job: _Job) -> dict[str, Any]:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
+                     "finish_reason": job.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
+                  "total_tokens": len(job.ids) + job.n_tokens},
+    }
 
 
 def _error_handlers(app: Any) -> None:
