@@ -104,7 +104,7 @@ CASES: list[tuple[list[str], str]] = [
     (["synth", "--run", RUN, "--rpm", "0"], "--rpm"),
     (["synth", "--run", RUN, "--tpm", "0"], "--tpm"),
     (["synth", "--run", RUN, "--batch-size", "0"], "--batch-size"),
-    (["synth", "--run", RUN, "--question-styles", "cloze=-1"], "--question-styles"),
+    (["synth", "--run", RUN, "--question-styles", "cloze=-1"], "question_styles"),  # checked by extractive
     # build, ingest, inspect
     (["build", "--run", RUN, "--max-length", "0"], "--max-length"),
     (["build", "--run", RUN, "--k-distractors", "-1"], "--k-distractors"),
@@ -121,6 +121,8 @@ CASES: list[tuple[list[str], str]] = [
     ([*ASK, "--max-new-tokens", "0"], "--max-new-tokens"),
     ([*ASK, "--base-model", "{root}/narrow"], "does not fit base model"),
     ([*ASK, "--base-model", "{root}/other_vocab"], "another vocabulary"),
+    (["export", "--adapter", "{run}/adapter", "--out", "{root}/merged", "--base-model", "{root}/narrow"],
+     "does not fit base model"),
     (["serve", "--model", "{model}", "--port", "-1"], "--port"),
     (["serve", "--model", "{model}", "--port", "70000"], "--port"),
     (["serve", "--model", "{model}", "--batch-size", "0"], "--batch-size"),

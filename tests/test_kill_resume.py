@@ -84,6 +84,10 @@ def test_killed_train_resumes_to_a_bit_exact_adapter(tmp_path, tiny_model_dir, t
                                                               .read_text().splitlines())]
 
     assert steps(killed) == steps(whole)  # every step once, same losses
+    # the same command once more: resumed at its last step, nothing to train, the adapter unchanged
+    again = finish(cmd)
+    assert "no step left" in again.stdout
+    assert (killed / "adapter" / adapter).read_bytes() == (whole / "adapter" / adapter).read_bytes()
 
 
 # ---------------------------------------------------------------- synth

@@ -139,13 +139,6 @@ class SynthConfig(_Config):
     cache_dir: str | None = None  # LLM call cache; synth_to_run uses RUN/cache
     replace: bool = False  # qa.jsonl keeps only imported rows and this run's (default: add to what is there)
 
-    @field_validator("question_styles")
-    @classmethod
-    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(v < 0 for v in value.values()) or not sum(value.values()) > 0:
-            raise ValueError("shares must be >= 0 with a positive sum, e.g. cloze=0.5,wh=0.5")
-        return value
-
 
 class BuildConfig(_Config):
     k_distractors: int = Field(4, ge=0, le=100)

@@ -166,7 +166,6 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         result = synthesize(chunks, cfg, progress=False)
         console.print(f"synth dry run: {result.summary}")
         return result
-    qa_existed = run.qa.is_file()
     old = read_jsonl_repaired(run.qa)
     old_rejected = read_jsonl_repaired(run.qa_rejected)
     have_items = {r["id"] for r in old}
@@ -178,8 +177,6 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
             on_rejection=lambda r: rejection_id(r) in have_rejections or rej_out.write(r),
         )
     if not result.items:  # nothing was appended to qa.jsonl; the rejections stay, to show why
-        if not qa_existed:
-            run.qa.unlink(missing_ok=True)  # the appender's empty file
         raise RagtuneError(_nothing_kept(result.summary, run.qa))
     qa_rows, rejected_rows, stale = _merged(old, old_rejected, result, {c.id for c in chunks}, cfg.replace)
     write_jsonl(run.qa, qa_rows)

@@ -68,8 +68,7 @@ class JsonlAppender:
 
         self._clock = time.monotonic
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.f: Any = None  # opened at the first row: a run that fails early creates no file
         self.fsync_s = fsync_s
         self.last_sync = self._clock()
         self.n = 0
@@ -77,6 +76,9 @@ class JsonlAppender:
     def write(self, row: Any) -> None:
         from ragtune.records import to_dict
 
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
         self.f.flush()
         self.n += 1
@@ -85,7 +87,7 @@ class JsonlAppender:
             self.last_sync = self._clock()
 
     def close(self) -> None:
-        if not self.f.closed:
+        if self.f is not None and not self.f.closed:
             self.f.flush()
             os.fsync(self.f.fileno())
             self.f.close()

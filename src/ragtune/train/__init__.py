@@ -89,7 +89,8 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
         run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
                          steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
                          tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)
-        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss "
-              f"{res.first_loss:.4f} -> {res.train_loss:.4f}, val {res.eval_loss}, "
-              f"{res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
+        # a run resumed at its last step trains no step: no loss to show
+        loss = "no step left" if res.first_loss is None else f"{res.first_loss:.4f} -> {res.train_loss:.4f}"
+        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss {loss}, "
+              f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
     return res
