@@ -212,8 +212,10 @@ def test_build_to_run_writes_dataset(tmp_path: Path, tiny_model_dir: Path) -> No
 
 def test_bad_config_is_error(corpus, tokenizer) -> None:
     chunks, qa = corpus
-    with pytest.raises(RagtuneError, match="oracle_p"):
-        assemble_examples(qa, chunks, BuildConfig(oracle_p=1.5), tokenizer)
+    from ragtune.config import validated
+
+    with pytest.raises(RagtuneError, match="--oracle-p"):  # the config model checks ranges
+        assemble_examples(qa, chunks, validated(BuildConfig, "build", oracle_p=1.5), tokenizer)
     with pytest.raises(RagtuneError, match="no QA item"):
         assemble_examples([QAItem(id="x", question="q", answer="a", chunk_id="missing")], chunks, BuildConfig(),
                           tokenizer)

@@ -155,7 +155,7 @@ def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer, 
         app.state.engine.executor.submit(time.sleep, 2.0)  # the generation worker is busy for 2 s
         impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.5)
         with pytest.raises(openai.APITimeoutError):
-            impatient.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi."}],
+            impatient.chat.completions.create(model="ragtune", messages=[{"role": "user", "content": "Hi."}],
                                               max_tokens=50, temperature=1.0, seed=seed)
         time.sleep(2.5)  # the worker is free again; the abandoned request has had its turn
         stats = httpx.get(f"{url}/ragtune/stats").json()

@@ -154,3 +154,18 @@ def test_api_key_never_reaches_the_run_folder(tmp_path, monkeypatch):
     for f in run.rglob("*"):
         if f.is_file():
             assert "sk-very-secret-value" not in f.read_text(encoding="utf-8", errors="replace")
+
+
+def test_identical_prompts_in_flight_are_asked_once(tmp_path):
+    one = pseudo_chunks(1)[0]
+    twins = [Chunk(**{**vars(one), "id": f"twin{i}", "doc_id": f"d{i}"}) for i in range(3)]  # same title and text
+    app = make_app(delay_s=0.2)
+    run = make_run(tmp_path / "run", twins)
+    with serving(app) as url:
+        result = synth_to_run(run, SynthConfig(generator="openai", model="scripted", base_url=f"{url}/v1",
+                                               concurrency=4, questions_per_chunk=1,
+                                               question_types=["factoid"]), progress=False)
+    prompts = [p for _, p in app.state.log]
+    assert len(prompts) == len(set(prompts))  # no prompt paid for twice
+    calls = result.summary["calls"]["questions"]
+    assert calls["calls"] == 3 and calls["calls"] - calls["cached"] == 1

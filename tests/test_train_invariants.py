@@ -204,3 +204,50 @@ def test_trackers_only_when_asked_and_named_when_missing(tiny_model_dir, tokeniz
     else:
         train(ds, tiny_model_dir, TrainConfig(max_steps=1, batch_size=4, report_to="tensorboard"), tmp_path / "tb")
         assert (tmp_path / "tb" / "tensorboard").is_dir()
+
+
+def test_a_rerun_resumes_by_default_and_restart_starts_over(tiny_model_dir, tokenizer, tmp_path, capsys):
+    from ragtune.train import train
+    from ragtune.train.engine import STATE_FILE
+
+    ds = rag_dataset(tokenizer, 16, 4)
+    cfg = dict(max_steps=4, batch_size=4, lr=3e-3, lora_dropout=0.1, save_steps=100)
+    train(ds, tiny_model_dir, TrainConfig(**cfg), tmp_path / "full")
+    train(ds, tiny_model_dir, TrainConfig(max_minutes=1e-9, **cfg), tmp_path / "cut")
+    ckpts = tmp_path / "cut" / "checkpoints"
+    # a kill between save_checkpoint's two renames leaves only last.old: still resumed
+    (ckpts / "last").rename(ckpts / "last.old")
+    with open(tmp_path / "cut" / "training_log.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a row torn by the kill
+    resumed = train(ds, tiny_model_dir, TrainConfig(**cfg), tmp_path / "cut")  # same command, no flag
+    assert resumed.steps == 4 and "resuming from" in capsys.readouterr().err
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert (tmp_path / "cut" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "full" / "adapter_model.safetensors").read_bytes()
+    assert not list((tmp_path / "cut").glob(".save-*"))
+
+    # other settings: the checkpoint is not resumed
+    train(ds, tiny_model_dir, TrainConfig(max_minutes=1e-9, **cfg), tmp_path / "cut")
+    again = train(ds, tiny_model_dir, TrainConfig(**{**cfg, "lr": 1e-3}), tmp_path / "cut")
+    assert again.steps == 4 and "other settings" in capsys.readouterr().err
+    train(ds, tiny_model_dir, TrainConfig(max_minutes=1e-9, **cfg), tmp_path / "cut")
+    assert (ckpts / "last" / STATE_FILE).is_file()
+    train(ds, tiny_model_dir, TrainConfig(resume=False, **cfg), tmp_path / "cut")
+    assert "resuming" not in capsys.readouterr().err
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_a_checkpoint_holding_a_pickled_callable_is_refused(tiny_model_dir, tokenizer, tmp_path):
+    import os
+
+    from ragtune.train import train
+    from ragtune.train.engine import STATE_FILE
+
+    ds = rag_dataset(tokenizer, 16, 4)
+    cfg = dict(max_steps=3, batch_size=4, save_steps=100)
+    train(ds, tiny_model_dir, TrainConfig(max_minutes=1e-9, **cfg), tmp_path)
+    state_file = tmp_path / "checkpoints" / "last" / STATE_FILE
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "hook": os.system}, state_file)  # would run on load with weights_only=False
+    with pytest.raises(RagtuneError, match=r"not a plain trainer state.*refusing to load it"):
+        train(ds, tiny_model_dir, TrainConfig(**cfg), tmp_path)

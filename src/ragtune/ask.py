@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.adapter_check import check_adapter_fits
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate
-from ragtune.records import Chunk, read_jsonl
+from ragtune.records import Chunk, read_jsonl, read_text_file
 
 
 def load_for_inference(
@@ -23,6 +24,8 @@ def load_for_inference(
     if adapter is not None and not is_tuned_dir(adapter):
         raise RagtuneError(f"'{adapter}' holds no adapter or model; pass the folder `ragtune train` wrote")
     base = base_model or base_model_of(adapter)  # type: ignore[arg-type]
+    if adapter is not None:
+        check_adapter_fits(adapter, base)
     model, tok = load_model(base, adapter, precision=precision)
     # the adapter's template, else one saved beside the base model's weights
     template = PromptTemplate.find(adapter, base) or PromptTemplate.for_tokenizer(tok)
@@ -34,7 +37,7 @@ def context_passages(path: str | Path) -> list[Passage]:
     if not p.is_file():
         raise RagtuneError(f"context file {p} not found; pass a text file with --context")
     try:
-        text = p.read_text(encoding="utf-8").strip()
+        text = read_text_file(p).strip()
     except UnicodeDecodeError:
         raise RagtuneError(f"context file {p} is not UTF-8 text; convert it or use --docs") from None
     if not text:

@@ -73,6 +73,8 @@ def synth(
                                         "unanswerable_check."),
     limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
     dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
+    replace: bool = typer.Option(False, "--replace", help="Replace the synthesised rows of RUN/qa.jsonl with "
+                                 "this run's (imported rows stay); by default rows are added."),
     seed: int = typer.Option(0),
 ) -> None:
     """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
@@ -93,7 +95,8 @@ def synth(
                     model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                     rpm=rpm, tpm=tpm, timeout_s=timeout_s, max_tokens=max_tokens, temperature=temperature,
                     batch_size=batch_size, prompts_dir=prompts_dir,
-                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, seed=seed)
+                    filters=dict.fromkeys(no_filter, False) or None, limit=limit, dry_run=dry_run, replace=replace,
+                    seed=seed)
     synth_to_run(run, cfg)
 
 
@@ -163,7 +166,9 @@ def inspect(
 ) -> None:
     """Show rendered examples with trained tokens highlighted, and warn about masking problems."""
     from ragtune.build import inspect_dataset
+    from ragtune.config import InspectConfig, validated
 
+    validated(InspectConfig, "inspect", n=n)
     inspect_dataset(dataset, n=n, tokenizer=tokenizer)
 
 
@@ -192,7 +197,8 @@ def train(
     eval_steps: int | None = typer.Option(None, help="Validation loss every N steps."),
     save_steps: int | None = typer.Option(None, help="Checkpoint every N steps (keeps last and best)."),
     early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/adapter/checkpoints/last."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from RUN/adapter/checkpoints/last when "
+                                "it was saved with the same settings and inputs (default), or start over."),
     report_to: str = typer.Option("none", help="none, tensorboard or wandb."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -302,7 +308,9 @@ def ask(
 ) -> None:
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
+    from ragtune.config import AskConfig, validated
 
+    validated(AskConfig, "ask", k=k, max_new_tokens=max_new_tokens)
     typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
                       max_new_tokens=max_new_tokens))
 
@@ -316,12 +324,21 @@ def serve(
     api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
     model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
     batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
+    max_tokens: int = typer.Option(1024, help="Cap of any request's max_tokens (the model's context caps it too)."),
+    max_body_bytes: int = typer.Option(1 << 20, help="Larger request bodies are refused (413)."),
+    request_timeout_s: float = typer.Option(120.0, help="Time limit of a request, queueing included."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
+    from ragtune.config import ServeConfig, validated
+    from ragtune.serve import Limits
     from ragtune.serve import serve as serve_fn
 
+    validated(ServeConfig, "serve", host=host, port=port, api_key_env=api_key_env, model_name=model_name,
+              batch_size=batch_size, max_tokens=max_tokens, max_body_bytes=max_body_bytes,
+              request_timeout_s=request_timeout_s)
     serve_fn(model=model, adapter=adapter, host=host, port=port, api_key_env=api_key_env,
-             model_name=model_name, batch_size=batch_size)
+             model_name=model_name, batch_size=batch_size,
+             limits=Limits(max_tokens=max_tokens, max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s))
 
 
 # ------------------------------------------------------------------ models
@@ -350,8 +367,10 @@ def pretrain(
     minutes: float = typer.Option(10.0),
 ) -> None:
     """Domain adaptation: continue causal-LM training of a model on a document folder."""
+    from ragtune.config import TinyModelConfig, validated
     from ragtune.pipeline import pretrain_on_docs
 
+    validated(TinyModelConfig, "pretrain", minutes=minutes)
     pretrain_on_docs(model, corpus, out, minutes=minutes)
 
 
@@ -390,12 +409,19 @@ def models_pull(name: str = typer.Argument(..., help="A name from `ragtune model
 
 # ------------------------------------------------------------------ run
 @app.command("run")
-def run_(config: Path = typer.Argument(..., help="YAML config with sections named after the stages.")) -> None:
-    """Run the whole pipeline from one YAML config into one run folder."""
+def run_(
+    config: Path = typer.Argument(..., help="YAML config with sections named after the stages."),
+    restart: bool = typer.Option(False, "--restart", help="Train from step 0 instead of resuming a killed "
+                                 "run's last checkpoint."),
+) -> None:
+    """Run the whole pipeline from one YAML config into one run folder; a re-run resumes."""
     from ragtune.config import load_run_config
     from ragtune.pipeline import run_pipeline
 
-    run_pipeline(load_run_config(config))
+    cfg = load_run_config(config)
+    if restart:
+        cfg.train.resume = False
+    run_pipeline(cfg)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ problems are reported with their line (or JSON position) in one line.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from ragtune.errors import RagtuneError
 from ragtune.metrics import extract_final_answer, quoted_spans
-from ragtune.records import QAItem, content_id, read_jsonl, write_jsonl
+from ragtune.records import QAItem, content_id, read_jsonl, read_text_file, write_jsonl
 
 FORMATS = ("squad", "hotpot", "jsonl", "csv", "raft")
 TRUE = {"1", "true", "yes", "y", "t"}
@@ -34,25 +35,25 @@ Row = tuple[str, Any]  # (position such as "line 4" or "data[0].paragraphs[2].qa
 
 # ---------------------------------------------------------------- reading raw rows
 def _json_rows(path: Path) -> Iterator[Row]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"line {n}", RowError(f"not valid JSON ({e.msg})")
+    # Bad JSON is a row error here (--skip-invalid can skip it); a bad encoding fails the file.
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"line {n}", RowError(f"not valid JSON ({e.msg})")
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise RagtuneError(f"{path}: not valid JSON at line {e.lineno} ({e.msg}); fix the file") from None
 
 
 def _csv_rows(path: Path) -> Iterator[Row]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text_file(path), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "question" not in [h.strip().lower() for h in reader.fieldnames]:
             raise RagtuneError(f"{path}: the CSV header needs a 'question' column (and answer, context)")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ragtune.errors import RagtuneError
 
 T = TypeVar("T")
 
@@ -85,26 +89,93 @@ def to_dict(record: Any) -> dict[str, Any]:
     return asdict(record) if hasattr(record, "__dataclass_fields__") else dict(record)
 
 
-def read_jsonl(path: str | Path, cls: type[T] | None = None) -> Iterator[Any]:
-    """Yield rows of a JSONL file, as `cls` records when given."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                yield from_dict(cls, row) if cls else row
+def read_text_file(path: str | Path) -> str:
+    """A text file's content under the one encoding policy: UTF-8, a leading BOM accepted.
+    Anything else is a one-line error naming the file and the line of the first bad byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise RagtuneError(f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); "
+                           "save the file as UTF-8 and retry") from None
+
+
+def jsonl_lines(path: str | Path, repair: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file: the one reader.
+
+    A torn last line (no newline and not JSON: a writer killed mid-row) is skipped with a
+    warning, and with `repair` also cut off the file so later appends start on a clean line.
+    Any other line that is not JSON, or not UTF-8, is a one-line error naming the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            yield n, json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if n == len(lines) and not raw.endswith(b"\n"):
+                _drop_torn_line(path, len(data) - len(raw), n, repair)
+                return
+            what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else f"not valid JSON ({e.msg})"
+            raise RagtuneError(f"{path} line {n}: {what}; fix or delete that line") from None
+
+
+def _drop_torn_line(path: Path, good_end: int, n: int, repair: bool) -> None:
+    action = "cut it off" if repair else "skipped it"
+    print(f"warning: {path} line {n} is cut short (a writer was killed); {action}", file=sys.stderr)
+    if repair:
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path, cls: type[T] | None = None, repair: bool = False) -> Iterator[Any]:
+    """Yield rows of a JSONL file, as `cls` records when given (see `jsonl_lines`)."""
+    for n, row in jsonl_lines(path, repair):
+        if cls is None:
+            yield row
+        elif not isinstance(row, dict):
+            raise RagtuneError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}; "
+                               "fix or delete that line")
+        else:
+            yield from_dict(cls, row)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename inside `path` durable (the directory entry itself is synced)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
-    """Write rows atomically (temp file + rename): a killed writer leaves the old file."""
+    """Write rows atomically and durably: a unique temp file, fsynced, renamed over the old
+    one, then the folder synced. A killed writer leaves the old file; two writers never share
+    a temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 would hide it
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
     return n
 
 

@@ -6,16 +6,22 @@ counts, timings and input hashes to `manifest.json`, so a run can be audited and
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from ragtune.errors import RagtuneError
 
 _PACKAGES = ("ragtune", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 
@@ -28,7 +34,15 @@ class RunFolder:
         object.__setattr__(self, "root", Path(self.root))
 
     def ensure(self) -> RunFolder:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the folder and prove it writable, so a bad --run fails before any work."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise RagtuneError(f"cannot write the run folder {self.root} ({e.strerror or type(e).__name__}); "
+                               "pass a --run folder you can create and write") from None
         return self
 
     manifest = property(lambda self: self.root / "manifest.json")
@@ -45,7 +59,11 @@ class RunFolder:
 
     def read_manifest(self) -> dict[str, Any]:
         if self.manifest.is_file():
-            return json.loads(self.manifest.read_text(encoding="utf-8"))
+            try:
+                return json.loads(self.manifest.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RagtuneError(f"{self.manifest} is not valid JSON; restore it or delete it (the run's "
+                                   "stages then re-run)") from None
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
     def record_stage(
@@ -57,27 +75,46 @@ class RunFolder:
     ) -> None:
         """Write one stage's entry into manifest.json (atomically; later runs overwrite it)."""
         self.ensure()
-        manifest = self.read_manifest()
-        manifest.setdefault("environment", environment())
         entry: dict[str, Any] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
         if config is not None:
             entry["config"] = config.model_dump() if hasattr(config, "model_dump") else config
         if inputs:
             entry["inputs"] = {str(p): file_hash(p) for p in inputs if Path(p).is_file()}
-        manifest.setdefault("stages", {})[stage] = entry
-        self._write(manifest)
+        with self._locked():
+            manifest = self.read_manifest()
+            manifest.setdefault("environment", environment())
+            manifest.setdefault("stages", {})[stage] = entry
+            self._write(manifest)
 
     def update_stage(self, stage: str, **info: Any) -> None:
         """Add fields to a stage's entry without replacing what the stage wrote."""
-        manifest = self.read_manifest()
-        manifest.setdefault("stages", {}).setdefault(stage, {}).update(info)
-        self._write(manifest)
+        self.ensure()
+        with self._locked():
+            manifest = self.read_manifest()
+            manifest.setdefault("stages", {}).setdefault(stage, {}).update(info)
+            self._write(manifest)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One read-modify-write of the manifest at a time (two stages, or ranks, at once)."""
+        with open(self.root / ".manifest.lock", "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _write(self, manifest: dict[str, Any]) -> None:
-        self.ensure()
-        tmp = self.manifest.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        from ragtune.records import fsync_dir
+
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, self.manifest)
+        fsync_dir(self.root)
 
 
 def file_hash(path: str | Path) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import os
 import re
 import threading
@@ -40,6 +41,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from ragtune.adapter_check import check_adapter_fits
 from ragtune.errors import RagtuneError
 from ragtune.prompts import Passage, PromptTemplate, prompt_ids
 
@@ -79,7 +81,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # torch's seed range
     passages: list[str | _PassageIn] | None = None
 
     def stops(self) -> list[str]:
@@ -125,7 +127,9 @@ class _Job:
     top_p: float
     stops: list[str]
     seed: int | None = None
+    deadline: float = math.inf  # time.monotonic() past which generation stops (the request's time limit)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    expired: bool = False  # its time limit passed before it started: nothing was generated
     text: str = ""
     n_tokens: int = 0
     finish_reason: str = "length"
@@ -149,6 +153,7 @@ class Engine:
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
+        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-tokenize")
         self.batch_size = max(1, batch_size)
         self.pending: list[tuple[_Job, asyncio.Future]] = []
         self.drainer: asyncio.Task | None = None
@@ -194,7 +199,7 @@ class Engine:
         are exact."""
         import torch
 
-        jobs = [j for j in jobs if not j.cancelled.is_set()]  # abandoned while they waited
+        jobs = [j for j in jobs if not j.cancelled.is_set() and not _expire(j)]  # abandoned, or out of time
         if not jobs:
             return
         width = max(len(j.ids) for j in jobs)
@@ -210,7 +215,8 @@ class Engine:
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
                 do_sample=sample, temperature=jobs[0].temperature if sample else None,
                 top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
-                pad_token_id=self.pad_id, use_cache=True, logits_processor=self.processors(width))[:, width:]
+                pad_token_id=self.pad_id, use_cache=True, stopping_criteria=_halt(jobs),
+                logits_processor=self.processors(width))[:, width:]
         for r, job in enumerate(jobs):
             toks, job.finish_reason = out[r].tolist(), "length"
             for k, t in enumerate(toks):
@@ -245,9 +251,9 @@ class Engine:
         """Generate for `job` (blocking). Stops at EOS / end of turn, a stop string, the token
         budget, or cancellation (a streaming client that went away)."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+        from transformers import TextStreamer
 
-        if job.cancelled.is_set():  # abandoned while it waited
+        if job.cancelled.is_set() or _expire(job):  # abandoned, or out of time, while it waited
             return job
         engine = self
 
@@ -270,10 +276,6 @@ class Engine:
                         job.finish_reason = "stop"
                 super().put(value)
 
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
-
         device = next(self.model.parameters()).device
         ids = torch.tensor([job.ids], dtype=torch.long, device=device)
         sample = job.temperature > 0
@@ -287,11 +289,32 @@ class Engine:
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
                 logits_processor=self.processors(ids.shape[1]),
                 streamer=_Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
-                stopping_criteria=StoppingCriteriaList([_Cancel()]),
+                stopping_criteria=_halt([job]),
             )
         job.text = job.text.strip() if on_text is None else job.text
         self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
         return job
+
+
+def _expire(job: _Job) -> bool:
+    if time.monotonic() > job.deadline:
+        job.expired = True
+    return job.expired
+
+
+def _halt(jobs: list[_Job]) -> Any:
+    """Stopping criteria that end each row whose client left or whose time limit passed, so
+    no request, batched or not, holds the worker after it stops mattering."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            now = time.monotonic()
+            return torch.tensor([j.cancelled.is_set() or now > j.deadline for j in jobs], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StoppingCriteriaList([_Halt()])
 
 
 def _batch_key(job: _Job) -> tuple[Any, ...]:
@@ -313,6 +336,16 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
                         content={"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
+@dataclass
+class Limits:
+    """What one request may ask of the server (ServeConfig's limits)."""
+
+    default_max_tokens: int = 256  # a request without max_tokens
+    max_tokens: int = 1024  # any request's max_tokens is capped here (and by the model's context)
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 120.0  # queueing and generation together
+
+
 def create_app(
     model: Any,
     tokenizer: Any,
@@ -321,37 +354,21 @@ def create_app(
     model_name: str = "ragtune",
     default_max_tokens: int = 256,
     batch_size: int = 8,
+    limits: Limits | None = None,
     first_token_bias: dict[int, float] | None = None,
 ) -> Any:
-    """A FastAPI app serving `model` with OpenAI's chat-completions protocol; `first_token_bias`
+    """A FastAPI app serving `model` with OpenAI's chat-completions protocol. Every error is
+    JSON in OpenAI's shape; with an API key, the schema is not served at all. `first_token_bias`
     is the adapter's abstention rule (`ragtune.abstain`)."""
+    limits = limits or Limits(default_max_tokens=default_max_tokens)
     engine = Engine(model, tokenizer, batch_size, first_token_bias)
-    def check_key(request: Request) -> None:
-        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
-        # client disconnects from the endpoint, which needs them to drop abandoned requests.
-        if api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise _BadKey()
+    positions = context_positions(model, tokenizer)
 
-    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, dependencies=[Depends(check_key)])
+    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, openapi_url=None if api_key else "/openapi.json",
+                  dependencies=[Depends(_key_check(api_key))])
     app.state.engine = engine
+    _error_handlers(app)
     created = int(time.time())
-
-    @app.exception_handler(_BadKey)
-    async def bad_key(request: Request, exc: _BadKey) -> JSONResponse:
-        return _error(401, "invalid or missing API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, _validation_message(exc.errors()))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else
-                      "invalid_request_error")
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -365,25 +382,10 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         engine.count(requests=1)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
-        try:
-            req = ChatRequest.model_validate(body)
-        except ValidationError as e:
-            return _error(400, _validation_message(e.errors()))
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
-                    for m in req.messages]
-        passages = None
-        if req.passages is not None:
-            passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text)
-                        for p in req.passages]
-        ids = render_messages(tokenizer, messages, template, passages)
-        job = _Job(ids=ids, max_new_tokens=req.budget(default_max_tokens), temperature=req.temperature,
-                   top_p=req.top_p, stops=req.stops(), seed=req.seed)
+        prepared = await _prepare(request, engine, template, model_name, limits, positions)
+        if isinstance(prepared, JSONResponse):
+            return prepared
+        req, job = prepared
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             return StreamingResponse(_stream(engine, job, cid, model_name), media_type="text/event-stream")
@@ -393,15 +395,116 @@ def create_app(
             work = asyncio.get_running_loop().run_in_executor(engine.executor, engine.run, job)
         if not await _unless_disconnected(work, request, job):
             return _error(499, "client closed the request")
-        return {
-            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
-                         "finish_reason": job.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": job.n_tokens,
-                      "total_tokens": len(ids) + job.n_tokens},
-        }
+        return _busy(limits) if job.expired else _completion(cid, model_name, job)
 
     return app
+
+
+def _key_check(api_key: str | None) -> Any:
+    def check_key(request: Request) -> None:
+        # A dependency rather than an HTTP middleware: Starlette's BaseHTTPMiddleware hides
+        # client disconnects from the endpoint, which needs them to drop abandoned requests.
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise _BadKey()
+
+    return check_key
+
+
+def _completion(cid: str, model_name: str, job: _Job) -> dict[str, Any]:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
+                     "finish_reason": job.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
+                  "total_tokens": len(job.ids) + job.n_tokens},
+    }
+
+
+def _error_handlers(app: Any) -> None:
+    @app.exception_handler(_BadKey)
+    async def bad_key(request: Request, exc: _BadKey) -> JSONResponse:
+        return _error(401, "invalid or missing API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, _validation_message(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else
+                      "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: still JSON
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log", kind="server_error")
+
+
+def context_positions(model: Any, tokenizer: Any) -> int | None:
+    """How many positions (prompt + answer) the model reads: its config's, capped by the tokenizer's."""
+    found = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+             getattr(tokenizer, "model_max_length", None)]
+    valid = [n for n in found if isinstance(n, int) and 0 < n < 10_000_000]
+    return min(valid) if valid else None
+
+
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _error(413, f"the request body is {declared} bytes, over this server's {limit}; send less context")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            return _error(413, f"the request body is over this server's {limit} bytes; send less context")
+    return bytes(body)
+
+
+async def _prepare(request: Request, engine: Engine, template: PromptTemplate | None, model_name: str,
+                   limits: Limits, positions: int | None) -> tuple[ChatRequest, _Job] | JSONResponse:
+    """The validated request and its job, or the JSON error that answers it."""
+    deadline = time.monotonic() + limits.request_timeout_s
+    body = await _read_body(request, limits.max_body_bytes)
+    if isinstance(body, JSONResponse):
+        return body
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the request body is not valid JSON")
+    if not isinstance(data, dict):
+        return _error(400, "the request body must be a JSON object")
+    try:
+        req = ChatRequest.model_validate(data)
+    except ValidationError as e:
+        return _error(400, _validation_message(e.errors()))
+    if req.model and req.model != model_name:
+        return _error(404, f"model '{req.model}' does not exist; this server serves '{model_name}' (GET /v1/models)",
+                      kind="not_found_error", code="model_not_found")
+    messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
+    passages = None
+    if req.passages is not None:
+        passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text)
+                    for p in req.passages]
+    # tokenising a long prompt takes a while: off the event loop, so other clients are not held
+    ids = await asyncio.get_running_loop().run_in_executor(
+        engine.prep, render_messages, engine.tokenizer, messages, template, passages)
+    budget = min(req.budget(limits.default_max_tokens), limits.max_tokens)
+    if positions is not None:
+        if len(ids) >= positions:
+            return _error(400, f"the prompt is {len(ids)} tokens; this model reads at most {positions} positions; "
+                          "send shorter messages or fewer passages", code="context_length_exceeded")
+        budget = min(budget, positions - len(ids))
+    return req, _Job(ids=ids, max_new_tokens=budget, temperature=req.temperature, top_p=req.top_p,
+                     stops=req.stops(), seed=req.seed, deadline=deadline)
+
+
+def _busy(limits: Limits) -> JSONResponse:
+    return _error(429, f"the server was busy past this request's time limit ({limits.request_timeout_s:g} s); "
+                  "retry later", kind="rate_limit_error", code="timeout")
 
 
 async def _unless_disconnected(work: Any, request: Request, job: _Job) -> bool:
@@ -421,6 +524,10 @@ async def _unless_disconnected(work: Any, request: Request, job: _Job) -> bool:
             engine = request.app.state.engine
             engine.count(abandoned=1)
             return False
+        if time.monotonic() > job.deadline + 1.0:  # still queued behind others: answer 429 in time
+            job.cancelled.set()
+            job.expired = True
+            return True
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -484,6 +591,7 @@ def serve(
     api_key_env: str | None = None,
     model_name: str | None = None,
     batch_size: int = 8,
+    limits: Limits | None = None,
 ) -> None:
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
@@ -500,14 +608,31 @@ def serve(
         if not api_key:
             raise RagtuneError(f"environment variable {api_key_env} is empty; export the API key "
                                "clients must send, or drop --api-key-env")
+    _check_port_free(host, port)
+    if adapter is not None:
+        check_adapter_fits(adapter, model)
     lm, tok = load_model(model, adapter=adapter)
     template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
-    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size,
+    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size, limits=limits,
                      first_token_bias=logit_bias_of(adapter))
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before the model loads, not with uvicorn's error and exit 3 after."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise RagtuneError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or stop "
+                               "what uses it") from None
 
 
 class serving:  # noqa: N801 - used as a context manager, reads like a function

@@ -352,6 +352,7 @@ def build_to_run(run_dir: Path, cfg: BuildConfig, tokenizer: Any = None) -> Buil
     run = RunFolder(Path(run_dir))
     if not run.qa.is_file():
         raise RagtuneError(f"{run.qa} not found; run `ragtune synth --run {run.root}` or `ragtune import` first")
+    run.ensure()
     qa = list(read_jsonl(run.qa, QAItem))
     chunks = list(read_jsonl(run.chunks, Chunk)) if run.chunks.is_file() else []
     if tokenizer is None or isinstance(tokenizer, (str, Path)):

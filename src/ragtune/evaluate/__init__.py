@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragtune.adapter_check import check_adapter_fits
 from ragtune.config import REFUSAL, EvalConfig
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
 from ragtune.models import is_tuned_dir
 from ragtune.prompts import Passage, PromptTemplate
-from ragtune.records import Example, QAItem, from_dict, write_jsonl
+from ragtune.records import Example, QAItem, from_dict, read_text_file, write_jsonl
 from ragtune.runfolder import RunFolder
 
 __all__ = [
@@ -176,7 +177,7 @@ def score_prediction_file(
         preds = predictions
     else:
         try:
-            preds = json.loads(Path(predictions).read_text(encoding="utf-8"))
+            preds = json.loads(read_text_file(predictions))
         except (OSError, json.JSONDecodeError) as e:
             raise RagtuneError(f"cannot read predictions {predictions} ({type(e).__name__}); pass a JSON "
                                "object mapping question id to answer text") from None
@@ -218,12 +219,15 @@ def evaluate_run(
     Returns the metrics.json content; `format_table(metrics)` is the before/after table.
     `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
+    RunFolder(Path(out_dir) if out_dir else run.eval).ensure()  # an unwritable output fails before any work
     t0 = time.perf_counter()
     adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
     for a in adapter_dirs:
         if not is_tuned_dir(a):
             raise RagtuneError(f"'{a}' holds no adapter or model; pass a folder `ragtune train` wrote")
     base = resolve_base_model(run, base_model, adapter_dirs)
+    for a in adapter_dirs:
+        check_adapter_fits(a, base)
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
         else base

@@ -21,7 +21,7 @@ from ragtune.config import EvalConfig
 from ragtune.generation import generate
 from ragtune.metrics import ItemScore, aggregate, score_item
 from ragtune.prompts import IGNORE_INDEX, PromptTemplate, encode_example, prompt_ids
-from ragtune.records import Example, append_jsonl, content_id
+from ragtune.records import Example, append_jsonl, content_id, read_jsonl
 
 
 @dataclass
@@ -78,11 +78,7 @@ class PredictionCache:
         self.path = path
         self.entries: dict[str, str] = {}
         if path is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: ignore it
-                    continue
+            for row in read_jsonl(path, repair=True):  # a line cut by a kill is cut off
                 self.entries[row["key"]] = row["prediction"]
 
     def get(self, key: str) -> str | None:

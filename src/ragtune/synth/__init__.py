@@ -10,7 +10,11 @@ Resume: rows are appended to both files as they arrive, and LLM calls are cached
 in RUN/cache, so a run killed at any point and started again with the same command replays
 finished calls from the cache (no repeated paid call), appends only rows not yet on disk (no
 duplicate), and finally rewrites both files in the order an uninterrupted run writes them.
-Rows built from chunks or prompts that changed since are not produced again and so drop out.
+
+Synth never loses rows: rows already in qa.jsonl that this run does not make again stay
+(`--replace` keeps only imported rows instead); rows of chunks that left chunks.jsonl move to
+qa_rejected.jsonl. A run that keeps no row fails with the reason and leaves qa.jsonl as it was (its rejections
+are added to qa_rejected.jsonl, to show why).
 """
 
 from __future__ import annotations
@@ -147,13 +151,14 @@ def _summary(cfg: SynthConfig, todo: list[Chunk], items: list[QAItem], rejection
 
 
 def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) -> SynthResult:
-    """Read RUN/chunks.jsonl, write RUN/qa.jsonl and RUN/qa_rejected.jsonl (resumable), record
-    the stage. Imported rows already in RUN/qa.jsonl (origin "import:...") are kept."""
+    """Read RUN/chunks.jsonl, add this run's rows to RUN/qa.jsonl and RUN/qa_rejected.jsonl
+    (resumable), record the stage. Rows already there are kept (see `_merged`)."""
     from rich.console import Console
 
     run = RunFolder(Path(run_dir))
     if not run.chunks.is_file():
         raise RagtuneError(f"{run.chunks} not found; run `ragtune ingest DOCS --run {run.root}` first")
+    run.ensure()
     chunks = list(read_jsonl(run.chunks, Chunk))
     cfg = cfg.model_copy(update={"cache_dir": cfg.cache_dir or str(run.cache)})
     console = Console(stderr=True)
@@ -162,19 +167,23 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         console.print(f"synth dry run: {result.summary}")
         return result
     old = read_jsonl_repaired(run.qa)
-    human = [r for r in old if str(r.get("origin", "")).startswith("import:")]
+    old_rejected = read_jsonl_repaired(run.qa_rejected)
     have_items = {r["id"] for r in old}
-    have_rejections = {rejection_id(from_dict(Rejection, r)) for r in read_jsonl_repaired(run.qa_rejected)}
+    have_rejections = {rejection_id(from_dict(Rejection, r)) for r in old_rejected}
     with JsonlAppender(run.qa) as qa_out, JsonlAppender(run.qa_rejected) as rej_out:
         result = synthesize(
             chunks, cfg, progress=progress,
             on_item=lambda i: i.id in have_items or qa_out.write(i),
             on_rejection=lambda r: rejection_id(r) in have_rejections or rej_out.write(r),
         )
-    # The canonical files: what an uninterrupted run writes, in generation order.
-    write_jsonl(run.qa, [*human, *result.items])
-    write_jsonl(run.qa_rejected, result.rejections)
+    if not result.items:  # nothing was appended to qa.jsonl; the rejections stay, to show why
+        raise RagtuneError(_nothing_kept(result.summary, run.qa))
+    qa_rows, rejected_rows, stale = _merged(old, old_rejected, result, {c.id for c in chunks}, cfg.replace)
+    write_jsonl(run.qa, qa_rows)
+    write_jsonl(run.qa_rejected, rejected_rows)
     result.summary["resumed_rows"] = len(result.items) + len(result.rejections) - qa_out.n - rej_out.n
+    result.summary["kept_from_before"] = len(qa_rows) - len(result.items)
+    result.summary["stale_rows_moved"] = stale
     run.record_stage("synth", config=cfg, inputs=[run.chunks], **result.summary)
     s = result.summary
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())) or "none"
@@ -182,8 +191,44 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         f"synth ({s['generator']}): kept {s['items']} ({s['unanswerable']} unanswerable) from {s['chunks']} "
         f"chunks; rejected {s['rejected']} ({reasons}); tokens {_tokens_line(s)}; {s['seconds']} s"
         + (f"; {s['resumed_rows']} rows resumed from disk" if s["resumed_rows"] else "")
+        + f"; qa.jsonl holds {s['items'] + s['kept_from_before']} rows"
+        + (f" ({s['stale_rows_moved']} rows of chunks no longer in chunks.jsonl moved to qa_rejected.jsonl)"
+           if s["stale_rows_moved"] else "")
     )
     return result
+
+
+def _merged(old: list[dict[str, Any]], old_rejected: list[dict[str, Any]], result: SynthResult,
+            chunk_ids: set[str], replace: bool) -> tuple[list[Any], list[Any], int]:
+    """The rows of qa.jsonl and qa_rejected.jsonl after a run: rows from before that this run
+    did not produce again, in their order, then this run's rows in generation order. A row made
+    again replaces its old copy, so a resumed run (whose partial rows are all made again) writes
+    exactly what an uninterrupted one does. Rows whose chunk left chunks.jsonl move to the
+    rejections (reason `stale_chunk`), never dropped. `replace` keeps only imported rows."""
+    new_ids = {i.id for i in result.items}
+    new_rejections = {rejection_id(r) for r in result.rejections}
+    if replace:
+        kept = [r for r in old if str(r.get("origin", "")).startswith("import:") and r["id"] not in new_ids]
+        return [*kept, *result.items], list(result.rejections), 0
+    kept, stale = [], []
+    for r in old:
+        if r["id"] in new_ids:
+            continue
+        gone = r.get("chunk_id") is not None and r["chunk_id"] not in chunk_ids
+        (stale if gone else kept).append(r)
+    moved = [Rejection("stale_chunk", chunk_id=r.get("chunk_id"), question=r.get("question"), raw=r.get("answer"),
+                       meta={"item": r}) for r in stale]
+    seen = new_rejections | {rejection_id(m) for m in moved}
+    earlier = [r for r in old_rejected if rejection_id(from_dict(Rejection, r)) not in seen]
+    return [*kept, *result.items], [*earlier, *result.rejections, *moved], len(stale)
+
+
+def _nothing_kept(summary: dict[str, Any], qa: Path) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected_by_reason"].items())) or "no rows made"
+    fix = ("check --base-url, --model, the API key and --timeout-s" if "api_error" in summary["rejected_by_reason"]
+           else "check the chunks, --questions-per-chunk and the filters (--no-filter)")
+    return (f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
+            f"{qa} is unchanged, the rejected rows are in {qa.with_name('qa_rejected.jsonl').name}; {fix}, then re-run")
 
 
 def _tokens_line(summary: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ragtune.records import append_jsonl, content_id
+from ragtune.records import append_jsonl, content_id, read_jsonl
 
 CACHE_FILE = "llm_calls.jsonl"
 
@@ -28,28 +28,7 @@ def call_key(backend: str, model: str, messages: list[dict[str, str]], params: d
 def read_jsonl_repaired(path: str | Path) -> list[dict[str, Any]]:
     """Rows of an append-only JSONL file; a torn last line (killed writer) is cut off the file."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    rows: list[dict[str, Any]] = []
-    good_end = 0
-    pos = 0
-    for line in data.splitlines(keepends=True):
-        pos += len(line)
-        if not line.endswith(b"\n"):
-            break  # torn: the writer died before the newline
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        good_end = pos
-    if good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
-    return rows
+    return list(read_jsonl(path, repair=True)) if path.is_file() else []
 
 
 class CallCache:
@@ -89,8 +68,7 @@ class JsonlAppender:
 
         self._clock = time.monotonic
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.f: Any = None  # opened at the first row: a run that fails early creates no file
         self.fsync_s = fsync_s
         self.last_sync = self._clock()
         self.n = 0
@@ -98,6 +76,9 @@ class JsonlAppender:
     def write(self, row: Any) -> None:
         from ragtune.records import to_dict
 
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
         self.f.flush()
         self.n += 1
@@ -106,7 +87,7 @@ class JsonlAppender:
             self.last_sync = self._clock()
 
     def close(self) -> None:
-        if not self.f.closed:
+        if self.f is not None and not self.f.closed:
             self.f.flush()
             os.fsync(self.f.fileno())
             self.f.close()

@@ -193,6 +193,7 @@ class LLMGenerator:
         self.templates = load_templates(self.cfg.prompts_dir)
         self.by_id = {c.id: c for c in self.corpus}
         self._partners: Any = None
+        self._in_flight: dict[str, asyncio.Future[Reply]] = {}  # call key -> the reply being awaited
         self.on_chunk_done: Callable[[Chunk], None] | None = None
 
     # ---- prompts
@@ -241,13 +242,28 @@ class LLMGenerator:
             reply = Reply(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0))
             self.stats[stage].add(reply, cached=True)
             return reply
+        if key in self._in_flight:  # the same prompt is being asked right now: share its reply, pay once
+            reply = await asyncio.shield(self._in_flight[key])
+            self.stats[stage].add(reply, cached=True)
+            return reply
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
         try:
             reply = await complete(messages, json_mode)
-        except CallFailed:
-            self.stats[stage].failed += 1
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(e)
+                future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
+            if isinstance(e, CallFailed):
+                self.stats[stage].failed += 1
             raise
+        finally:
+            del self._in_flight[key]
         self.cache.put(key, {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
                              "completion_tokens": reply.completion_tokens})
+        future.set_result(reply)
         self.stats[stage].add(reply, cached=False)
         return reply
 

@@ -18,7 +18,15 @@ from ragtune.errors import RagtuneError
 from ragtune.prompts import PromptTemplate
 from ragtune.runfolder import RunFolder
 from ragtune.train.data import Encoded, encode_rows
-from ragtune.train.engine import TRAIN_INFO, TRAIN_LOG, TrainResult, load_for_training, result_dict, run_training
+from ragtune.train.engine import (
+    TRAIN_INFO,
+    TRAIN_LOG,
+    TrainResult,
+    load_for_training,
+    result_dict,
+    run_training,
+    write_text_atomic,
+)
 from ragtune.train.export import export_merged
 
 __all__ = ["TrainResult", "train", "train_to_run", "export_merged", "encode_rows", "TRAIN_INFO", "TRAIN_LOG"]
@@ -64,7 +72,7 @@ def train(
     if _main_process():
         rule = calibrate_abstention(model, tok, template, val, cfg, out)
         info["abstention"] = asdict(rule) if rule else None
-        (out / TRAIN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        write_text_atomic(out / TRAIN_INFO, json.dumps(info, indent=2))
     return res
 
 
@@ -93,6 +101,7 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     base = base_model or str(run.base_model)
     if base_model is None and not run.base_model.is_dir():
         raise RagtuneError(f"{run.base_model} does not exist; pass --base-model or run `ragtune tiny-model`")
+    run.ensure()
     dataset = load_from_disk(str(run.dataset))
     template = PromptTemplate.find(run.dataset)
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
@@ -100,7 +109,8 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
         run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
                          steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
                          tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)
-        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss "
-              f"{res.first_loss:.4f} -> {res.train_loss:.4f}, val {res.eval_loss}, "
-              f"{res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
+        # a run resumed at its last step trains no step: no loss to show
+        loss = "no step left" if res.first_loss is None else f"{res.first_loss:.4f} -> {res.train_loss:.4f}"
+        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss {loss}, "
+              f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
     return res

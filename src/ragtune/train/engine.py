@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,12 +26,14 @@ from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
 from ragtune.models import load_causal_lm, load_tokenizer, pick_dtype, require_gpu
 from ragtune.prompts import PromptTemplate
+from ragtune.records import fsync_dir, read_jsonl, write_jsonl
 from ragtune.train.data import Encoded, cap_tokens, collate, plan_steps, split_step
 from ragtune.train.loss import AnswerLoss, causal_lm
 
 TRAIN_INFO = "ragtune_train.json"
 TRAIN_LOG = "training_log.jsonl"
 STATE_FILE = "trainer_state.pt"
+FINGERPRINT = "fingerprint.txt"  # in OUT/checkpoints: what its checkpoints were trained on
 
 
 @dataclass
@@ -161,21 +164,130 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, model: Any, tok: Any, template: PromptTemplate, state: dict[str, Any]) -> None:
-    """Adapter (usable as is) + optimizer / scheduler / RNG state, written to a temp folder
-    and renamed, so a kill never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Adapter (usable as is) + optimizer / scheduler / RNG state, written aside, fsynced and
+    renamed in. The previous checkpoint is renamed to PATH.old (never deleted) before the new one
+    takes its name, so a kill at any point leaves a complete checkpoint (`checkpoint_to_resume`)."""
+    tmp = path.with_name(f"{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model, tok, template)
+    _save_files(tmp, model, tok, template)
     torch.save({**state, "trainable": _trainable_state(model)}, tmp / STATE_FILE)
-    shutil.rmtree(path, ignore_errors=True)
+    _fsync_tree(tmp)
+    old = path.with_name(f"{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_to_resume(ckpt_dir: Path) -> Path | None:
+    """`last`, or `last.old` when a kill fell between the two renames of save_checkpoint."""
+    for name in ("last", "last.old"):
+        if (ckpt_dir / name / STATE_FILE).is_file():
+            return ckpt_dir / name
+    return None
 
 
 def save_model(out: Path, model: Any, tok: Any, template: PromptTemplate) -> None:
+    """The final adapter (or model): written aside in OUT, fsynced, then each file renamed over
+    its old version, so no file of OUT is ever half written."""
+    out.mkdir(parents=True, exist_ok=True)
+    for left in out.glob(".save-*"):  # left by a killed save
+        shutil.rmtree(left, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".save-"))
+    try:
+        _save_files(tmp, model, tok, template)
+        _fsync_tree(tmp)
+        for f in sorted(tmp.iterdir()):
+            if f.is_dir() and (out / f.name).is_dir():
+                shutil.rmtree(out / f.name)
+            os.replace(f, out / f.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_files(out: Path, model: Any, tok: Any, template: PromptTemplate) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     template.save(out)
+
+
+def _fsync_tree(root: Path) -> None:
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        fsync_dir(d)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state: tensors, dicts and numbers only. weights_only=True refuses
+    pickled code, so a shared run folder cannot make this process run anything."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RagtuneError(f"{path} is not a plain trainer state ({first[:160]}); refusing to load it: "
+                           "delete that checkpoint folder or train with --restart") from None
+
+
+_NOT_TRAJECTORY = {"resume", "max_minutes", "report_to", "eval_steps", "save_steps", "early_stopping_patience",
+                   "eval_limit"}
+
+
+def run_fingerprint(cfg: TrainConfig, train_enc: Encoded, model: Any) -> str:
+    """What a checkpoint must match to be resumed: the settings that shape the trajectory, the
+    training token ids, and the model's parameter names, shapes and sums (another base model differs)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.model_dump().items() if k not in _NOT_TRAJECTORY},
+                                  sort_keys=True, default=str).encode())
+    for ids, labels in zip(train_enc.input_ids, train_enc.labels, strict=True):
+        h.update(json.dumps([ids, labels]).encode())
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if not p.requires_grad:
+                h.update(f"{n}:{tuple(p.shape)}:{float(p.float().sum()):.6e}".encode())
+    return h.hexdigest()[:32]
+
+
+def _resume_point(ckpt_dir: Path, fingerprint: str, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to continue from: resuming is the default when one was saved with the
+    same settings, data and base model; None to start over (and `_start_over`)."""
+    stamp = ckpt_dir / FINGERPRINT
+    found = checkpoint_to_resume(ckpt_dir)
+    same = stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == fingerprint
+    if found is not None and cfg.resume and same:
+        return found
+    if found is not None and cfg.resume:
+        print(f"warning: {found} was saved with other settings, data or base model; starting over",
+              file=sys.stderr)
+    return None
+
+
+def _start_over(ckpt_dir: Path, fingerprint: str) -> None:
+    """Old checkpoints go before the new fingerprint is stamped, so a kill before the first new
+    save cannot resume the old run with the new settings."""
+    for name in ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp"):
+        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(ckpt_dir / FINGERPRINT, fingerprint + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------- loop
@@ -205,8 +317,13 @@ def run_training(
 
     ckpt_dir = out / "checkpoints"
     start, best, bad_evals = 0, math.inf, 0
-    if cfg.resume and (ckpt_dir / "last" / STATE_FILE).is_file():
-        state = torch.load(ckpt_dir / "last" / STATE_FILE, weights_only=False)
+    fingerprint = run_fingerprint(cfg, train_enc, inner.model)
+    resume_from = _resume_point(ckpt_dir, fingerprint, cfg)
+    acc.wait_for_everyone()  # every rank decides before rank 0 clears old checkpoints
+    if resume_from is None and main:
+        _start_over(ckpt_dir, fingerprint)
+    if resume_from is not None:
+        state = load_state(resume_from / STATE_FILE)
         named = dict(inner.model.named_parameters())
         with torch.no_grad():
             for n, v in state["trainable"].items():
@@ -215,7 +332,9 @@ def run_training(
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start, best, bad_evals = state["step"], state["best"], state["bad_evals"]
-        _truncate_log(out / TRAIN_LOG, start)
+        print(f"resuming from {resume_from} at step {start} (--restart starts over)", file=sys.stderr)
+        if main:
+            _truncate_log(out / TRAIN_LOG, start)
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout masks
         if main:
@@ -352,8 +471,10 @@ class _Log:
     """training_log.jsonl (flushed per step, survives a kill) and, when asked, a tracker."""
 
     def __init__(self, path: Path, report_to: str, out: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        from ragtune.synth.cache import JsonlAppender
+
+        # appended, flushed per step and fsynced every second and at close (survives a kill)
+        self.f = JsonlAppender(path)
         self.tb = self.wandb = None
         if report_to == "tensorboard":
             try:
@@ -370,8 +491,7 @@ class _Log:
             self.wandb = wandb.init(project="ragtune", dir=str(out))
 
     def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
+        self.f.write(row)
         scalars = {k: v for k, v in row.items() if k not in ("step",) and isinstance(v, (int, float))}
         if self.tb:
             for k, v in scalars.items():
@@ -388,10 +508,9 @@ class _Log:
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to the resumed step; a row torn by a kill is repaired like synth's."""
     if path.is_file():
-        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(path, [r for r in read_jsonl(path, repair=True) if r.get("step", 0) <= step])
 
 
 def peak_memory_mb(device: torch.device) -> float:

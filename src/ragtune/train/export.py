@@ -18,12 +18,14 @@ def export_merged(adapter: str | Path, out: str | Path, base_model: str | None =
     With `merge=False` the 16-bit base is saved with the adapter beside it in `out/adapter`."""
     from peft import PeftModel
 
+    from ragtune.adapter_check import check_adapter_fits
     from ragtune.models import base_model_of, load_causal_lm, load_tokenizer
 
     adapter, out = Path(adapter), Path(out)
     if not (adapter / "adapter_config.json").is_file():
         raise RagtuneError(f"{adapter} holds no adapter_config.json; pass the folder `ragtune train` wrote")
     base = base_model or base_model_of(adapter)
+    check_adapter_fits(adapter, base)
     if dtype is None:
         gpu_fp16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
         dtype = torch.float16 if gpu_fp16 else torch.bfloat16
