@@ -12,6 +12,7 @@ to the refusal's first token at the first step, and the model completes whicheve
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ def calibrate(
 ) -> RefusalRule | None:
     """The rule that maximises SQuAD-v2 F1 on `rows` (dataset rows with prompt, completion,
     answers); None when the rows do not hold both answers and refusals to choose between."""
+    from tqdm.auto import tqdm
+
     from ragtune.generation import generate_scored
 
     wants_refusal = [c.strip().startswith(template.refusal) for c in rows["completion"]]
@@ -73,7 +76,9 @@ def calibrate(
     ids = [prompt_ids(tokenizer, p, template) for p in rows["prompt"]]
     was_training = model.training
     model.eval()
-    texts, margins = generate_scored(model, tokenizer, ids, max_new_tokens, batch_size, gap_token=token)
+    with tqdm(total=len(ids), desc="abstention calibration", unit="example", leave=False, file=sys.stderr) as bar:
+        texts, margins = generate_scored(model, tokenizer, ids, max_new_tokens, batch_size, progress=bar.update,
+                                         gap_token=token)
     model.train(was_training)
     answer_f1 = [0.0 if is_refusal(t, template.refusal) else max(f1(t, g) for g in gold_answers(a) or [""])
                  for t, a in zip(texts, rows["answers"], strict=True)]
