@@ -18,6 +18,9 @@ def test_best_bias_maximises_f1_and_prefers_no_bias_on_ties():
     assert 2.0 < bias < 6.0  # refuses the first two and the weak answer, keeps the good one
     assert scores["f1_calibrated"] == 75.0 and scores["f1_unbiased"] == 30.0
     assert best_bias([-3.0, -4.0], [False, False], [1.0, 1.0], [False, False])[0] == 0.0
+    # with no answerable question to be refused, the weak answer (margin -0.5) must stay
+    capped, capped_scores = best_bias(margins, wants, f1s, [False] * 4, max_answerable_refused=0.0)
+    assert capped <= 0.5 and capped_scores["answerable_refused"] == 0.0
 
 
 def test_an_answerable_item_greedy_refused_counts_with_the_mean_answered_f1():

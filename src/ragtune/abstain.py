@@ -61,10 +61,11 @@ def logit_bias_of(adapter: str | Path | None) -> dict[int, float] | None:
 
 def calibrate(
     model: Any, tokenizer: Any, template: PromptTemplate, rows: Any, max_new_tokens: int = 32,
-    batch_size: int = 16,
+    batch_size: int = 16, max_answerable_refused: float = 1.0,
 ) -> RefusalRule | None:
     """The rule that maximises SQuAD-v2 F1 on `rows` (dataset rows with prompt, completion,
-    answers); None when the rows do not hold both answers and refusals to choose between."""
+    answers) refusing at most `max_answerable_refused` of the rows whose target is an answer;
+    None when the rows do not hold both answers and refusals to choose between."""
     from tqdm.auto import tqdm
 
     from ragtune.generation import generate_scored
@@ -82,16 +83,19 @@ def calibrate(
     model.train(was_training)
     answer_f1 = [0.0 if is_refusal(t, template.refusal) else max(f1(t, g) for g in gold_answers(a) or [""])
                  for t, a in zip(texts, rows["answers"], strict=True)]
-    bias, scores = best_bias(margins, wants_refusal, answer_f1, [is_refusal(t, template.refusal) for t in texts])
+    bias, scores = best_bias(margins, wants_refusal, answer_f1, [is_refusal(t, template.refusal) for t in texts],
+                             max_answerable_refused)
     return RefusalRule(token_id=token, bias=bias, calibration={"examples": len(texts), **scores})
 
 
 def best_bias(
     margins: Sequence[float], wants_refusal: Sequence[bool], answer_f1: Sequence[float], refused: Sequence[bool],
+    max_answerable_refused: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
-    """The bias b (refuse when margin + b > 0) with the highest F1 over the items, and the F1
-    with no bias and with b. An answerable item that greedy decoding refused has no answer to
-    score, so it counts with the mean F1 of the answered ones."""
+    """The bias b (refuse when margin + b > 0) with the highest F1 over the items among those
+    that refuse at most `max_answerable_refused` of the items whose answer is in the context,
+    and the F1 with no bias and with b. An answerable item that greedy decoding refused has no
+    answer to score, so it counts with the mean F1 of the answered ones."""
     answered = [s for s, want, r in zip(answer_f1, wants_refusal, refused, strict=True) if not want and not r]
     fallback = sum(answered) / len(answered) if answered else 0.0
     gain = [s if not r else fallback for s, r in zip(answer_f1, refused, strict=True)]
@@ -103,8 +107,15 @@ def best_bias(
     cuts = sorted({-m for m in margins if abs(m) < MAX_BIAS})
     candidates = [0.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)] + \
                  [c - 0.5 for c in cuts[:1]] + [c + 0.5 for c in cuts[-1:]]
-    best = max(candidates, key=lambda b: (round(total(b), 9), -abs(b)))
+    answerable = [m for m, want in zip(margins, wants_refusal, strict=True) if not want]
+
+    def over_limit(b: float) -> float:  # the share of answerable items refused beyond the limit
+        return max(0.0, sum(m + b > 0 for m in answerable) / max(1, len(answerable)) - max_answerable_refused)
+
+    best = max(candidates, key=lambda b: (-round(over_limit(b), 9), round(total(b), 9), -abs(b)))
     n = len(margins)
     return round(best, 4), {"f1_unbiased": round(100 * total(0.0) / n, 2),
                             "f1_calibrated": round(100 * total(best) / n, 2),
-                            "refused_calibrated": round(100 * sum(m + best > 0 for m in margins) / n, 2)}
+                            "refused_calibrated": round(100 * sum(m + best > 0 for m in margins) / n, 2),
+                            "answerable_refused": round(100 * sum(m + best > 0 for m in answerable)
+                                                        / max(1, len(answerable)), 2)}

@@ -159,6 +159,9 @@ class TrainConfig(_Config):
     # After training, choose the bias on the refusal's first token that maximises SQuAD-v2 F1
     # on the validation split (ragtune.abstain); eval, ask and serve apply it.
     calibrate_abstention: bool = True
+    # ... refusing at most this share of the validation questions whose answer is in the context:
+    # a model that answers poorly would otherwise gain F1 by refusing nearly everything.
+    abstain_max_answerable_refused: float = Field(0.1, ge=0, le=1)
 
     @field_validator("target_modules")
     @classmethod

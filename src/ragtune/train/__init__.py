@@ -82,12 +82,14 @@ def calibrate_abstention(model: Any, tok: Any, template: PromptTemplate, val: An
     (out / ABSTAIN_FILE).unlink(missing_ok=True)  # a rule belongs to the weights it was chosen for
     if not cfg.calibrate_abstention or val is None:
         return None
-    rule = calibrate(model, tok, template, val, batch_size=cfg.batch_size)
+    rule = calibrate(model, tok, template, val, batch_size=cfg.batch_size,
+                     max_answerable_refused=cfg.abstain_max_answerable_refused)
     if rule is not None:
         rule.save(out)
         c = rule.calibration
         print(f"abstention: refusal bias {rule.bias:+.2f} on {c['examples']} validation examples, "
-              f"F1 {c['f1_unbiased']} -> {c['f1_calibrated']}, refused {c['refused_calibrated']}%")
+              f"F1 {c['f1_unbiased']} -> {c['f1_calibrated']}, refused {c['refused_calibrated']}% "
+              f"({c['answerable_refused']}% of the answerable)")
     return rule
 
 
