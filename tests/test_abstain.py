@@ -1,37 +1,44 @@
-"""The calibrated abstention rule: the bias chosen on validation rows, saved beside the adapter,
-and applied at the first generated token by eval, ask and serve."""
+"""The calibrated abstention rule: a confidence threshold chosen on validation rows, saved
+beside the adapter, and applied by eval, ask and serve."""
 
 from __future__ import annotations
 
 import pytest
 
-from ragtune.abstain import RefusalRule, best_bias, calibrate, refusal_token
+from ragtune.abstain import RefusalRule, answer_with_rule, best_threshold, calibrate
 from ragtune.prompts import Passage, PromptTemplate
 
 
-def test_best_bias_maximises_f1_and_prefers_no_bias_on_ties():
-    # two unanswerable items with margins -2 and -1.5, two answerable with margins -6 and -0.5
-    margins = [-2.0, -1.5, -6.0, -0.5]
-    wants = [True, True, False, False]
-    f1s = [0.0, 0.0, 1.0, 0.2]
-    bias, scores = best_bias(margins, wants, f1s, [False] * 4)
-    assert 2.0 < bias < 6.0  # refuses the first two and the weak answer, keeps the good one
-    assert scores["f1_calibrated"] == 75.0 and scores["f1_unbiased"] == 30.0
-    assert best_bias([-3.0, -4.0], [False, False], [1.0, 1.0], [False, False])[0] == 0.0
-    # with no answerable question to be refused, the weak answer (margin -0.5) must stay
-    capped, capped_scores = best_bias(margins, wants, f1s, [False] * 4, max_answerable_refused=0.0)
-    assert capped <= 0.5 and capped_scores["answerable_refused"] == 0.0
+def test_best_threshold_maximises_f1():
+    # three refusal targets the model answered unsure of (-3, -2.5, -1.5), a sure right answer
+    # (-0.1) and an unsure half-right one (-2.0, F1 0.2)
+    confidence = [-3.0, -2.5, -1.5, -0.1, -2.0]
+    wants = [True, True, True, False, False]
+    f1s = [0.0, 0.0, 0.0, 1.0, 0.2]
+    t, scores = best_threshold(confidence, wants, f1s, [False] * 5)
+    assert -1.5 < t < -0.1  # refuses every unsure answer, keeps the sure one
+    assert scores["f1_with_rule"] == 80.0 and scores["f1_without_rule"] == 24.0
+    assert scores["refusal_targets_refused"] == 100.0 and scores["answerable_refused"] == 50.0
+    # refusing no answerable question: the unsure half-right answer must stay
+    capped, capped_scores = best_threshold(confidence, wants, f1s, [False] * 5, max_answerable_refused=0.0)
+    assert -2.5 < capped <= -2.0 and capped_scores["answerable_refused"] == 0.0
+    assert capped_scores["f1_with_rule"] == 64.0
 
 
-def test_an_answerable_item_greedy_refused_counts_with_the_mean_answered_f1():
-    # the answerable item at margin +1 was refused by greedy decoding: worth 0.8 if answered
-    bias, _ = best_bias([1.0, -3.0, -1.0], [False, False, True], [0.0, 0.8, 0.0], [True, False, False])
-    assert 1.0 < bias < 3.0  # refusing the third (worth 1) beats answering the first (worth 0.8)
+def test_the_models_own_refusals_count_as_refused():
+    t, scores = best_threshold([-0.5, -0.2], [True, False], [0.0, 1.0], [True, False])
+    assert scores["f1_without_rule"] == 100.0 and t < -0.2
+
+
+def test_the_rule_replaces_unsure_answers_only():
+    rule = RefusalRule(threshold=-1.0)
+    assert rule.apply("port 8080", -0.5, "Sorry.") == "port 8080"
+    assert rule.apply("port 8080", -1.5, "Sorry.") == "Sorry."
 
 
 @pytest.mark.slow
-def test_a_bias_on_the_refusals_first_token_makes_the_model_refuse(tiny_model_dir, tokenizer, tmp_path):
-    from ragtune.generation import generate
+def test_answer_with_rule_on_a_real_model(tiny_model_dir, tmp_path):
+    from ragtune.generation import generate, generate_scored
     from ragtune.models import load_model
     from ragtune.prompts import prompt_ids
 
@@ -39,18 +46,20 @@ def test_a_bias_on_the_refusals_first_token_makes_the_model_refuse(tiny_model_di
     template = PromptTemplate.for_tokenizer(tok)
     ids = [prompt_ids(tok, template.render(tok, q, [Passage("t", "The hub listens on port 8080.")]), template)
            for q in ("Which port?", "Who wrote it?")]
-    token = refusal_token(tok, template)
     plain = generate(model, tok, ids, max_new_tokens=4)
-    forced = generate(model, tok, ids, max_new_tokens=4, first_token_bias={token: 1e4})
-    first = tok.decode([token]).strip()
-    assert all(a.startswith(first) for a in forced) and forced != plain
-    rule = RefusalRule(token_id=token, bias=2.5, calibration={"examples": 2})
-    rule.save(tmp_path)
-    assert RefusalRule.load(tmp_path) == rule and RefusalRule.load(tmp_path / "none") is None
+    texts, confidence = generate_scored(model, tok, ids, max_new_tokens=4)
+    assert texts == plain and all(c < 0 for c in confidence)
+    assert answer_with_rule(model, tok, ids, None, template.refusal, max_new_tokens=4) == plain
+    never = RefusalRule(threshold=-1e9)
+    always = RefusalRule(threshold=0.0)
+    assert answer_with_rule(model, tok, ids, never, template.refusal, max_new_tokens=4) == plain
+    assert answer_with_rule(model, tok, ids, always, template.refusal, max_new_tokens=4) == [template.refusal] * 2
+    always.save(tmp_path)
+    assert RefusalRule.load(tmp_path) == always and RefusalRule.load(tmp_path / "none") is None
 
 
 @pytest.mark.slow
-def test_calibrate_measures_margins_on_rows_with_answers_and_refusals(tiny_model_dir, tokenizer):
+def test_calibrate_on_rows_with_answers_and_refusals(tiny_model_dir):
     from datasets import Dataset
 
     from ragtune.models import load_model
@@ -62,7 +71,6 @@ def test_calibrate_measures_margins_on_rows_with_answers_and_refusals(tiny_model
             for q, c, a in [("Which port?", "8080", ["8080"]), ("Which colour?", "blue", ["blue"]),
                             ("Who made it?", template.refusal, [])]]
     rule = calibrate(model, tok, template, Dataset.from_list(rows), max_new_tokens=4)
-    assert rule is not None and rule.token_id == refusal_token(tok, template)
-    assert rule.calibration["examples"] == 3
-    assert rule.calibration["f1_calibrated"] >= rule.calibration["f1_unbiased"]
+    assert rule is not None and rule.calibration["examples"] == 3
+    assert rule.calibration["f1_with_rule"] >= rule.calibration["f1_without_rule"]
     assert calibrate(model, tok, template, Dataset.from_list(rows[:2])) is None  # nothing to choose between

@@ -1,12 +1,13 @@
 """A calibrated decision to abstain, saved beside the adapter.
 
 Under greedy decoding a small model says whichever target it saw more often, so it rarely
-refuses even after training on refusals. SQuAD 2.0 systems answer this with a threshold on
-the "no answer" score against the best answer's, tuned on the development set. Here the
-score is the margin of the refusal's first token at the first generated position (its logit
-minus the best other token's): `train` measures it on the validation split with the tuned
-model and picks the bias that maximises SQuAD-v2 F1 there; eval, ask and serve add that bias
-to the refusal's first token at the first step, and the model completes whichever answer wins.
+refuses even after training on refusals; but when the passage it needs is missing, it is less
+sure of the answer it writes. SQuAD 2.0 systems answer "no answer" below a score threshold tuned
+on the development set; here the score is the answer's mean log-probability per token. `train`
+picks the threshold that maximises SQuAD-v2 F1 on the validation split (refusing at most a set
+share of the questions whose answer is there) and saves it; eval, ask and serve replace an
+answer below it with the refusal. (Measured on the quickstart: this score separates refusal
+targets from answers with AUC 0.86 on the validation split, the refusal's first-token margin 0.64.)
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ from ragtune.metrics import f1, gold_answers, is_refusal
 from ragtune.prompts import PromptTemplate, prompt_ids
 
 ABSTAIN_FILE = "ragtune_abstain.json"
-MAX_BIAS = 30.0
 
 
 @dataclass
 class RefusalRule:
-    """Add `bias` to the logit of `token_id` (the refusal's first token) at the first step."""
+    """Answer with the refusal when the model's answer has a mean log-probability per token
+    below `threshold`."""
 
-    token_id: int
-    bias: float
+    threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)  # what it was chosen on, and the scores
 
-    def logit_bias(self) -> dict[int, float] | None:
-        return {self.token_id: self.bias} if self.bias else None
+    def apply(self, text: str, confidence: float, refusal: str) -> str:
+        return refusal if confidence < self.threshold else text
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / ABSTAIN_FILE
@@ -49,14 +49,16 @@ class RefusalRule:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def refusal_token(tokenizer: Any, template: PromptTemplate) -> int:
-    """The refusal's first token as training encodes a completion (on its own, no specials)."""
-    return tokenizer(template.refusal, add_special_tokens=False)["input_ids"][0]
+def answer_with_rule(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], rule: RefusalRule | None, refusal: str, **kw: Any,
+) -> list[str]:
+    """Greedy answers, each replaced by the refusal where `rule` says the model is unsure."""
+    from ragtune.generation import generate, generate_scored
 
-
-def logit_bias_of(adapter: str | Path | None) -> dict[int, float] | None:
-    rule = RefusalRule.load(adapter)
-    return rule.logit_bias() if rule else None
+    if rule is None:
+        return generate(model, tokenizer, prompts, **kw)
+    texts, confidence = generate_scored(model, tokenizer, prompts, **kw)
+    return [rule.apply(t, c, refusal) for t, c in zip(texts, confidence, strict=True)]
 
 
 def calibrate(
@@ -73,49 +75,54 @@ def calibrate(
     wants_refusal = [c.strip().startswith(template.refusal) for c in rows["completion"]]
     if all(wants_refusal) or not any(wants_refusal):
         return None
-    token = refusal_token(tokenizer, template)
     ids = [prompt_ids(tokenizer, p, template) for p in rows["prompt"]]
     was_training = model.training
     model.eval()
     with tqdm(total=len(ids), desc="abstention calibration", unit="example", leave=False, file=sys.stderr) as bar:
-        texts, margins = generate_scored(model, tokenizer, ids, max_new_tokens, batch_size, progress=bar.update,
-                                         gap_token=token)
+        texts, confidence = generate_scored(model, tokenizer, ids, max_new_tokens, batch_size, progress=bar.update)
     model.train(was_training)
-    answer_f1 = [0.0 if is_refusal(t, template.refusal) else max(f1(t, g) for g in gold_answers(a) or [""])
-                 for t, a in zip(texts, rows["answers"], strict=True)]
-    bias, scores = best_bias(margins, wants_refusal, answer_f1, [is_refusal(t, template.refusal) for t in texts],
-                             max_answerable_refused)
-    return RefusalRule(token_id=token, bias=bias, calibration={"examples": len(texts), **scores})
+    refused = [is_refusal(t, template.refusal) for t in texts]
+    answer_f1 = [max(f1(t, g) for g in gold_answers(a) or [""]) for t, a in zip(texts, rows["answers"], strict=True)]
+    threshold, scores = best_threshold(confidence, wants_refusal, answer_f1, refused, max_answerable_refused)
+    return RefusalRule(threshold=threshold, calibration={"examples": len(texts), **scores})
 
 
-def best_bias(
-    margins: Sequence[float], wants_refusal: Sequence[bool], answer_f1: Sequence[float], refused: Sequence[bool],
+def best_threshold(
+    confidence: Sequence[float], wants_refusal: Sequence[bool], answer_f1: Sequence[float], refused: Sequence[bool],
     max_answerable_refused: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
-    """The bias b (refuse when margin + b > 0) with the highest F1 over the items among those
-    that refuse at most `max_answerable_refused` of the items whose answer is in the context,
-    and the F1 with no bias and with b. An answerable item that greedy decoding refused has no
-    answer to score, so it counts with the mean F1 of the answered ones."""
-    answered = [s for s, want, r in zip(answer_f1, wants_refusal, refused, strict=True) if not want and not r]
-    fallback = sum(answered) / len(answered) if answered else 0.0
-    gain = [s if not r else fallback for s, r in zip(answer_f1, refused, strict=True)]
+    """The threshold t (refuse an answer whose confidence is below t) with the highest F1 over
+    the items among those that refuse at most `max_answerable_refused` of the items whose answer
+    is in the context (the model's own refusals count too), with F1 and refusal shares."""
+    items = list(zip(confidence, wants_refusal, answer_f1, refused, strict=True))
 
-    def total(b: float) -> float:
-        return sum((1.0 if want else 0.0) if m + b > 0 else (0.0 if want else g)
-                   for m, want, g in zip(margins, wants_refusal, gain, strict=True))
+    def refuses(item: tuple, t: float) -> bool:
+        return item[3] or item[0] < t
 
-    cuts = sorted({-m for m in margins if abs(m) < MAX_BIAS})
-    candidates = [0.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)] + \
-                 [c - 0.5 for c in cuts[:1]] + [c + 0.5 for c in cuts[-1:]]
-    answerable = [m for m, want in zip(margins, wants_refusal, strict=True) if not want]
+    def score(item: tuple, t: float) -> float:  # SQuAD v2: a refusal is right only where one is wanted
+        wanted = item[1]
+        if refuses(item, t):
+            return 1.0 if wanted else 0.0
+        return 0.0 if wanted else item[2]
 
-    def over_limit(b: float) -> float:  # the share of answerable items refused beyond the limit
-        return max(0.0, sum(m + b > 0 for m in answerable) / max(1, len(answerable)) - max_answerable_refused)
+    def total(t: float) -> float:
+        return sum(score(it, t) for it in items)
 
-    best = max(candidates, key=lambda b: (-round(over_limit(b), 9), round(total(b), 9), -abs(b)))
-    n = len(margins)
-    return round(best, 4), {"f1_unbiased": round(100 * total(0.0) / n, 2),
-                            "f1_calibrated": round(100 * total(best) / n, 2),
-                            "refused_calibrated": round(100 * sum(m + best > 0 for m in margins) / n, 2),
-                            "answerable_refused": round(100 * sum(m + best > 0 for m in answerable)
-                                                        / max(1, len(answerable)), 2)}
+    answerable = [it for it in items if not it[1]]
+
+    def answerable_refused(t: float) -> float:
+        return sum(refuses(it, t) for it in answerable) / max(1, len(answerable))
+
+    cuts = sorted({c for c, _, _, r in items if not r})
+    candidates = [-float("inf")] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)]
+    best = max(candidates, key=lambda t: (-round(max(0.0, answerable_refused(t) - max_answerable_refused), 9),
+                                          round(total(t), 9), -t))
+    n = len(items)
+    return round(best, 4) if best != -float("inf") else -1e9, {
+        "f1_without_rule": round(100 * total(-float("inf")) / n, 2),
+        "f1_with_rule": round(100 * total(best) / n, 2),
+        "refused": round(100 * sum(refuses(it, best) for it in items) / n, 2),
+        "answerable_refused": round(100 * answerable_refused(best), 2),
+        "refusal_targets_refused": round(100 * sum(refuses(it, best) for it in items if it[1])
+                                         / max(1, n - len(answerable)), 2),
+    }

@@ -80,9 +80,8 @@ def ask(
     precision: str = "auto",
 ) -> str:
     """The model's greedy answer to `question` given a context file or retrieved passages."""
-    from ragtune.abstain import logit_bias_of
+    from ragtune.abstain import RefusalRule, answer_with_rule
     from ragtune.evaluate.core import stop_strings
-    from ragtune.generation import generate
     from ragtune.prompts import prompt_ids
 
     if not question.strip():
@@ -100,5 +99,5 @@ def ask(
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:
         raise RagtuneError(f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
                            "context file or use --docs with a smaller --k")
-    return generate(model, tok, [ids], max_new_tokens=max_new_tokens, batch_size=1,
-                    stop_strings=stop_strings(template), first_token_bias=logit_bias_of(adapter))[0]
+    return answer_with_rule(model, tok, [ids], RefusalRule.load(adapter), template.refusal,
+                            max_new_tokens=max_new_tokens, batch_size=1, stop_strings=stop_strings(template))[0]

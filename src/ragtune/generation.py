@@ -30,23 +30,6 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return sorted(ids)
 
 
-class FirstTokenBias:
-    """A logits processor adding a fixed bias to some token ids at the first generated
-    position only: the calibrated abstention rule (`ragtune.abstain`) makes the refusal's
-    first token more or less likely, and the model completes whichever answer wins."""
-
-    def __init__(self, bias: dict[int, float], prompt_width: int) -> None:
-        self.bias, self.width = bias, prompt_width
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids.shape[1] != self.width:
-            return scores
-        scores = scores.clone()
-        for token, b in self.bias.items():
-            scores[:, token] += b
-        return scores
-
-
 def generate(
     model: Any,
     tokenizer: Any,
@@ -55,11 +38,10 @@ def generate(
     batch_size: int = 16,
     stop_strings: Sequence[str] = (),
     progress: Any = None,
-    first_token_bias: dict[int, float] | None = None,
 ) -> list[str]:
     """Greedy continuations of tokenised prompts, in the order given."""
     return generate_scored(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, progress,
-                           first_token_bias)[0]
+                           with_confidence=False)[0]
 
 
 @torch.no_grad()
@@ -71,17 +53,13 @@ def generate_scored(
     batch_size: int = 16,
     stop_strings: Sequence[str] = (),
     progress: Any = None,
-    first_token_bias: dict[int, float] | None = None,
-    gap_token: int | None = None,
+    with_confidence: bool = True,
 ) -> tuple[list[str], list[float]]:
-    """Greedy continuations, and with `gap_token` each prompt's first-step margin of that token:
-    its logit minus the best other token's (before any bias). A positive margin means greedy
-    decoding starts with it."""
-    from transformers import LogitsProcessorList
-
+    """Greedy continuations, and with `with_confidence` each one's mean log-probability per
+    token (up to its stop token): how sure the model is of what it wrote."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[str] = [""] * len(prompts)
-    gaps: list[float] = [0.0] * len(prompts) if gap_token is not None else []
+    confidence: list[float] = [0.0] * len(prompts) if with_confidence else []
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
@@ -94,7 +72,6 @@ def generate_scored(
             p = prompts[i]
             ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
-        processors = LogitsProcessorList([FirstTokenBias(first_token_bias, width)] if first_token_bias else [])
         res = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -103,25 +80,30 @@ def generate_scored(
             eos_token_id=stops,
             pad_token_id=pad,
             use_cache=True,
-            logits_processor=processors,
-            output_logits=gap_token is not None,
+            output_logits=with_confidence,
             return_dict_in_generate=True,
         )
         gen = res.sequences[:, width:]
+        sure = mean_logprobs(res.logits, gen, stops) if with_confidence else []
         for r, i in enumerate(idx):
             out[i] = _cut(tokenizer, gen[r].tolist(), stops, stop_strings)
-            if gap_token is not None:
-                gaps[i] = token_margin(res.logits[0][r].float(), gap_token)
+            if with_confidence:
+                confidence[i] = sure[r]
         if progress is not None:
             progress(len(idx))
-    return out, gaps
+    return out, confidence
 
 
-def token_margin(logits: torch.Tensor, token: int) -> float:
-    """How far `token`'s logit is above (positive) or below the best other token's."""
-    other = logits.clone()
-    other[token] = -torch.inf
-    return float(logits[token] - other.max())
+def mean_logprobs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, stops: Sequence[int]) -> list[float]:
+    """Per row, the mean log-probability of the generated tokens before the first stop token
+    (the stop token itself included when the answer is empty)."""
+    logp = torch.stack([s.float().log_softmax(-1) for s in step_logits], 1)  # rows x steps x vocab
+    chosen = logp.gather(-1, tokens[:, : logp.shape[1], None].to(logp.device))[..., 0]
+    out = []
+    for r, row in enumerate(tokens[:, : logp.shape[1]].tolist()):
+        n = next((k for k, t in enumerate(row) if t in stops), len(row))
+        out.append(float(chosen[r, : max(n, 1)].mean()))
+    return out
 
 
 def _cut(tokenizer: Any, ids: list[int], stops: list[int], stop_strings: Sequence[str]) -> str:

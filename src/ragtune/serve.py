@@ -41,8 +41,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
+from ragtune.abstain import RefusalRule
 from ragtune.adapter_check import check_adapter_fits
+from ragtune.config import REFUSAL
 from ragtune.errors import RagtuneError
+from ragtune.generation import mean_logprobs
 from ragtune.prompts import Passage, PromptTemplate, prompt_ids
 
 # the question may come first too (a `question_first` template's messages)
@@ -144,12 +147,14 @@ class Engine:
     request whose client hung up is skipped if it has not started, and stopped if it has.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8,
-                 first_token_bias: dict[int, float] | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, rule: RefusalRule | None = None,
+                 refusal: str = REFUSAL) -> None:
         from ragtune.generation import stop_token_ids
 
         self.model, self.tokenizer = model, tokenizer
-        self.first_token_bias = first_token_bias  # the adapter's calibrated abstention rule
+        # The adapter's calibrated abstention rule; it needs a whole answer, so streamed
+        # replies (sent token by token) go out without it.
+        self.rule, self.refusal = rule, refusal
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
@@ -216,9 +221,11 @@ class Engine:
                 do_sample=sample, temperature=jobs[0].temperature if sample else None,
                 top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_id, use_cache=True, stopping_criteria=_halt(jobs),
-                logits_processor=self.processors(width))[:, width:]
+                output_logits=self.rule is not None, return_dict_in_generate=True)
+        gen = out.sequences[:, width:]
+        sure = mean_logprobs(out.logits, gen, self.stop_ids) if self.rule is not None and not sample else None
         for r, job in enumerate(jobs):
-            toks, job.finish_reason = out[r].tolist(), "length"
+            toks, job.finish_reason = gen[r].tolist(), "length"
             for k, t in enumerate(toks):
                 if t in self.stop_ids:
                     toks, job.finish_reason = toks[:k], "stop"
@@ -229,18 +236,12 @@ class Engine:
             if cut is not None:
                 text, job.finish_reason = text[:cut], "stop"
             job.text = text.strip()
+            if sure is not None:
+                job.text = self.rule.apply(job.text, sure[r], self.refusal)  # type: ignore[union-attr]
             self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
         with self._stats_lock:
             self.stats["batches"] += 1
             self.stats["max_batch"] = max(self.stats["max_batch"], len(jobs))
-
-    def processors(self, prompt_width: int) -> Any:
-        from transformers import LogitsProcessorList
-
-        from ragtune.generation import FirstTokenBias
-
-        bias = self.first_token_bias
-        return LogitsProcessorList([FirstTokenBias(bias, prompt_width)] if bias else [])
 
     def count(self, **deltas: int) -> None:
         with self._stats_lock:
@@ -287,7 +288,6 @@ class Engine:
                 do_sample=sample, temperature=job.temperature if sample else None,
                 top_p=job.top_p if sample else None, top_k=None,
                 eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                logits_processor=self.processors(ids.shape[1]),
                 streamer=_Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
                 stopping_criteria=_halt([job]),
             )
@@ -355,13 +355,13 @@ def create_app(
     default_max_tokens: int = 256,
     batch_size: int = 8,
     limits: Limits | None = None,
-    first_token_bias: dict[int, float] | None = None,
+    rule: RefusalRule | None = None,
 ) -> Any:
     """A FastAPI app serving `model` with OpenAI's chat-completions protocol. Every error is
-    JSON in OpenAI's shape; with an API key, the schema is not served at all. `first_token_bias`
-    is the adapter's abstention rule (`ragtune.abstain`)."""
+    JSON in OpenAI's shape; with an API key, the schema is not served at all. `rule` is the
+    adapter's abstention rule (`ragtune.abstain`), applied to greedy, non-streamed replies."""
     limits = limits or Limits(default_max_tokens=default_max_tokens)
-    engine = Engine(model, tokenizer, batch_size, first_token_bias)
+    engine = Engine(model, tokenizer, batch_size, rule, template.refusal if template else REFUSAL)
     positions = context_positions(model, tokenizer)
 
     app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, openapi_url=None if api_key else "/openapi.json",
@@ -596,7 +596,6 @@ def serve(
     """Load the model (and adapter) and serve it until interrupted."""
     import uvicorn
 
-    from ragtune.abstain import logit_bias_of
     from ragtune.models import base_model_of, load_model
 
     if model is None and adapter is None:
@@ -615,7 +614,7 @@ def serve(
     template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
     app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size, limits=limits,
-                     first_token_bias=logit_bias_of(adapter))
+                     rule=RefusalRule.load(adapter))
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")

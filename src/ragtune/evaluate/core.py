@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from ragtune.abstain import logit_bias_of
+from ragtune.abstain import RefusalRule, answer_with_rule
 from ragtune.config import EvalConfig
-from ragtune.generation import generate
 from ragtune.metrics import ItemScore, aggregate, score_item
 from ragtune.prompts import IGNORE_INDEX, PromptTemplate, encode_example, prompt_ids
 from ragtune.records import Example, append_jsonl, content_id, read_jsonl
@@ -117,12 +116,13 @@ def predict(
         progress(len(items) - len(todo))
     ids = {i: prompt_ids(tokenizer, items[i].prompt, template) for i in todo}
     todo.sort(key=lambda i: len(ids[i]), reverse=True)  # batches of similar length
-    bias = logit_bias_of(spec.adapter) if cfg.abstention_rule else None
+    rule = RefusalRule.load(spec.adapter) if cfg.abstention_rule else None
     t0 = time.perf_counter()
     for b in range(0, len(todo), cfg.batch_size):
         batch = todo[b : b + cfg.batch_size]
-        texts = generate(model, tokenizer, [ids[i] for i in batch], max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, stop_strings=stop_strings(template), first_token_bias=bias)
+        texts = answer_with_rule(model, tokenizer, [ids[i] for i in batch], rule, template.refusal,
+                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                 stop_strings=stop_strings(template))
         for i, text in zip(batch, texts, strict=True):
             out[i] = text
             cache.put(keys[i], text)  # finished work survives a kill

@@ -87,9 +87,9 @@ def calibrate_abstention(model: Any, tok: Any, template: PromptTemplate, val: An
     if rule is not None:
         rule.save(out)
         c = rule.calibration
-        print(f"abstention: refusal bias {rule.bias:+.2f} on {c['examples']} validation examples, "
-              f"F1 {c['f1_unbiased']} -> {c['f1_calibrated']}, refused {c['refused_calibrated']}% "
-              f"({c['answerable_refused']}% of the answerable)")
+        print(f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token; on "
+              f"{c['examples']} validation examples F1 {c['f1_without_rule']} -> {c['f1_with_rule']}, refusing "
+              f"{c['refusal_targets_refused']}% of refusal targets and {c['answerable_refused']}% of answerable ones")
     return rule
 
 
