@@ -292,24 +292,23 @@ def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type
 
 def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate]:
     """The merged model, its tokenizer and the training prompt template, from an adapter or model folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from ragtune.models import base_model_of, load_tokenizer
+    from ragtune.models import base_model_of, load_causal_lm, load_tokenizer
+    from ragtune.modelstore import resolve_model
 
     is_adapter = (source / "adapter_config.json").is_file()
     if not is_adapter and not (source / "config.json").is_file():
         raise RagtuneError(f"{source} holds neither adapter_config.json nor config.json; pass the adapter "
                            "`ragtune train` wrote or a model folder")
-    base = (base_model or base_model_of(source)) if is_adapter else str(source)
+    base = resolve_model(base_model or base_model_of(source)) if is_adapter else str(source)
     try:
         _arch_of(AutoConfig.from_pretrained(base))  # refuse unsupported models before loading weights
-        # Merging in f32 keeps the adapter's small update exact before the one rounding to the GGUF type.
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if is_adapter else "auto")
     except (OSError, ValueError) as e:
         raise RagtuneError(f"cannot load the model '{base}' ({type(e).__name__}); pass --base-model") from None
     tok = load_tokenizer(source)
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tok))
+    # Merging in f32 keeps the adapter's small update exact before the one rounding to the GGUF type.
+    model = load_causal_lm(base, tok, dtype=torch.float32 if is_adapter else "auto")
     if is_adapter:
         from peft import PeftModel
 
