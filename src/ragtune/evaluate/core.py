@@ -90,10 +90,12 @@ class PredictionCache:
             append_jsonl(self.path, {"key": key, "prediction": prediction})
 
 
-def cache_key(spec: ModelSpec, prompt: str, cfg: EvalConfig, template: PromptTemplate) -> str:
+def cache_key(spec: ModelSpec, prompt: str, cfg: EvalConfig, template: PromptTemplate, ruled: bool) -> str:
+    # The adapter's fingerprint covers its rule file; `ruled` (the rule is applied) is part of
+    # the key only where there is a rule, so a base model's answers serve both settings.
     return content_id(
         "eval-v1", model_fingerprint(spec.base_model), model_fingerprint(spec.adapter), prompt,
-        str(cfg.max_new_tokens), cfg.precision, json.dumps(stop_strings(template)), str(cfg.abstention_rule),
+        str(cfg.max_new_tokens), cfg.precision, json.dumps(stop_strings(template)), "rule" if ruled else "",
     )
 
 
@@ -109,14 +111,14 @@ def predict(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[str], float, int]:
     """Greedy answers for every item; returns (predictions, generation seconds, generated count)."""
-    keys = [cache_key(spec, ex.prompt, cfg, template) for ex in items]
+    rule = RefusalRule.load(spec.adapter) if cfg.abstention_rule else None
+    keys = [cache_key(spec, ex.prompt, cfg, template, rule is not None) for ex in items]
     out: list[str | None] = [cache.get(k) if cfg.cache else None for k in keys]
     todo = [i for i, p in enumerate(out) if p is None]
     if progress is not None and len(todo) < len(items):
         progress(len(items) - len(todo))
     ids = {i: prompt_ids(tokenizer, items[i].prompt, template) for i in todo}
     todo.sort(key=lambda i: len(ids[i]), reverse=True)  # batches of similar length
-    rule = RefusalRule.load(spec.adapter) if cfg.abstention_rule else None
     t0 = time.perf_counter()
     for b in range(0, len(todo), cfg.batch_size):
         batch = todo[b : b + cfg.batch_size]
