@@ -231,18 +231,7 @@ def evaluate_run(
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
         else base
-    if qa is not None:
-        from ragtune.importers import import_file
-        from ragtune.models import load_tokenizer
-
-        template = load_template([*adapter_dirs, run.dataset], tok_source, cfg.refusal)
-        items = qa_examples(import_file(qa), load_tokenizer(tok_source), template)
-        source = str(qa)
-    else:
-        # Items keep the prompt text the build rendered; the dataset's template says how to tokenise it.
-        items = dataset_examples(run.dataset, cfg.split)
-        template = load_template([run.dataset, *adapter_dirs], tok_source, cfg.refusal)
-        source = f"{run.dataset}:{cfg.split}"
+    items, template, source = eval_items(run, cfg, qa, adapter_dirs, tok_source)
     if cfg.limit:
         items = items[: cfg.limit]
     if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
@@ -270,6 +259,21 @@ def evaluate_run(
     run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
     return metrics
+
+
+def eval_items(
+    run: RunFolder, cfg: EvalConfig, qa: str | Path | None, adapter_dirs: Sequence[Path], tok_source: str,
+) -> tuple[list[Example], PromptTemplate, str]:
+    """The items to score, the template they are asked with, and a name for their source."""
+    if qa is not None:
+        from ragtune.importers import import_file
+        from ragtune.models import load_tokenizer
+
+        template = load_template([*adapter_dirs, run.dataset], tok_source, cfg.refusal)
+        return qa_examples(import_file(qa), load_tokenizer(tok_source), template), template, str(qa)
+    # Items keep the prompt text the build rendered; the dataset's template says how to tokenise it.
+    items = dataset_examples(run.dataset, cfg.split)
+    return items, load_template([run.dataset, *adapter_dirs], tok_source, cfg.refusal), f"{run.dataset}:{cfg.split}"
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: EvalConfig) -> None:
