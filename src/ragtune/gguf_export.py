@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ragtune.errors import RagtuneError
+from ragtune.modelstore import PROMPT_KEY, load_gguf_tokenizer, read_prompt_template  # noqa: F401 - re-exported
 from ragtune.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ GGUF_TYPES = ("f16", "bf16", "q8_0")
 # Hugging Face `model_type` -> GGUF architecture name. Both read back through transformers'
 # GGUF loader and run in llama.cpp; SmolLM2, Llama 3 and ragtune's tiny models are `llama`.
 SUPPORTED = {"llama": "llama", "qwen2": "qwen2"}
-PROMPT_KEY = "ragtune.prompt_template"  # the training prompt, for ragtune's own GGUF import
 Q8_BLOCK = 32  # q8_0 quantises rows in blocks of 32 values
 
 
@@ -246,34 +246,6 @@ def _adds_special(tokenizer: Any) -> tuple[bool, bool]:
     add_bos = bool(with_special) and with_special[0] == tokenizer.bos_token_id and with_special[:1] != bare[:1]
     add_eos = bool(with_special) and with_special[-1] == tokenizer.eos_token_id and with_special[-1:] != bare[-1:]
     return add_bos, add_eos
-
-
-def load_gguf_tokenizer(gguf_path: str | Path) -> Any:
-    """The tokenizer a GGUF carries, through transformers' GGUF loader, with the prefix space restored.
-
-    transformers builds byte-level BPE from a GGUF without the prefix space a tokenizer such as
-    ragtune's tiny one adds; the file records it (`tokenizer.ggml.add_space_prefix`), so put it back.
-    """
-    from tokenizers import pre_tokenizers
-    from transformers import AutoTokenizer
-    from transformers.integrations.gguf import read_gguf_metadata
-
-    path = Path(gguf_path)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    metadata, _ = read_gguf_metadata(str(path))
-    pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    if metadata.get("tokenizer.ggml.add_space_prefix") and pre.get("type") == "ByteLevel":
-        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    return tok
-
-
-def read_prompt_template(gguf_path: str | Path) -> PromptTemplate | None:
-    """The training prompt template a ragtune export stored in the file, else None."""
-    from transformers.integrations.gguf import read_gguf_metadata
-
-    metadata, _ = read_gguf_metadata(str(gguf_path))
-    value = metadata.get(PROMPT_KEY)
-    return PromptTemplate(**json.loads(value)) if isinstance(value, str) else None
 
 
 # ---------------------------------------------------------------- from a folder

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import RagtuneError
+from ragtune.prompts import PromptTemplate
 
 SOURCE_FILE = "ragtune_source.json"  # written into every converted folder: where it came from
+PROMPT_KEY = "ragtune.prompt_template"  # GGUF metadata: the training prompt a ragtune export carries
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,6 @@ def _write_model_folder(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ragtune.gguf_export import read_prompt_template
-
     tok, loaded = _load_gguf(gguf)
     config = loaded.config
     tok = _within_vocab(tok, config.vocab_size)
@@ -270,8 +270,6 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragtune.gguf_export import load_gguf_tokenizer
-
     try:
         import gguf as _gguf  # noqa: F401 - transformers needs it to read the file
     except ImportError:
@@ -284,6 +282,34 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
         raise RagtuneError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: {str(e)[:120]}); "
                            "check the file (a truncated download?) or pass a Llama-family GGUF") from None
     return tok, model
+
+
+def load_gguf_tokenizer(gguf_path: str | Path) -> Any:
+    """The tokenizer a GGUF carries, through transformers' GGUF loader, with the prefix space restored.
+
+    transformers builds byte-level BPE from a GGUF without the prefix space a tokenizer such as
+    ragtune's tiny one adds; the file records it (`tokenizer.ggml.add_space_prefix`), so put it back.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    path = Path(gguf_path)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    metadata, _ = read_gguf_metadata(str(path))
+    pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    if metadata.get("tokenizer.ggml.add_space_prefix") and pre.get("type") == "ByteLevel":
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    return tok
+
+
+def read_prompt_template(gguf_path: str | Path) -> PromptTemplate | None:
+    """The training prompt template a ragtune export stored in the file, else None."""
+    from transformers.integrations.gguf import read_gguf_metadata
+
+    metadata, _ = read_gguf_metadata(str(gguf_path))
+    value = metadata.get(PROMPT_KEY)
+    return PromptTemplate(**json.loads(value)) if isinstance(value, str) else None
 
 
 def _slug(text: str) -> str:
