@@ -55,7 +55,7 @@ def test_answer_with_rule_on_a_real_model(tiny_model_dir, tmp_path):
     assert answer_with_rule(model, tok, ids, never, template.refusal, max_new_tokens=4) == plain
     assert answer_with_rule(model, tok, ids, always, template.refusal, max_new_tokens=4) == [template.refusal] * 2
     always.save(tmp_path)
-    assert RefusalRule.load(tmp_path) == always and RefusalRule.load(tmp_path / "none") is None
+    assert RefusalRule.find(tmp_path) == always and RefusalRule.find(tmp_path / "none") is None
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ def greedy(model, prompts: list[list[int]], pad_id: int) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def tuned(tiny_model_dir, tokenizer, tmp_path_factory):
-    """A LoRA adapter on the tiny Llama, merged in f32: the model every export is compared with."""
+    """A LoRA adapter on the tiny Llama, merged in f32 (`load_model` merges): the model every
+    export is compared with."""
     from datasets import Dataset, DatasetDict
 
     from ragtune.models import load_model
@@ -50,7 +51,7 @@ def tuned(tiny_model_dir, tokenizer, tmp_path_factory):
     model, tok = load_model(tiny_model_dir, adapter, precision="fp32", device="cpu")
     template = PromptTemplate.find(adapter, tiny_model_dir) or PromptTemplate.for_tokenizer(tok)
     prompts = [prompt_ids(tok, r["prompt"], template) for r in rag_rows(tok, N_PROMPTS, seed=3)]
-    return {"adapter": adapter, "model": model.merge_and_unload().eval(), "tok": tok, "prompts": prompts,
+    return {"adapter": adapter, "model": model, "tok": tok, "prompts": prompts,
             "template": template}
 
 
@@ -117,14 +118,42 @@ def test_cli_exports_the_adapter_as_gguf_and_a_modelfile(tuned, tmp_path):
     out = tmp_path / "ollama" / "tuned.gguf"
     p = ragtune_cli("export", "--adapter", str(tuned["adapter"]), "--gguf", str(out), "--ollama")
     assert p.returncode == 0, p.stderr
-    from ragtune.gguf_export import read_prompt_template
+    from ragtune.modelstore import read_ragtune_metadata
 
-    assert read_prompt_template(out) == tuned["template"]  # for ragtune's own GGUF import
+    assert read_ragtune_metadata(out) == (tuned["template"], None)  # for ragtune's own GGUF import
     modelfile = (out.parent / "Modelfile").read_text(encoding="utf-8")
     assert modelfile.startswith("FROM ./tuned.gguf\n") and tuned["template"].system in modelfile
     back = load_gguf_model(out)
     pad = tuned["tok"].pad_token_id
     assert greedy(back, tuned["prompts"][:5], pad) == greedy(tuned["model"], tuned["prompts"][:5], pad)
+
+
+def test_the_gguf_import_gives_eval_the_adapters_weights_template_and_rule(tuned, tiny_model_dir, tmp_path,
+                                                                         monkeypatch):
+    """`eval --base-model tuned.gguf` scores what `eval --adapter` scores: the import gives back the
+    merged weights eval runs (bf16 here), the training prompt and the abstention rule."""
+    import shutil
+
+    from ragtune.abstain import RefusalRule
+    from ragtune.gguf_export import write_gguf
+    from ragtune.models import load_model
+    from ragtune.modelstore import local_folder
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(tmp_path / "home"))
+    adapter = shutil.copytree(tuned["adapter"], tmp_path / "adapter")
+    rule = RefusalRule(-1.25, {"chosen_on": "validation"})
+    rule.save(adapter)
+    path = write_gguf(adapter, tmp_path / "tuned.gguf", "f16")
+    folder = local_folder(path)
+    assert PromptTemplate.find(folder) == tuned["template"] and RefusalRule.find(folder) == rule
+    merged, tok = load_model(tiny_model_dir, adapter)
+    back, _ = load_model(path)
+    assert merged.dtype == back.dtype
+    # f16 holds every bf16 value exactly down to 2**-17; below that it rounds to steps of 2**-24.
+    for (name, a), (_, b) in zip(merged.state_dict().items(), back.state_dict().items(), strict=True):
+        assert (a.float() - b.float()).abs().max() <= 2**-24, name
+    pad = tok.pad_token_id
+    assert greedy(back, tuned["prompts"], pad) == greedy(merged, tuned["prompts"], pad)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -235,7 +264,7 @@ def test_prefix_space_tokenizer_round_trips_with_the_recorded_flag(tokenizer, tm
     tiny tokenizer adds a space again) needs only a leading space."""
     from transformers import AutoTokenizer
 
-    from ragtune.gguf_export import load_gguf_tokenizer
+    from ragtune.modelstore import load_gguf_tokenizer
 
     path = gguf_of(tokenizer, tmp_path / "tiny.gguf")
     texts = random_texts(tokenizer)

@@ -42,11 +42,14 @@ class RefusalRule:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path | None) -> RefusalRule | None:
-        path = Path(directory) / ABSTAIN_FILE if directory else None
-        if path is None or not path.is_file():
-            return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+    def find(cls, *folders: str | Path | None) -> RefusalRule | None:
+        """The rule in the first of `folders` that has one (an adapter before its base: a merged
+        or GGUF export carries its rule beside the weights), else None."""
+        for folder in folders:
+            path = Path(folder) / ABSTAIN_FILE if folder else None
+            if path is not None and path.is_file():
+                return cls(**json.loads(path.read_text(encoding="utf-8")))
+        return None
 
 
 def answer_with_rule(

@@ -7,16 +7,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.abstain import RefusalRule
 from ragtune.adapter_check import check_adapter_fits
 from ragtune.errors import RagtuneError
+from ragtune.modelstore import local_folder
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl, read_text_file
 
 
 def load_for_inference(
     adapter: str | Path | None = None, base_model: str | None = None, precision: str = "auto"
-) -> tuple[Any, Any, PromptTemplate]:
-    """Model (base + optional adapter), tokenizer, and the prompt template saved with the adapter (or base)."""
+) -> tuple[Any, Any, PromptTemplate, RefusalRule | None]:
+    """Model (base + optional adapter, merged), tokenizer, and the prompt template and abstention
+    rule saved with the adapter (or base)."""
     from ragtune.models import base_model_of, is_tuned_dir, load_model
 
     if adapter is None and base_model is None:
@@ -27,9 +30,11 @@ def load_for_inference(
     if adapter is not None:
         check_adapter_fits(adapter, base)
     model, tok = load_model(base, adapter, precision=precision)
-    # the adapter's template, else one saved beside the base model's weights
-    template = PromptTemplate.find(adapter, base) or PromptTemplate.for_tokenizer(tok)
-    return model, tok, template
+    # The adapter's template and abstention rule, else those saved beside the base's weights
+    # (a merged or GGUF export carries both).
+    folders = (adapter, local_folder(base))
+    template = PromptTemplate.find(*folders) or PromptTemplate.for_tokenizer(tok)
+    return model, tok, template, RefusalRule.find(*folders)
 
 
 def context_passages(path: str | Path) -> list[Passage]:
@@ -80,7 +85,7 @@ def ask(
     precision: str = "auto",
 ) -> str:
     """The model's greedy answer to `question` given a context file or retrieved passages."""
-    from ragtune.abstain import RefusalRule, answer_with_rule
+    from ragtune.abstain import answer_with_rule
     from ragtune.evaluate.core import stop_strings
     from ragtune.prompts import prompt_ids
 
@@ -89,7 +94,7 @@ def ask(
     if (context is None) == (docs is None):
         raise RagtuneError("pass exactly one of --context FILE or --docs DIR (a run or documents folder)")
     passages = context_passages(context) if context is not None else None
-    model, tok, template = load_for_inference(adapter, base_model, precision)
+    model, tok, template, rule = load_for_inference(adapter, base_model, precision)
     if passages is None:
         source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_model
         run_index = Path(docs) / "index" if (Path(docs) / "chunks.jsonl").is_file() else None  # type: ignore[arg-type]
@@ -99,5 +104,5 @@ def ask(
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:
         raise RagtuneError(f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
                            "context file or use --docs with a smaller --k")
-    return answer_with_rule(model, tok, [ids], RefusalRule.load(adapter), template.refusal,
+    return answer_with_rule(model, tok, [ids], rule, template.refusal,
                             max_new_tokens=max_new_tokens, batch_size=1, stop_strings=stop_strings(template))[0]

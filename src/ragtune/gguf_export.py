@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ragtune.abstain import RefusalRule
 from ragtune.errors import RagtuneError
-from ragtune.modelstore import PROMPT_KEY, load_gguf_tokenizer, read_prompt_template  # noqa: F401 - re-exported
+from ragtune.modelstore import ABSTAIN_KEY, PROMPT_KEY, resolve_model
 from ragtune.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ Q8_BLOCK = 32  # q8_0 quantises rows in blocks of 32 values
 
 
 def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf_type: str = "f16",
-                          template: PromptTemplate | None = None) -> Path:
-    """Write an in-memory Hugging Face causal LM (merged, no adapter) and its tokenizer as GGUF."""
+                          template: PromptTemplate | None = None, rule: RefusalRule | None = None) -> Path:
+    """Write an in-memory Hugging Face causal LM (merged, no adapter) and its tokenizer as GGUF,
+    with ragtune's prompt template and abstention rule as metadata for ragtune's GGUF import."""
     import gguf
 
     if gguf_type not in GGUF_TYPES:
@@ -53,6 +55,8 @@ def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf
     add_tokenizer(writer, tokenizer, n_vocab)
     if template is not None:
         writer.add_string(PROMPT_KEY, json.dumps(asdict(template)))
+    if rule is not None:
+        writer.add_string(ABSTAIN_KEY, json.dumps(asdict(rule)))
     for name, data, raw_dtype in _tensors(model, arch, gguf_type):
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
@@ -251,23 +255,27 @@ def _adds_special(tokenizer: Any) -> tuple[bool, bool]:
 # ---------------------------------------------------------------- from a folder
 def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type: str = "f16", ollama: bool = False,
                base_model: str | None = None) -> Path:
-    """Export an adapter (merged into its base first, in f32) or a full model folder as one GGUF;
+    """Export an adapter (merged into its base first) or a full model folder as one GGUF;
     with `ollama`, also a `Modelfile` beside it. Returns the GGUF's path."""
     if gguf_type not in GGUF_TYPES:
         raise RagtuneError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}; pick one of those")
-    model, tok, template = load_for_export(Path(model_dir_or_adapter), base_model)
-    path = write_gguf_from_model(model, tok, out_path, gguf_type, template)
+    model, tok, template, rule = load_for_export(Path(model_dir_or_adapter), base_model)
+    path = write_gguf_from_model(model, tok, out_path, gguf_type, template, rule)
     if ollama:
         write_modelfile(path, tok, template)
     return path
 
 
-def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate]:
-    """The merged model, its tokenizer and the training prompt template, from an adapter or model folder."""
+def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate,
+                                                                         RefusalRule | None]:
+    """The model, its tokenizer, the training prompt template and the abstention rule, from an
+    adapter or a model folder.
+
+    An adapter is merged by `models.load_model`, at the dtype eval runs, so the GGUF holds the
+    weights eval scored; a model folder keeps its own precision."""
     from transformers import AutoConfig
 
-    from ragtune.models import base_model_of, load_causal_lm, load_tokenizer
-    from ragtune.modelstore import resolve_model
+    from ragtune.models import base_model_of, load_causal_lm, load_model, load_tokenizer
 
     is_adapter = (source / "adapter_config.json").is_file()
     if not is_adapter and not (source / "config.json").is_file():
@@ -278,15 +286,14 @@ def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, A
         _arch_of(AutoConfig.from_pretrained(base))  # refuse unsupported models before loading weights
     except (OSError, ValueError) as e:
         raise RagtuneError(f"cannot load the model '{base}' ({type(e).__name__}); pass --base-model") from None
-    tok = load_tokenizer(source)
-    # Merging in f32 keeps the adapter's small update exact before the one rounding to the GGUF type.
-    model = load_causal_lm(base, tok, dtype=torch.float32 if is_adapter else "auto")
     if is_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(source)).merge_and_unload()
-    template = PromptTemplate.find(source, base) or PromptTemplate.for_tokenizer(tok)
-    return model.eval(), tok, template
+        model, tok = load_model(base, source)
+    else:
+        tok = load_tokenizer(source)
+        model = load_causal_lm(base, tok, dtype="auto").eval()
+    folders = (source, base)
+    template = PromptTemplate.find(*folders) or PromptTemplate.for_tokenizer(tok)
+    return model, tok, template, RefusalRule.find(*folders)
 
 
 # ---------------------------------------------------------------- Ollama

@@ -159,10 +159,13 @@ def load_model(
     precision: str = "auto",
     device: str | None = None,
 ) -> tuple[Any, Any]:
-    """A causal LM (plus an optional PEFT adapter) and its tokenizer, ready for inference.
+    """A causal LM (with an optional PEFT adapter merged into it) and its tokenizer, ready for
+    inference.
 
     `adapter` is what `ragtune train` wrote: a PEFT adapter folder, or, after full
-    fine-tuning, a whole model folder, which then replaces the base.
+    fine-tuning, a whole model folder, which then replaces the base. The adapter is merged into
+    the weights at the inference dtype: generation skips the LoRA side path, and every export
+    writes exactly the weights that eval, ask and serve use.
     """
     dev = pick_device(device)
     if adapter and (Path(adapter) / "config.json").is_file() and not (Path(adapter) / "adapter_config.json").is_file():
@@ -176,7 +179,7 @@ def load_model(
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise RagtuneError(f"'{adapter}' holds neither an adapter nor a model; pass the folder "
                                "`ragtune train` wrote (RUN/adapter)")
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.to(dev).eval()
     return model, tok
 

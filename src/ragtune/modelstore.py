@@ -28,6 +28,7 @@ from ragtune.prompts import PromptTemplate
 
 SOURCE_FILE = "ragtune_source.json"  # written into every converted folder: where it came from
 PROMPT_KEY = "ragtune.prompt_template"  # GGUF metadata: the training prompt a ragtune export carries
+ABSTAIN_KEY = "ragtune.abstention_rule"  # GGUF metadata: the calibrated refusal rule it carries
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ def resolve_model(spec: str | Path, fetch: bool = True) -> str:
     if text.lower().endswith(".gguf"):
         return str(convert_gguf(Path(text)))
     return text
+
+
+def local_folder(spec: str | Path | None) -> Path | None:
+    """The model folder `spec` loads from when it is local (a folder, or a named model's or a
+    GGUF's converted folder), else None (a hub id)."""
+    if spec is None:
+        return None
+    folder = Path(resolve_model(spec))
+    return folder if folder.is_dir() else None
 
 
 def is_named_or_gguf(spec: str | Path) -> bool:
@@ -245,9 +255,14 @@ def _write_model_folder(gguf: Path, out: Path) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(out))  # the saved tokenizer must load as it will be used
-    template = read_prompt_template(gguf)  # a ragtune export carries the prompt it was trained with
+    # A ragtune export carries the prompt it was trained with and its abstention rule.
+    template, rule = read_ragtune_metadata(gguf)
     if template is not None:
         template.save(out)
+    if rule is not None:
+        from ragtune.abstain import ABSTAIN_FILE
+
+        (out / ABSTAIN_FILE).write_text(rule, encoding="utf-8")
 
 
 def _within_vocab(tok: Any, n_vocab: int) -> Any:
@@ -303,13 +318,15 @@ def load_gguf_tokenizer(gguf_path: str | Path) -> Any:
     return tok
 
 
-def read_prompt_template(gguf_path: str | Path) -> PromptTemplate | None:
-    """The training prompt template a ragtune export stored in the file, else None."""
+def read_ragtune_metadata(gguf_path: str | Path) -> tuple[PromptTemplate | None, str | None]:
+    """The training prompt template and the abstention rule (JSON) a ragtune export stored in
+    the file; None for what it lacks."""
     from transformers.integrations.gguf import read_gguf_metadata
 
     metadata, _ = read_gguf_metadata(str(gguf_path))
-    value = metadata.get(PROMPT_KEY)
-    return PromptTemplate(**json.loads(value)) if isinstance(value, str) else None
+    template, rule = metadata.get(PROMPT_KEY), metadata.get(ABSTAIN_KEY)
+    return (PromptTemplate(**json.loads(template)) if isinstance(template, str) else None,
+            rule if isinstance(rule, str) else None)
 
 
 def _slug(text: str) -> str:

@@ -46,6 +46,7 @@ from ragtune.adapter_check import check_adapter_fits
 from ragtune.config import REFUSAL
 from ragtune.errors import RagtuneError
 from ragtune.generation import mean_logprobs
+from ragtune.modelstore import local_folder
 from ragtune.prompts import Passage, PromptTemplate, prompt_ids
 
 # the question may come first too (a `question_first` template's messages)
@@ -611,10 +612,10 @@ def serve(
     if adapter is not None:
         check_adapter_fits(adapter, model)
     lm, tok = load_model(model, adapter=adapter)
-    template = PromptTemplate.find(adapter, model if Path(model).is_dir() else None)
+    template = PromptTemplate.find(adapter, local_folder(model))
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
     app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size, limits=limits,
-                     rule=RefusalRule.load(adapter))
+                     rule=RefusalRule.find(adapter, local_folder(model)))
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -21,6 +21,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, answer_nll, predict, run_model
 from ragtune.evaluate.report import comparison_table, format_table, markdown_table, print_table
 from ragtune.models import is_tuned_dir
+from ragtune.modelstore import local_folder
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Example, QAItem, from_dict, read_text_file, write_jsonl
 from ragtune.runfolder import RunFolder
@@ -155,7 +156,7 @@ def qa_examples(qa: Sequence[QAItem], tokenizer: Any, template: PromptTemplate) 
     return out
 
 
-def load_template(candidates: Sequence[Path], tokenizer_source: str, refusal: str) -> PromptTemplate:
+def load_template(candidates: Sequence[Path | None], tokenizer_source: str, refusal: str) -> PromptTemplate:
     found = PromptTemplate.find(*candidates)
     if found is not None:
         return found
@@ -231,7 +232,9 @@ def evaluate_run(
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
         else base
-    items, template, source = eval_items(run, cfg, qa, adapter_dirs, tok_source)
+    # Templates are looked for with the adapters, then beside the base's weights (an export's).
+    model_dirs = [*adapter_dirs, local_folder(base)]
+    items, template, source = eval_items(run, cfg, qa, model_dirs, tok_source)
     if cfg.limit:
         items = items[: cfg.limit]
     if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
@@ -262,18 +265,19 @@ def evaluate_run(
 
 
 def eval_items(
-    run: RunFolder, cfg: EvalConfig, qa: str | Path | None, adapter_dirs: Sequence[Path], tok_source: str,
+    run: RunFolder, cfg: EvalConfig, qa: str | Path | None, model_dirs: Sequence[Path | None], tok_source: str,
 ) -> tuple[list[Example], PromptTemplate, str]:
-    """The items to score, the template they are asked with, and a name for their source."""
+    """The items to score, the template they are asked with, and a name for their source.
+    `model_dirs`: adapter and model folders that may hold a saved template, in order."""
     if qa is not None:
         from ragtune.importers import import_file
         from ragtune.models import load_tokenizer
 
-        template = load_template([*adapter_dirs, run.dataset], tok_source, cfg.refusal)
+        template = load_template([*model_dirs, run.dataset], tok_source, cfg.refusal)
         return qa_examples(import_file(qa), load_tokenizer(tok_source), template), template, str(qa)
     # Items keep the prompt text the build rendered; the dataset's template says how to tokenise it.
     items = dataset_examples(run.dataset, cfg.split)
-    return items, load_template([run.dataset, *adapter_dirs], tok_source, cfg.refusal), f"{run.dataset}:{cfg.split}"
+    return items, load_template([run.dataset, *model_dirs], tok_source, cfg.refusal), f"{run.dataset}:{cfg.split}"
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], cfg: EvalConfig) -> None:

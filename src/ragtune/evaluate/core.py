@@ -19,6 +19,7 @@ import torch
 from ragtune.abstain import RefusalRule, answer_with_rule
 from ragtune.config import EvalConfig
 from ragtune.metrics import ItemScore, aggregate, score_item
+from ragtune.modelstore import local_folder
 from ragtune.prompts import IGNORE_INDEX, PromptTemplate, encode_example, prompt_ids
 from ragtune.records import Example, append_jsonl, content_id, read_jsonl
 
@@ -111,7 +112,7 @@ def predict(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[str], float, int]:
     """Greedy answers for every item; returns (predictions, generation seconds, generated count)."""
-    rule = RefusalRule.load(spec.adapter) if cfg.abstention_rule else None
+    rule = RefusalRule.find(spec.adapter, local_folder(spec.base_model)) if cfg.abstention_rule else None
     keys = [cache_key(spec, ex.prompt, cfg, template, rule is not None) for ex in items]
     out: list[str | None] = [cache.get(k) if cfg.cache else None for k in keys]
     todo = [i for i, p in enumerate(out) if p is None]
