@@ -81,7 +81,7 @@ def ask(
 ) -> str:
     """The model's greedy answer to `question` given a context file or retrieved passages."""
     from ragtune.abstain import RefusalRule, answer_with_rule
-    from ragtune.evaluate.core import stop_strings
+    from ragtune.generation import stop_strings
     from ragtune.prompts import prompt_ids
 
     if not question.strip():
