@@ -15,10 +15,11 @@ from typing import Any
 from ragtune.batching import MicroBatcher
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
+from ragtune.llm_client import Reply
 from ragtune.prompts import render_messages
 from ragtune.records import Chunk
 from ragtune.synth.base import register_generator
-from ragtune.synth.llm import LLMGenerator, Reply
+from ragtune.synth.llm import LLMGenerator
 
 
 class HFComplete:
