@@ -170,8 +170,8 @@ def score_prediction_file(
     """Score a prediction file ({question id: answer text}, the official SQuAD v2 input) against
     a QA file, exactly as the official SQuAD v2 script does: overall, HasAns_* and NoAns_*.
     With `refusal`, refusal sentences first count as the empty answer."""
-    from ragtune.importers import import_file
     from ragtune.metrics import exact_match, f1, max_over, scored_answer
+    from ragtune.qa_formats import import_file
 
     if isinstance(predictions, dict):
         preds = predictions
@@ -266,8 +266,8 @@ def eval_items(
 ) -> tuple[list[Example], PromptTemplate, str]:
     """The items to score, the template they are asked with, and a name for their source."""
     if qa is not None:
-        from ragtune.importers import import_file
         from ragtune.models import load_tokenizer
+        from ragtune.qa_formats import import_file
 
         template = load_template([*adapter_dirs, run.dataset], tok_source, cfg.refusal)
         return qa_examples(import_file(qa), load_tokenizer(tok_source), template), template, str(qa)
