@@ -309,10 +309,11 @@ def ask(
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
     from ragtune.config import AskConfig, validated
+    from ragtune.pipeline import document_chunks
 
     validated(AskConfig, "ask", k=k, max_new_tokens=max_new_tokens)
     typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
-                      max_new_tokens=max_new_tokens))
+                      max_new_tokens=max_new_tokens, chunk_documents=document_chunks))
 
 
 @app.command()

@@ -19,6 +19,7 @@ from rich.console import Console
 from ragtune.config import IngestConfig, RunConfig, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.modelstore import resolve_model
+from ragtune.records import Chunk
 from ragtune.runfolder import RunFolder, file_hash
 
 console = Console(stderr=True)
@@ -30,6 +31,13 @@ def corpus_texts(docs: str | Path) -> list[str]:
 
     docs_list, _skipped = load_documents(Path(docs), IngestConfig())
     return [d.text for d in docs_list]
+
+
+def document_chunks(docs: Path, tokenizer_source: str | None) -> list[Chunk]:
+    """A documents folder ingested on the spot (what `ragtune ask --docs FOLDER` retrieves from)."""
+    from ragtune.ingest import ingest
+
+    return ingest(docs, IngestConfig(tokenizer=tokenizer_source)).chunks
 
 
 def tiny_model_from_docs(corpus: str | Path, out: str | Path, cfg: TinyModelConfig) -> dict:

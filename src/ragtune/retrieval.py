@@ -257,3 +257,13 @@ def index_for_run(run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk],
     retriever = build_retriever(kind, chunks, dense_model)
     save_retriever(retriever, directory, dense_model)
     return retriever
+
+
+def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int,
+             index_dir: Path | None = None) -> list[list[int]]:
+    """Indices into `chunks` of the BM25 top-k chunks for each query; with `index_dir` (a run's
+    index/ folder) the run's saved index is reused when it covers these chunks."""
+    retriever = index_for_run(index_dir, "bm25", chunks) if index_dir else build_retriever("bm25", chunks)
+    pos = {c.id: i for i, c in enumerate(chunks)}
+    k = min(k, len(chunks))
+    return [[pos[cid] for cid, _ in hits if cid in pos] for hits in retriever.search_many(list(queries), k)]

@@ -28,13 +28,13 @@ from typing import Any
 
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
-from ragtune.records import Chunk, QAItem, content_id, from_dict, read_jsonl, to_dict, write_jsonl
+from ragtune.records import Chunk, JsonlAppender, QAItem, content_id, from_dict, read_jsonl, to_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 from ragtune.synth import extractive as _extractive  # noqa: F401  (registers "extractive")
 from ragtune.synth import hf_backend as _hf  # noqa: F401  (registers "hf")
 from ragtune.synth import openai_backend as _openai  # noqa: F401  (registers "openai")
 from ragtune.synth.base import Rejection, get_generator
-from ragtune.synth.cache import CallCache, JsonlAppender, read_jsonl_repaired
+from ragtune.synth.cache import CallCache, read_jsonl_repaired
 from ragtune.synth.filters import RowFilters
 
 
