@@ -293,7 +293,10 @@ def eval_(
                     judge_model=judge_model, judge_repeats=judge_repeats)
     metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
     typer.echo(format_table(metrics))
-    typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
+    from ragtune.runfolder import RunFolder
+
+    names = (RunFolder.METRICS, RunFolder.PREDICTIONS, RunFolder.REPORT_MD, RunFolder.REPORT_HTML)
+    typer.echo(f"wrote {out or RunFolder(run).eval}: {', '.join(names)}")
 
 
 @app.command()

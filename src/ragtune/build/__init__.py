@@ -397,9 +397,9 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
         if quiet:
             datasets.enable_progress_bars()
     for s in SPLITS:
-        write_jsonl(tmp / f"{s}.jsonl", result.splits[s])
+        write_jsonl(RunFolder.split_file(tmp, s), result.splits[s])
     result.template.save(tmp)
-    (tmp / "build_report.json").write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
+    (tmp / RunFolder.BUILD_REPORT).write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
     first = next((to_dict(result.splits[s][0]) for s in SPLITS if result.splits[s]), None)
     card = dataset_card(result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")),
                         first)

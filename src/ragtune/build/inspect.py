@@ -13,6 +13,7 @@ from typing import Any
 from ragtune.errors import RagtuneError
 from ragtune.prompts import IGNORE_INDEX, PROMPT_FILE, PromptTemplate, encode_example, prompt_ids
 from ragtune.records import Example, read_jsonl
+from ragtune.runfolder import RunFolder
 
 
 def example_warnings(tokenizer: Any, template: PromptTemplate, prompt: str, completion: str) -> list[str]:
@@ -41,7 +42,7 @@ def tokenizer_warnings(tokenizer: Any) -> list[str]:
 
 def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
     """The rows of one split as `Example` records (from SPLIT.jsonl)."""
-    path = Path(dataset_dir) / f"{split}.jsonl"
+    path = RunFolder.split_file(dataset_dir, split)
     if not path.is_file():
         raise RagtuneError(f"{path} not found; pass a dataset folder written by `ragtune build`")
     return list(read_jsonl(path, Example))

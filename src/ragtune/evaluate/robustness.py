@@ -104,7 +104,7 @@ def robustness_for_run(
         return None
     settings = [s for s, _ in pairs]
     items = [ex for _, ex in pairs]
-    cache = PredictionCache(run.cache / "eval_predictions.jsonl" if cfg.cache else None)
+    cache = PredictionCache(run.eval_cache if cfg.cache else None)
     result: dict[str, Any] = {"k": list(cfg.robustness_k), "n": settings.count("closed_book"),
                               "closed_book": {}, "no_oracle_refused": {}, "answer_nll": {},
                               "closed_book_nll": {}}

@@ -228,7 +228,7 @@ def _nothing_kept(summary: dict[str, Any], qa: Path) -> str:
     fix = ("check --base-url, --model, the API key and --timeout-s" if "api_error" in summary["rejected_by_reason"]
            else "check the chunks, --questions-per-chunk and the filters (--no-filter)")
     return (f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
-            f"{qa} is unchanged, the rejected rows are in {qa.with_name('qa_rejected.jsonl').name}; {fix}, then re-run")
+            f"{qa} is unchanged, the rejected rows are in {RunFolder(qa.parent).qa_rejected.name}; {fix}, then re-run")
 
 
 def _tokens_line(summary: dict[str, Any]) -> str:
