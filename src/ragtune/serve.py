@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from ragtune.abstain import RefusalRule
 from ragtune.adapter_check import check_adapter_fits
 from ragtune.batching import MicroBatcher
-from ragtune.config import REFUSAL
+from ragtune.config import REFUSAL, ServeConfig, field_default
 from ragtune.errors import RagtuneError
 from ragtune.generation import Decoding, generate_batch, generate_stream, stop_token_ids
 from ragtune.prompts import Passage, PromptTemplate, render_messages
@@ -214,12 +214,13 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 
 @dataclass
 class Limits:
-    """What one request may ask of the server (ServeConfig's limits)."""
+    """What one request may ask of the server (ServeConfig's limits, with its defaults)."""
 
     default_max_tokens: int = 256  # a request without max_tokens
-    max_tokens: int = 1024  # any request's max_tokens is capped here (and by the model's context)
-    max_body_bytes: int = 1 << 20
-    request_timeout_s: float = 120.0  # queueing and generation together
+    # any request's max_tokens is capped here (and by the model's context)
+    max_tokens: int = field_default(ServeConfig, "max_tokens")
+    max_body_bytes: int = field_default(ServeConfig, "max_body_bytes")
+    request_timeout_s: float = field_default(ServeConfig, "request_timeout_s")  # queueing and generation together
 
 
 def create_app(
