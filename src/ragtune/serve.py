@@ -104,6 +104,7 @@ class _Job:
     finish_reason: str = "length"
 
     def decoding(self) -> Decoding:
+        """Its settings; jobs with equal ones may share a batch."""
         return Decoding(self.max_new_tokens, tuple(self.stops), self.temperature, self.top_p)
 
 
@@ -127,7 +128,7 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-tokenize")
         self.batcher: MicroBatcher[_Job, _Job] = MicroBatcher(
-            self._run_jobs, batch_size, self.executor, key=_batch_key, dropped=lambda j: j.cancelled.is_set())
+            self._run_jobs, batch_size, self.executor, key=_Job.decoding, dropped=lambda j: j.cancelled.is_set())
         self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "batches": 0, "max_batch": 0, "abandoned": 0}
         self._stats_lock = threading.Lock()
@@ -196,10 +197,6 @@ def _halted(jobs: list[_Job]) -> list[bool]:
     so no request, batched or not, holds the worker after it stops mattering."""
     now = time.monotonic()
     return [j.cancelled.is_set() or now > j.deadline for j in jobs]
-
-
-def _batch_key(job: _Job) -> tuple[Any, ...]:
-    return job.max_new_tokens, tuple(job.stops), job.temperature, job.top_p
 
 
 # ---------------------------------------------------------------- app
