@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ragtune.config import EvalConfig, TinyModelConfig  # noqa: E402
 from ragtune.evaluate import qa_examples  # noqa: E402
-from ragtune.evaluate.core import ModelSpec, PredictionCache, predict, stop_strings  # noqa: E402
-from ragtune.generation import stop_token_ids  # noqa: E402
-from ragtune.importers import import_file  # noqa: E402
+from ragtune.evaluate.core import ModelSpec, PredictionCache, predict  # noqa: E402
+from ragtune.generation import stop_strings, stop_token_ids  # noqa: E402
 from ragtune.models import load_model, make_tiny_model  # noqa: E402
 from ragtune.prompts import PromptTemplate, prompt_ids  # noqa: E402
+from ragtune.qa_formats import import_file  # noqa: E402
 
 DEFAULT_QA = ROOT.parent / "shared" / "data" / "squad2-sample" / "dev-sample-v2.0.json"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ragtune.errors import RagtuneError
-from ragtune.importers import detect_format, import_file, import_to_run
+from ragtune.importers import import_to_run
+from ragtune.qa_formats import detect_format, import_file
 from ragtune.records import QAItem, read_jsonl
 
 SQUAD = {"version": "v2.0", "data": [{"title": "Normans", "paragraphs": [{

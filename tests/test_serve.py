@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from ragtune.prompts import Passage, PromptTemplate
-from ragtune.serve import create_app, render_messages, serving
+from ragtune.prompts import Passage, PromptTemplate, render_messages
+from ragtune.serve import create_app, serving
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"

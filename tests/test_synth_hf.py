@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_concurrent_calls_are_generated_in_batches(tiny_model_dir):
     from ragtune.generation import generate
     from ragtune.models import load_model
-    from ragtune.serve import render_messages
+    from ragtune.prompts import render_messages
 
     model, tok = load_model(tiny_model_dir, precision="fp32")
     msgs = [[{"role": "user", "content": f"Passage {i}: lists are mutable."}] for i in range(6)]

@@ -12,12 +12,13 @@ from scripted_llm import make_app
 
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
+from ragtune.llm_client import CallFailed, OpenAIComplete, RateLimiter
 from ragtune.records import Chunk, QAItem, content_id
 from ragtune.serve import create_app, serving
 from ragtune.synth.base import Rejection
 from ragtune.synth.cache import CallCache
-from ragtune.synth.llm import CallFailed, load_templates
-from ragtune.synth.openai_backend import OpenAIComplete, RateLimiter, make_openai
+from ragtune.synth.llm import load_templates
+from ragtune.synth.openai_backend import make_openai
 
 TEXTS = {
     "lists": "Lists are mutable sequences, typically used to store collections of homogeneous items. "

@@ -3,7 +3,7 @@ knowledge base, with the prompt template the adapter was trained with."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ from ragtune.errors import RagtuneError
 from ragtune.modelstore import local_folder
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, read_jsonl, read_text_file
+from ragtune.retrieval import retrieve
+from ragtune.runfolder import RunFolder
 
 
 def load_for_inference(
@@ -50,24 +52,28 @@ def context_passages(path: str | Path) -> list[Passage]:
     return [Passage(title=p.stem, text=text)]
 
 
-def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None) -> list[Chunk]:
-    """Chunks of a run folder (chunks.jsonl), or of a documents folder ingested on the spot."""
+# A documents folder is chunked on the spot by the ingest stage, which `ask` (a stage itself)
+# does not import: the caller hands it in (the CLI passes `pipeline.document_chunks`).
+ChunkDocuments = Callable[[Path, str | None], list[Chunk]]
+
+
+def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None,
+                          chunk_documents: ChunkDocuments | None = None) -> list[Chunk]:
+    """Chunks of a run folder (chunks.jsonl), of a chunks file, or of a documents folder chunked
+    by `chunk_documents(folder, tokenizer_source)`."""
     d = Path(docs)
-    if (d / "chunks.jsonl").is_file():
-        return list(read_jsonl(d / "chunks.jsonl", Chunk))
+    if RunFolder(d).chunks.is_file():
+        return list(read_jsonl(RunFolder(d).chunks, Chunk))
     if d.is_file() and d.suffix == ".jsonl":
         return list(read_jsonl(d, Chunk))
     if not d.is_dir():
         raise RagtuneError(f"{d} is neither a run folder nor a documents folder; pass one with --docs")
-    from ragtune.config import IngestConfig
-    from ragtune.ingest import ingest
-
-    return ingest(d, IngestConfig(tokenizer=tokenizer_source)).chunks
+    if chunk_documents is None:
+        raise RagtuneError(f"{d} is a documents folder; run `ragtune ingest {d} --run RUN` and pass --docs RUN")
+    return chunk_documents(d, tokenizer_source)
 
 
 def retrieved_passages(chunks: Sequence[Chunk], question: str, k: int, index_dir: Path | None = None) -> list[Passage]:
-    from ragtune.evaluate.robustness import retrieve
-
     if not chunks:
         raise RagtuneError("the knowledge base holds no chunks; run `ragtune ingest` on a folder with text")
     hits = retrieve(chunks, [question], k, index_dir)[0]
@@ -83,22 +89,26 @@ def ask(
     k: int = 4,
     max_new_tokens: int = 128,
     precision: str = "auto",
+    chunk_documents: ChunkDocuments | None = None,
 ) -> str:
-    """The model's greedy answer to `question` given a context file or retrieved passages."""
+    """The model's greedy answer to `question` given a context file or retrieved passages;
+    `chunk_documents` chunks a documents folder passed as `docs` (see `knowledge_base_chunks`)."""
     from ragtune.abstain import answer_with_rule
-    from ragtune.evaluate.core import stop_strings
+    from ragtune.generation import stop_strings
     from ragtune.prompts import prompt_ids
 
     if not question.strip():
         raise RagtuneError("the question is empty; pass --question \"...\"")
     if (context is None) == (docs is None):
         raise RagtuneError("pass exactly one of --context FILE or --docs DIR (a run or documents folder)")
-    passages = context_passages(context) if context is not None else None
-    model, tok, template, rule = load_for_inference(adapter, base_model, precision)
-    if passages is None:
+    if context is not None:
+        passages = context_passages(context)
+    else:  # retrieved before the model loads, so a bad --docs fails at once
         source = str(adapter) if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_model
-        run_index = Path(docs) / "index" if (Path(docs) / "chunks.jsonl").is_file() else None  # type: ignore[arg-type]
-        passages = retrieved_passages(knowledge_base_chunks(docs, source), question, k, run_index)  # type: ignore[arg-type]
+        run = RunFolder(Path(docs))  # type: ignore[arg-type]
+        chunks = knowledge_base_chunks(run.root, source, chunk_documents)
+        passages = retrieved_passages(chunks, question, k, run.index if run.chunks.is_file() else None)
+    model, tok, template, rule = load_for_inference(adapter, base_model, precision)
     ids = prompt_ids(tok, template.render(tok, question, passages), template)
     limit = getattr(tok, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:

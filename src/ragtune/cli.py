@@ -1,16 +1,34 @@
 """The `ragtune` command line: parses options and calls the library, nothing more.
 
-Each verb imports its stage lazily so `ragtune --help` is fast. A `RagtuneError` becomes one
-line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+Each verb imports its stage lazily so `ragtune --help` is fast. An option that sets a stage's
+config takes its default from that config's field (`option`), so a run YAML and the command
+line share one default. A `RagtuneError` becomes one line on stderr and exit code 2; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from ragtune.config import (
+    AskConfig,
+    BuildConfig,
+    EvalConfig,
+    IngestConfig,
+    InspectConfig,
+    RunConfig,
+    ServeConfig,
+    SynthConfig,
+    TinyModelConfig,
+    TrainConfig,
+    field_default,
+    load_run_config,
+    validated,
+)
 from ragtune.errors import RagtuneError
 
 app = typer.Typer(
@@ -21,7 +39,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-RUN = typer.Option(Path("runs/latest"), "--run", help="Run folder the stage reads and writes.")
+
+
+def option(config: type[Any], field: str, *names: str, **kw: Any) -> Any:
+    """A typer option whose default is `config`'s default for `field`."""
+    return typer.Option(field_default(config, field), *names, **kw)
+
+
+RUN = typer.Option(Path(field_default(RunConfig, "run_dir")), "--run", help="Run folder the stage reads and writes.")
+PRETRAIN_MINUTES = 10.0  # `pretrain` adapts a whole model: a longer budget than the tiny model's
 
 
 # ------------------------------------------------------------------ ingest
@@ -29,13 +55,13 @@ RUN = typer.Option(Path("runs/latest"), "--run", help="Run folder the stage read
 def ingest(
     docs: Path = typer.Argument(..., help="Folder of .txt/.md/.rst/.html/.pdf/.jsonl documents."),
     run: Path = RUN,
-    tokenizer: str | None = typer.Option(None, help="Tokenizer (folder or hub id) that measures chunks."),
-    chunk_tokens: int = typer.Option(384, help="Target chunk size in tokens."),
-    max_chunk_tokens: int = typer.Option(512, help="Hard cap on chunk size in tokens."),
-    overlap_tokens: int = typer.Option(48, help="Tokens shared by neighbouring chunks."),
+    tokenizer: str | None = option(IngestConfig, "tokenizer",
+                                   help="Tokenizer (folder or hub id) that measures chunks."),
+    chunk_tokens: int = option(IngestConfig, "chunk_tokens", help="Target chunk size in tokens."),
+    max_chunk_tokens: int = option(IngestConfig, "max_chunk_tokens", help="Hard cap on chunk size in tokens."),
+    overlap_tokens: int = option(IngestConfig, "overlap_tokens", help="Tokens shared by neighbouring chunks."),
 ) -> None:
     """Read and chunk a folder of documents into RUN/chunks.jsonl, keeping provenance."""
-    from ragtune.config import IngestConfig, validated
     from ragtune.ingest import ingest_to_run
 
     cfg = validated(IngestConfig, "ingest", tokenizer=tokenizer, chunk_tokens=chunk_tokens,
@@ -47,41 +73,44 @@ def ingest(
 @app.command()
 def synth(
     run: Path = RUN,
-    generator: str = typer.Option("extractive", "--generator", "--backend",
-                                  help="Generator backend: extractive, openai, hf."),
-    questions_per_chunk: int = typer.Option(2, help="Questions asked of each chunk."),
-    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable questions (extractive)."),
+    generator: str = option(SynthConfig, "generator", "--generator", "--backend",
+                            help="Generator backend: extractive, openai, hf."),
+    questions_per_chunk: int = option(SynthConfig, "questions_per_chunk", help="Questions asked of each chunk."),
+    unanswerable_share: float = option(SynthConfig, "unanswerable_share",
+                                       help="Share of unanswerable questions (extractive)."),
     question_styles: str | None = typer.Option(
-        None, help="Shares of question forms (extractive), e.g. cloze=0.4,wh=0.3,loose=0.3 "
-                   "(default: cloze=0.5,wh=0.5)."),
+        None, help="Shares of question forms (extractive), e.g. cloze=0.4,wh=0.3,loose=0.3 (default: "
+                   + ",".join(f"{k}={v:g}" for k, v in field_default(SynthConfig, "question_styles").items()) + ")."),
     question_types: str | None = typer.Option(
-        None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable."),
-    answer_style: str | None = typer.Option(None, help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
-    model: str | None = typer.Option(None, help="Model name (openai) or folder / hub id (hf)."),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key (openai)."),
-    concurrency: int | None = typer.Option(None, help="Requests in flight at once (openai; default 8)."),
-    rpm: int | None = typer.Option(None, help="Requests-per-minute limit (openai)."),
-    tpm: int | None = typer.Option(None, help="Tokens-per-minute limit (openai)."),
-    timeout_s: float | None = typer.Option(None, help="Per-request timeout in seconds (openai)."),
-    max_tokens: int | None = typer.Option(None, help="Reply length cap of every LLM call."),
-    temperature: float | None = typer.Option(None, help="Sampling temperature (openai)."),
-    batch_size: int | None = typer.Option(None, help="Prompts generated together (hf)."),
-    prompts_dir: str | None = typer.Option(None, help="Folder of prompt template files overriding the built-in ones."),
+        None, help="Comma-separated kinds for LLM backends: factoid,explanatory,multi_hop,unanswerable (default: "
+                   + ",".join(field_default(SynthConfig, "question_types")) + ")."),
+    answer_style: str = option(SynthConfig, "answer_style", help="plain, or cot (quotes + <ANSWER>: tag, RAFT-style)."),
+    model: str | None = option(SynthConfig, "model", help="Model name (openai) or folder / hub id (hf)."),
+    base_url: str | None = option(SynthConfig, "base_url",
+                                  help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    api_key_env: str = option(SynthConfig, "api_key_env", help="Environment variable holding the API key (openai)."),
+    concurrency: int = option(SynthConfig, "concurrency", help="Requests in flight at once (openai)."),
+    rpm: int | None = option(SynthConfig, "rpm", help="Requests-per-minute limit (openai)."),
+    tpm: int | None = option(SynthConfig, "tpm", help="Tokens-per-minute limit (openai)."),
+    timeout_s: float = option(SynthConfig, "timeout_s", help="Per-request timeout in seconds (openai)."),
+    max_tokens: int = option(SynthConfig, "max_tokens", help="Reply length cap of every LLM call."),
+    temperature: float = option(SynthConfig, "temperature", help="Sampling temperature (openai)."),
+    batch_size: int = option(SynthConfig, "batch_size", help="Prompts generated together (hf)."),
+    prompts_dir: str | None = option(SynthConfig, "prompts_dir",
+                                     help="Folder of prompt template files overriding the built-in ones."),
     no_filter: list[str] = typer.Option([], "--no-filter", help="Switch a filter off (repeatable): quotes, "
                                         "grounding, roundtrip, dedupe, non_question, parse, not_in_context, "
                                         "unanswerable_check."),
-    limit: int | None = typer.Option(None, help="Only the first N chunks (a quick sample)."),
-    dry_run: bool = typer.Option(False, help="Estimate calls and tokens; spend nothing."),
-    replace: bool = typer.Option(False, "--replace", help="Replace the synthesised rows of RUN/qa.jsonl with "
-                                 "this run's (imported rows stay); by default rows are added."),
-    seed: int = typer.Option(0),
+    limit: int | None = option(SynthConfig, "limit", help="Only the first N chunks (a quick sample)."),
+    dry_run: bool = option(SynthConfig, "dry_run", help="Estimate calls and tokens; spend nothing."),
+    replace: bool = option(SynthConfig, "replace", "--replace", help="Replace the synthesised rows of RUN/qa.jsonl "
+                           "with this run's (imported rows stay); by default rows are added."),
+    seed: int = option(SynthConfig, "seed"),
 ) -> None:
     """Generate (question, answer, source chunk) rows from RUN/chunks.jsonl into RUN/qa.jsonl.
 
     Resumable: re-run the same command after an interruption; finished LLM calls come from
     RUN/cache and rows already written are not written twice."""
-    from ragtune.config import SynthConfig, validated
     from ragtune.synth import synth_to_run
     from ragtune.synth.filters import FILTERS
 
@@ -130,26 +159,26 @@ def import_(
 def build(
     run: Path = RUN,
     tokenizer: str | None = typer.Option(None, help="Tokenizer / chat template (default: the run's base model)."),
-    k_distractors: int = typer.Option(4, help="Distractor passages per example."),
-    oracle_p: float = typer.Option(0.8, help="Probability the oracle passage is in the context."),
-    distractors: str = typer.Option("hard", help="hard (retrieved), random, or mixed."),
-    retriever: str = typer.Option("bm25", help="bm25, dense or hybrid."),
-    unanswerable_share: float = typer.Option(0.1, help="Share of unanswerable examples."),
-    max_length: int | None = typer.Option(None, help="Token budget of prompt + answer."),
-    dense_model: str | None = typer.Option(None, help="sentence-transformers model for dense / hybrid."),
-    cot: bool = typer.Option(False, help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
-    cite: bool = typer.Option(False, help="Cite the oracle passage number after the answer."),
-    question_first: bool = typer.Option(
-        False, "--question-first/--question-last", help="Ask the question before the context as well as after it."),
-    format: list[str] = typer.Option([], "--format", help="Also export: trl-messages, trl-prompt-completion, "
-                                     "axolotl-chat, axolotl-io, llamafactory-alpaca, llamafactory-sharegpt, "
-                                     "openai, raft, parquet (repeat the option)."),
-    push_to_hub: str | None = typer.Option(None, help="Push the dataset (private) to this hub id."),
-    seed: int = typer.Option(0),
+    k_distractors: int = option(BuildConfig, "k_distractors", help="Distractor passages per example."),
+    oracle_p: float = option(BuildConfig, "oracle_p", help="Probability the oracle passage is in the context."),
+    distractors: str = option(BuildConfig, "distractors", help="hard (retrieved), random, or mixed."),
+    retriever: str = option(BuildConfig, "retriever", help="bm25, dense or hybrid."),
+    unanswerable_share: float = option(BuildConfig, "unanswerable_share", help="Share of unanswerable examples."),
+    max_length: int | None = option(BuildConfig, "max_length", help="Token budget of prompt + answer."),
+    dense_model: str | None = option(BuildConfig, "dense_model",
+                                     help="sentence-transformers model for dense / hybrid."),
+    cot: bool = option(BuildConfig, "cot", help="Chain-of-thought targets quoting the oracle, ending in <ANSWER>:."),
+    cite: bool = option(BuildConfig, "cite", help="Cite the oracle passage number after the answer."),
+    question_first: bool = option(BuildConfig, "question_first", "--question-first/--question-last",
+                                  help="Ask the question before the context as well as after it."),
+    format: list[str] = option(BuildConfig, "formats", "--format", help="Also export: trl-messages, "
+                               "trl-prompt-completion, axolotl-chat, axolotl-io, llamafactory-alpaca, "
+                               "llamafactory-sharegpt, openai, raft, parquet (repeat the option)."),
+    push_to_hub: str | None = option(BuildConfig, "push_to_hub", help="Push the dataset (private) to this hub id."),
+    seed: int = option(BuildConfig, "seed"),
 ) -> None:
     """Assemble RAG training examples (oracle among retrieved distractors) into RUN/dataset."""
     from ragtune.build import build_to_run
-    from ragtune.config import BuildConfig, validated
 
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
                     distractors=distractors, retriever=retriever, dense_model=dense_model,
@@ -161,12 +190,11 @@ def build(
 @app.command()
 def inspect(
     dataset: Path = typer.Argument(..., help="A dataset folder written by `ragtune build`."),
-    n: int = typer.Option(3, help="Examples to show."),
+    n: int = option(InspectConfig, "n", help="Examples to show."),
     tokenizer: str | None = typer.Option(None, help="Tokenizer (default: the one the build used)."),
 ) -> None:
     """Show rendered examples with trained tokens highlighted, and warn about masking problems."""
     from ragtune.build import inspect_dataset
-    from ragtune.config import InspectConfig, validated
 
     validated(InspectConfig, "inspect", n=n)
     inspect_dataset(dataset, n=n, tokenizer=tokenizer)
@@ -177,33 +205,38 @@ def inspect(
 def train(
     run: Path = RUN,
     base_model: str | None = typer.Option(None, "--base-model", help="Base model (default: RUN/base_model)."),
-    method: str = typer.Option("lora", help="lora, qlora (4-bit, needs a CUDA GPU) or full."),
-    epochs: float = typer.Option(1.0),
-    max_steps: int | None = typer.Option(None),
-    max_minutes: float | None = typer.Option(None, help="Stop and save when this wall-clock budget is spent."),
-    lr: float = typer.Option(2e-4),
-    batch_size: int = typer.Option(8, help="Examples per micro-batch."),
-    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
-    lora_r: int = typer.Option(16),
-    lora_alpha: int = typer.Option(32),
-    lora_dropout: float | None = typer.Option(None, help="Dropout on the LoRA path (default 0: faster, less memory)."),
-    micro_batch_tokens: int | None = typer.Option(
-        None, help="Padded tokens per forward/backward pass at most (default 2048; 0: no cap). Bounds memory."),
-    target_modules: str = typer.Option("all-linear", help="'all-linear' or comma-separated module names."),
-    dora: bool = typer.Option(False, "--dora", help="Weight-decomposed LoRA (DoRA)."),
-    rslora: bool = typer.Option(False, "--rslora", help="Rank-stabilised LoRA scaling."),
-    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), bf16, fp32, fp16 (GPU)."),
-    packing: bool = typer.Option(False, "--packing", help="Pack several examples per row (isolated by a block mask)."),
-    eval_steps: int | None = typer.Option(None, help="Validation loss every N steps."),
-    save_steps: int | None = typer.Option(None, help="Checkpoint every N steps (keeps last and best)."),
-    early_stopping_patience: int | None = typer.Option(None, help="Stop after N evaluations without improvement."),
-    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from RUN/adapter/checkpoints/last when "
-                                "it was saved with the same settings and inputs (default), or start over."),
-    report_to: str = typer.Option("none", help="none, tensorboard or wandb."),
-    seed: int = typer.Option(0),
+    method: str = option(TrainConfig, "method", help="lora, qlora (4-bit, needs a CUDA GPU) or full."),
+    epochs: float = option(TrainConfig, "epochs"),
+    max_steps: int | None = option(TrainConfig, "max_steps"),
+    max_minutes: float | None = option(TrainConfig, "max_minutes",
+                                       help="Stop and save when this wall-clock budget is spent."),
+    lr: float = option(TrainConfig, "lr"),
+    batch_size: int = option(TrainConfig, "batch_size", help="Examples per micro-batch."),
+    grad_accum: int = option(TrainConfig, "grad_accum", help="Micro-batches per optimizer step."),
+    lora_r: int = option(TrainConfig, "lora_r"),
+    lora_alpha: int = option(TrainConfig, "lora_alpha"),
+    lora_dropout: float = option(TrainConfig, "lora_dropout",
+                                 help="Dropout on the LoRA path (0: faster, less memory)."),
+    micro_batch_tokens: int | None = option(
+        TrainConfig, "micro_batch_tokens", help="Padded tokens per forward/backward pass at most (0: no cap). "
+        "Bounds memory."),
+    target_modules: str = option(TrainConfig, "target_modules", help="'all-linear' or comma-separated module names."),
+    dora: bool = option(TrainConfig, "use_dora", "--dora", help="Weight-decomposed LoRA (DoRA)."),
+    rslora: bool = option(TrainConfig, "use_rslora", "--rslora", help="Rank-stabilised LoRA scaling."),
+    precision: str = option(TrainConfig, "precision",
+                            help="auto (bf16 where the hardware has it), bf16, fp32, fp16 (GPU)."),
+    packing: bool = option(TrainConfig, "packing", "--packing",
+                           help="Pack several examples per row (isolated by a block mask)."),
+    eval_steps: int | None = option(TrainConfig, "eval_steps", help="Validation loss every N steps."),
+    save_steps: int | None = option(TrainConfig, "save_steps", help="Checkpoint every N steps (keeps last and best)."),
+    early_stopping_patience: int | None = option(TrainConfig, "early_stopping_patience",
+                                                 help="Stop after N evaluations without improvement."),
+    resume: bool = option(TrainConfig, "resume", "--resume/--restart", help="Continue from RUN/adapter/checkpoints/"
+                          "last when it was saved with the same settings and inputs (default), or start over."),
+    report_to: str = option(TrainConfig, "report_to", help="none, tensorboard or wandb."),
+    seed: int = option(TrainConfig, "seed"),
 ) -> None:
     """Fine-tune the base model on RUN/dataset; write a PEFT adapter to RUN/adapter."""
-    from ragtune.config import TrainConfig, validated
     from ragtune.train import train_to_run
 
     targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
@@ -258,27 +291,28 @@ def eval_(
                                           help="Base model (default: the adapter's, else RUN/base_model)."),
     adapter: list[Path] = typer.Option([], help="Adapter(s) to compare with the base (default: RUN/adapter)."),
     qa: Path | None = typer.Option(None, help="Score an imported QA file (SQuAD v2, HotpotQA, RAFT, JSONL, CSV)."),
-    split: str = typer.Option("test", help="Dataset split of RUN/dataset to score."),
-    limit: int | None = typer.Option(None, help="Only the first N items."),
-    batch_size: int = typer.Option(16, help="Prompts generated together."),
-    max_new_tokens: int = typer.Option(48, help="Longest answer generated."),
-    robustness: bool = typer.Option(True, help="Also score closed book / oracle + k distractors / oracle removed."),
-    precision: str = typer.Option("auto", help="auto, bf16 or fp32."),
-    cache: bool = typer.Option(True, help="Reuse predictions cached in RUN/cache."),
-    abstention_rule: bool = typer.Option(True, help="Apply the refusal bias `train` calibrated "
-                                         "(adapter/ragtune_abstain.json)."),
+    split: str = option(EvalConfig, "split", help="Dataset split of RUN/dataset to score."),
+    limit: int | None = option(EvalConfig, "limit", help="Only the first N items."),
+    batch_size: int = option(EvalConfig, "batch_size", help="Prompts generated together."),
+    max_new_tokens: int = option(EvalConfig, "max_new_tokens", help="Longest answer generated."),
+    robustness: bool = option(EvalConfig, "robustness",
+                              help="Also score closed book / oracle + k distractors / oracle removed."),
+    precision: str = option(EvalConfig, "precision", help="auto, bf16 or fp32."),
+    cache: bool = option(EvalConfig, "cache", help="Reuse predictions cached in RUN/cache."),
+    abstention_rule: bool = option(EvalConfig, "abstention_rule", help="Apply the refusal bias `train` calibrated "
+                                   "(adapter/ragtune_abstain.json)."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "
                                             "(official SQuAD v2 algorithm) instead of running models."),
-    judge: bool = typer.Option(False, help="Also judge faithfulness and correctness with an LLM (not refusals)."),
-    judge_base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint of the judge."),
-    judge_model: str | None = typer.Option(None, help="Judge model (default: the endpoint's first)."),
-    judge_repeats: int = typer.Option(3, help="Judge repeats (seeds) for the confidence interval."),
+    judge: bool = option(EvalConfig, "judge",
+                         help="Also judge faithfulness and correctness with an LLM (not refusals)."),
+    judge_base_url: str | None = option(EvalConfig, "judge_base_url", help="OpenAI-compatible endpoint of the judge."),
+    judge_model: str | None = option(EvalConfig, "judge_model", help="Judge model (default: the endpoint's first)."),
+    judge_repeats: int = option(EvalConfig, "judge_repeats", help="Judge repeats (seeds) for the confidence interval."),
 ) -> None:
     """Score the base and tuned models on the same held-out items; write RUN/eval/ and print the table."""
     import json
 
-    from ragtune.config import EvalConfig, validated
     from ragtune.evaluate import evaluate_run, format_table, score_prediction_file
 
     if predictions is not None:
@@ -293,7 +327,10 @@ def eval_(
                     judge_model=judge_model, judge_repeats=judge_repeats)
     metrics = evaluate_run(run, cfg, base_model=base_model, adapters=adapter or None, qa=qa, out_dir=out)
     typer.echo(format_table(metrics))
-    typer.echo(f"wrote {out or run / 'eval'}: metrics.json, predictions.jsonl, report.md, report.html")
+    from ragtune.runfolder import RunFolder
+
+    names = (RunFolder.METRICS, RunFolder.PREDICTIONS, RunFolder.REPORT_MD, RunFolder.REPORT_HTML)
+    typer.echo(f"wrote {out or RunFolder(run).eval}: {', '.join(names)}")
 
 
 @app.command()
@@ -303,33 +340,37 @@ def ask(
     base_model: str | None = typer.Option(None, "--base-model"),
     context: Path | None = typer.Option(None, help="A text file used as the context."),
     docs: Path | None = typer.Option(None, help="Retrieve passages from a run folder (chunks.jsonl) or documents."),
-    k: int = typer.Option(4, help="Passages to retrieve with --docs."),
-    max_new_tokens: int = typer.Option(128, help="Longest answer generated."),
+    k: int = option(AskConfig, "k", help="Passages to retrieve with --docs."),
+    max_new_tokens: int = option(AskConfig, "max_new_tokens", help="Longest answer generated."),
 ) -> None:
     """Answer one question from a given context or from passages retrieved from a knowledge base."""
     from ragtune.ask import ask as ask_fn
-    from ragtune.config import AskConfig, validated
+    from ragtune.pipeline import document_chunks
 
     validated(AskConfig, "ask", k=k, max_new_tokens=max_new_tokens)
     typer.echo(ask_fn(question, adapter=adapter, base_model=base_model, context=context, docs=docs, k=k,
-                      max_new_tokens=max_new_tokens))
+                      max_new_tokens=max_new_tokens, chunk_documents=document_chunks))
 
 
 @app.command()
 def serve(
     model: str | None = typer.Option(None, help="Base model folder or hub id."),
     adapter: Path | None = typer.Option(None),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
-    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key clients must send."),
-    model_name: str | None = typer.Option(None, help="Model id reported by /v1/models (default: the folder name)."),
-    batch_size: int = typer.Option(8, help="Waiting requests with equal settings are generated together, up to N."),
-    max_tokens: int = typer.Option(1024, help="Cap of any request's max_tokens (the model's context caps it too)."),
-    max_body_bytes: int = typer.Option(1 << 20, help="Larger request bodies are refused (413)."),
-    request_timeout_s: float = typer.Option(120.0, help="Time limit of a request, queueing included."),
+    host: str = option(ServeConfig, "host"),
+    port: int = option(ServeConfig, "port"),
+    api_key_env: str | None = option(ServeConfig, "api_key_env",
+                                     help="Environment variable holding the API key clients must send."),
+    model_name: str | None = option(ServeConfig, "model_name",
+                                    help="Model id reported by /v1/models (default: the folder name)."),
+    batch_size: int = option(ServeConfig, "batch_size",
+                             help="Waiting requests with equal settings are generated together, up to N."),
+    max_tokens: int = option(ServeConfig, "max_tokens",
+                             help="Cap of any request's max_tokens (the model's context caps it too)."),
+    max_body_bytes: int = option(ServeConfig, "max_body_bytes", help="Larger request bodies are refused (413)."),
+    request_timeout_s: float = option(ServeConfig, "request_timeout_s",
+                                      help="Time limit of a request, queueing included."),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions)."""
-    from ragtune.config import ServeConfig, validated
     from ragtune.serve import Limits
     from ragtune.serve import serve as serve_fn
 
@@ -346,12 +387,11 @@ def serve(
 def tiny_model(
     corpus: Path = typer.Option(..., help="Folder of documents to train the tokenizer and model on."),
     out: Path = typer.Option(..., help="Output model folder."),
-    minutes: float | None = typer.Option(None, help="Wall-clock pretraining budget."),
-    vocab_size: int | None = typer.Option(None),
-    seed: int = typer.Option(0),
+    minutes: float = option(TinyModelConfig, "minutes", help="Wall-clock pretraining budget."),
+    vocab_size: int = option(TinyModelConfig, "vocab_size"),
+    seed: int = option(TinyModelConfig, "seed"),
 ) -> None:
     """Build a small Llama and a BPE tokenizer from a corpus, offline."""
-    from ragtune.config import TinyModelConfig, validated
     from ragtune.pipeline import tiny_model_from_docs
 
     cfg = validated(TinyModelConfig, "tiny-model", minutes=minutes,
@@ -364,10 +404,9 @@ def pretrain(
     model: str = typer.Option(..., help="Model folder or hub id to adapt."),
     corpus: Path = typer.Option(..., help="Folder of domain documents."),
     out: Path = typer.Option(...),
-    minutes: float = typer.Option(10.0),
+    minutes: float = typer.Option(PRETRAIN_MINUTES),
 ) -> None:
     """Domain adaptation: continue causal-LM training of a model on a document folder."""
-    from ragtune.config import TinyModelConfig, validated
     from ragtune.pipeline import pretrain_on_docs
 
     validated(TinyModelConfig, "pretrain", minutes=minutes)
@@ -415,7 +454,6 @@ def run_(
                                  "run's last checkpoint."),
 ) -> None:
     """Run the whole pipeline from one YAML config into one run folder; a re-run resumes."""
-    from ragtune.config import load_run_config
     from ragtune.pipeline import run_pipeline
 
     cfg = load_run_config(config)

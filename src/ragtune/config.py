@@ -7,7 +7,7 @@ instead of a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -276,6 +276,11 @@ def load_run_config(path: str | Path) -> RunConfig:
     if cfg.base_model != "tiny" and (base / cfg.base_model).exists():
         cfg.base_model = str((base / cfg.base_model).resolve())
     return cfg
+
+
+def field_default(cls: type[BaseModel], name: str) -> Any:
+    """A config field's default: the one source of the matching command-line option's default."""
+    return cls.model_fields[name].get_default(call_default_factory=True)
 
 
 def validated(cls: type[_Config], source: str, **values: object) -> _Config:

@@ -1,16 +1,50 @@
-"""Batched greedy generation shared by eval, ask, serve and the local `hf` generator.
+"""Generation for eval, ask, serve and the local `hf` generator: one implementation.
 
-Left padding so every row's prompt ends at the same position, KV cache on, rows sorted by
-length so a batch wastes little padding, and each row stops at EOS (or the chat template's
-end of turn) or at any stop string.
+`generate_batch` continues one batch of tokenised prompts: left padding so every row's prompt
+ends at the same position, KV cache on, greedy or sampled, each row ending at EOS (or the chat
+template's end of turn), at its token budget, or when the caller halts it; its text is cut at
+the first stop string. `generate` and `generate_scored` run any number of prompts through it,
+rows sorted by length so a batch wastes little padding. `generate_stream` runs one prompt with
+the same settings and the same cut, handing out its text as it decodes (serve's streamed replies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ragtune.prompts import PromptTemplate
+
+# Per row of a batch, whether to end it now (its client left, its time ran out).
+Halt = Callable[[], Sequence[bool]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How prompts are continued; every row of one batch shares it."""
+
+    max_new_tokens: int = 48
+    stop_strings: tuple[str, ...] = ()
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass
+class Completion:
+    """One row's continuation, with what an API reports about it."""
+
+    text: str
+    n_tokens: int  # generated tokens, the stop token included
+    finish_reason: str = "length"  # "stop": end of turn or a stop string; "length": the token budget
+    confidence: float | None = None  # mean log-probability per token, when asked for
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -30,68 +64,173 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return sorted(ids)
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int = 48,
-    batch_size: int = 16,
-    stop_strings: Sequence[str] = (),
-    progress: Any = None,
-) -> list[str]:
+def stop_strings(template: PromptTemplate) -> tuple[str, ...]:
+    """Stop strings of answers asked with `template`: a plain-template model that runs on writes
+    the next heading; cut there."""
+    return ("\n### ",) if template.style == "plain" else ()
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string in `text` begins, else None."""
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def pad_token_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int = 48,
+             batch_size: int = 16, stop_strings: Sequence[str] = (), progress: Any = None) -> list[str]:
     """Greedy continuations of tokenised prompts, in the order given."""
-    return generate_scored(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings, progress,
-                           with_confidence=False)[0]
+    done = generate_all(model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size,
+                        progress=progress)
+    return [c.text for c in done]
+
+
+def generate_scored(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int = 48,
+                    batch_size: int = 16, stop_strings: Sequence[str] = (), progress: Any = None,
+                    with_confidence: bool = True) -> tuple[list[str], list[float]]:
+    """Greedy continuations, and with `with_confidence` each one's mean log-probability per
+    token (up to its stop token): how sure the model is of what it wrote."""
+    done = generate_all(model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size,
+                        with_confidence, progress)
+    return [c.text for c in done], [c.confidence for c in done] if with_confidence else []  # type: ignore[misc]
+
+
+def generate_all(model: Any, tokenizer: Any, prompts: Sequence[list[int]], decoding: Decoding,
+                 batch_size: int = 16, with_confidence: bool = False, progress: Any = None) -> list[Completion]:
+    """Every prompt's completion, in the order given, generated longest first in batches."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    out: list[Completion | None] = [None] * len(prompts)
+    stop_ids = stop_token_ids(tokenizer, model)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        done = generate_batch(model, tokenizer, [prompts[i] for i in idx], decoding, with_confidence,
+                              stop_ids=stop_ids)
+        for i, completion in zip(idx, done, strict=True):
+            out[i] = completion
+        if progress is not None:
+            progress(len(idx))
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def generate_scored(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int = 48,
-    batch_size: int = 16,
-    stop_strings: Sequence[str] = (),
-    progress: Any = None,
-    with_confidence: bool = True,
-) -> tuple[list[str], list[float]]:
-    """Greedy continuations, and with `with_confidence` each one's mean log-probability per
-    token (up to its stop token): how sure the model is of what it wrote."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    out: list[str] = [""] * len(prompts)
-    confidence: list[float] = [0.0] * len(prompts) if with_confidence else []
-    stops = stop_token_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], decoding: Decoding,
+                   with_confidence: bool = False, halt: Halt | None = None,
+                   stop_ids: Sequence[int] | None = None) -> list[Completion]:
+    """One left-padded batch of prompts continued together. `stop_ids` default to
+    `stop_token_ids`; `with_confidence` scores each row (`mean_logprobs`)."""
+    stop_ids = list(stop_ids if stop_ids is not None else stop_token_ids(tokenizer, model))
+    pad = pad_token_id(tokenizer, stop_ids)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     device = next(model.parameters()).device
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            p = prompts[i]
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        res = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=pad,
-            use_cache=True,
-            output_logits=with_confidence,
-            return_dict_in_generate=True,
-        )
-        gen = res.sequences[:, width:]
-        sure = mean_logprobs(res.logits, gen, stops) if with_confidence else []
-        for r, i in enumerate(idx):
-            out[i] = _cut(tokenizer, gen[r].tolist(), stops, stop_strings)
-            if with_confidence:
-                confidence[i] = sure[r]
-        if progress is not None:
-            progress(len(idx))
-    return out, confidence
+    res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         **_generate_kwargs(decoding, stop_ids, pad, halt),
+                         output_logits=with_confidence, return_dict_in_generate=True)
+    gen = res.sequences[:, width:]
+    sure = mean_logprobs(res.logits, gen, stop_ids) if with_confidence else [None] * len(prompts)
+    return [_finished(tokenizer, gen[r].tolist(), stop_ids, decoding, sure[r]) for r in range(len(prompts))]
+
+
+def _finished(tokenizer: Any, tokens: list[int], stop_ids: Sequence[int], decoding: Decoding,
+              confidence: float | None) -> Completion:
+    """A row's text up to its stop token, cut at the first stop string, with its counts."""
+    finish = "length"
+    for k, t in enumerate(tokens):
+        if t in stop_ids:
+            tokens, finish = tokens[:k], "stop"
+            break
+    n_tokens = min(len(tokens) + (finish == "stop"), decoding.max_new_tokens)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    cut = first_stop(text, decoding.stop_strings)
+    if cut is not None:
+        text, finish = text[:cut], "stop"
+    return Completion(text.strip(), n_tokens, finish, confidence)
+
+
+def _generate_kwargs(decoding: Decoding, stop_ids: list[int], pad: int, halt: Halt | None) -> dict[str, Any]:
+    """`model.generate` settings; top_k is off so sampling is exactly temperature + top_p (OpenAI's)."""
+    sample = decoding.sampled
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": decoding.max_new_tokens, "do_sample": sample,
+        "temperature": decoding.temperature if sample else None, "top_p": decoding.top_p if sample else None,
+        "top_k": None, "eos_token_id": stop_ids, "pad_token_id": pad, "use_cache": True,
+    }
+    if halt is not None:
+        kwargs["stopping_criteria"] = _stopping(halt)
+    return kwargs
+
+
+def _stopping(halt: Halt) -> Any:
+    """Stopping criteria that end each row `halt` marks, at the next step."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            return torch.tensor(list(halt()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Halt()])
+
+
+@dataclass
+class _Stream:
+    """What a streamed row has produced so far."""
+
+    text: str = ""
+    n_tokens: int = 0
+    finish_reason: str = "length"
+    cut: bool = False  # a stop string was found: the text is final
+
+
+@torch.no_grad()
+def generate_stream(model: Any, tokenizer: Any, prompt: list[int], decoding: Decoding,
+                    on_text: Callable[[str, bool], None] | None = None, halt: Callable[[], bool] | None = None,
+                    seed: int | None = None, stop_ids: Sequence[int] | None = None) -> Completion:
+    """One prompt continued as `generate_batch` would, calling `on_text(text so far, final)`
+    whenever decoded text is complete; `final` once a stop string has cut it. The text is not
+    stripped (its pieces may already be sent). `seed` seeds torch first, so a sample repeats."""
+    stop_ids = list(stop_ids if stop_ids is not None else stop_token_ids(tokenizer, model))
+    state = _Stream()
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                   streamer=_streamer(tokenizer, state, stop_ids, decoding.stop_strings, on_text),
+                   **_generate_kwargs(decoding, stop_ids, pad_token_id(tokenizer, stop_ids),
+                                      lambda: [state.cut or (halt is not None and halt())]))
+    return Completion(state.text, state.n_tokens, state.finish_reason)
+
+
+def _streamer(tokenizer: Any, state: _Stream, stop_ids: list[int], stops: Sequence[str],
+              on_text: Callable[[str, bool], None] | None) -> Any:
+    from transformers import TextStreamer
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if state.cut:  # past a stop string: the rest is not part of the reply
+                return
+            state.text += text
+            cut = first_stop(state.text, stops)
+            if cut is not None:
+                state.text, state.finish_reason, state.cut = state.text[:cut], "stop", True
+            if on_text is not None:
+                on_text(state.text, state.cut)
+
+        def put(self, value: Any) -> None:
+            if not self.next_tokens_are_prompt:
+                state.n_tokens += int(value.numel())
+                if any(int(t) in stop_ids for t in value.reshape(-1)):
+                    state.finish_reason = "stop"
+            super().put(value)
+
+    return _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def mean_logprobs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, stops: Sequence[int]) -> list[float]:
@@ -104,15 +243,3 @@ def mean_logprobs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, sto
         n = next((k for k, t in enumerate(row) if t in stops), len(row))
         out.append(float(chosen[r, : max(n, 1)].mean()))
     return out
-
-
-def _cut(tokenizer: Any, ids: list[int], stops: list[int], stop_strings: Sequence[str]) -> str:
-    for j, t in enumerate(ids):
-        if t in stops:
-            ids = ids[:j]
-            break
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    for s in stop_strings:
-        if s and s in text:
-            text = text[: text.index(s)]
-    return text.strip()

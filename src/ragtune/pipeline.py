@@ -19,6 +19,7 @@ from rich.console import Console
 from ragtune.config import IngestConfig, RunConfig, TinyModelConfig
 from ragtune.errors import RagtuneError
 from ragtune.modelstore import resolve_model
+from ragtune.records import Chunk
 from ragtune.runfolder import RunFolder, file_hash
 
 console = Console(stderr=True)
@@ -30,6 +31,13 @@ def corpus_texts(docs: str | Path) -> list[str]:
 
     docs_list, _skipped = load_documents(Path(docs), IngestConfig())
     return [d.text for d in docs_list]
+
+
+def document_chunks(docs: Path, tokenizer_source: str | None) -> list[Chunk]:
+    """A documents folder ingested on the spot (what `ragtune ask --docs FOLDER` retrieves from)."""
+    from ragtune.ingest import ingest
+
+    return ingest(docs, IngestConfig(tokenizer=tokenizer_source)).chunks
 
 
 def tiny_model_from_docs(corpus: str | Path, out: str | Path, cfg: TinyModelConfig) -> dict:
@@ -86,6 +94,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
     from ragtune.build import build_to_run
     from ragtune.evaluate import evaluate_run, format_table
     from ragtune.ingest import ingest_to_run
+    from ragtune.models import TRAIN_INFO
     from ragtune.synth import synth_to_run
     from ragtune.train import train_to_run
 
@@ -109,9 +118,9 @@ def run_pipeline(cfg: RunConfig) -> dict:
            lambda: synth_to_run(run.root, cfg.synth))
     _stage(run, "build", _key(cfg.build.model_dump(), run.qa, run.chunks), run.dataset,
            lambda: build_to_run(run.root, cfg.build, tokenizer=base))
-    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / "ragtune_train.json",
+    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / TRAIN_INFO,
            lambda: train_to_run(run.root, cfg.train, base_model=base))
-    metrics_file = run.eval / "metrics.json"
+    metrics_file = run.eval / RunFolder.METRICS
     _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,
            lambda: evaluate_run(run.root, cfg.eval, base_model=base))
     metrics = json.loads(metrics_file.read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ is trained on is the text it is asked with.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,11 @@ from ragtune.config import REFUSAL
 
 PROMPT_FILE = "ragtune_prompt.json"
 IGNORE_INDEX = -100
+
+# A user message that carries RAG context (what `PromptTemplate.messages` sends); the question
+# may come first too (a `question_first` template's messages).
+_CONTEXT_MESSAGE = re.compile(
+    r"\A(?:Question: [^\n]*\n\n)?Context:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
 
 DEFAULT_INSTRUCTION = (
     "Answer the question using only the passages in the context. Give a short answer "
@@ -149,3 +155,38 @@ def encode_example(
 def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate) -> list[int]:
     """The ids a model is given at inference; identical to the masked part of `encode_example`."""
     return tokenizer(prompt, add_special_tokens=template.style == "plain")["input_ids"]
+
+
+def render_messages(
+    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None,
+    passages: list[Passage] | None = None,
+) -> list[int]:
+    """Prompt token ids for chat messages (serve's requests, the `hf` generator's calls).
+
+    The rule, in order:
+    1. With a ragtune template and messages that carry RAG context, the prompt is rendered
+       exactly as in training: the template's own instruction as system text, then the context
+       and the question. They carry context when `passages` is given (formatted with the
+       template's passage format) or when the last user message has the shape
+       `Context:\\n<passages>\\n\\nQuestion: <question>`, optionally after
+       `Question: <question>\\n\\n` (what `PromptTemplate.messages` sends; the passages are
+       used verbatim). A system message is then ignored: the model was trained with the template's.
+    2. Otherwise the messages go through the tokenizer's chat template when it has one,
+    3. else through a plain transcript (`System: ...`, `User: ...`, ending with `Assistant:`).
+    """
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if template is not None:
+        if passages is not None:
+            return _render_rag(tokenizer, template, template.context_block(passages), last_user)
+        match = _CONTEXT_MESSAGE.match(last_user.strip("\n"))
+        if match:
+            return _render_rag(tokenizer, template, match["context"], match["question"])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return tokenizer("\n\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"]
+
+
+def _render_rag(tokenizer: Any, template: PromptTemplate, context: str, question: str) -> list[int]:
+    return prompt_ids(tokenizer, template.render_context(tokenizer, question, context), template)

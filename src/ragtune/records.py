@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -185,3 +186,40 @@ def append_jsonl(path: str | Path, row: Any) -> None:
         f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class JsonlAppender:
+    """Append rows to a JSONL file as they arrive. Each row is flushed to the OS at once (a
+    killed process loses nothing) and fsynced at most every `fsync_s` seconds and at close
+    (a fast generator is not slowed to one disk sync per row)."""
+
+    def __init__(self, path: str | Path, fsync_s: float = 1.0) -> None:
+        self._clock = time.monotonic
+        self.path = Path(path)
+        self.f: Any = None  # opened at the first row: a run that fails early creates no file
+        self.fsync_s = fsync_s
+        self.last_sync = self._clock()
+        self.n = 0
+
+    def write(self, row: Any) -> None:
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
+        self.f.flush()
+        self.n += 1
+        if self._clock() - self.last_sync >= self.fsync_s:
+            os.fsync(self.f.fileno())
+            self.last_sync = self._clock()
+
+    def close(self) -> None:
+        if self.f is not None and not self.f.closed:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -21,6 +21,7 @@ from ragtune.errors import RagtuneError
 from ragtune.records import Chunk, content_id
 
 Hit = tuple[str, float]  # (chunk id, score)
+INDEX_FILE = "ragtune_index.json"  # in each index folder: its kind, model and the chunks it covers
 
 
 class Retriever(Protocol):
@@ -231,13 +232,13 @@ def save_retriever(retriever: Retriever, directory: str | Path, dense_model: str
     meta = {"kind": retriever.kind, "ids": list(retriever.ids), "key": content_id(*retriever.ids),
             "model": getattr(retriever, "model_name", None) or getattr(getattr(retriever, "dense", None),
                                                                         "model_name", None)}
-    (directory / "ragtune_index.json").write_text(json.dumps(meta), encoding="utf-8")
+    (directory / INDEX_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return directory
 
 
 def load_retriever(directory: str | Path) -> Retriever:
     directory = Path(directory)
-    meta_file = directory / "ragtune_index.json"
+    meta_file = directory / INDEX_FILE
     if not meta_file.is_file():
         raise RagtuneError(f"{directory} holds no retrieval index; build one with `ragtune build`")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -248,7 +249,7 @@ def index_for_run(run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk],
                   dense_model: str | None = None) -> Retriever:
     """The run's saved index of this kind when it covers exactly these chunks, else a new one (saved)."""
     directory = Path(run_index_dir) / kind
-    meta_file = directory / "ragtune_index.json"
+    meta_file = directory / INDEX_FILE
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         same_model = kind == "bm25" or meta.get("model") == (dense_model or default_dense_model())
@@ -257,3 +258,13 @@ def index_for_run(run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk],
     retriever = build_retriever(kind, chunks, dense_model)
     save_retriever(retriever, directory, dense_model)
     return retriever
+
+
+def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int,
+             index_dir: Path | None = None) -> list[list[int]]:
+    """Indices into `chunks` of the BM25 top-k chunks for each query; with `index_dir` (a run's
+    index/ folder) the run's saved index is reused when it covers these chunks."""
+    retriever = index_for_run(index_dir, "bm25", chunks) if index_dir else build_retriever("bm25", chunks)
+    pos = {c.id: i for i, c in enumerate(chunks)}
+    k = min(k, len(chunks))
+    return [[pos[cid] for cid, _ in hits if cid in pos] for hits in retriever.search_many(list(queries), k)]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ragtune.errors import RagtuneError
 
@@ -28,7 +28,24 @@ _PACKAGES = ("ragtune", "torch", "transformers", "peft", "datasets", "accelerate
 
 @dataclass(frozen=True)
 class RunFolder:
+    """The run folder's paths, and the names of the files stages write inside their folders
+    (also used where such a folder is outside a run: `eval --out`, a dataset given to `inspect`)."""
+
     root: Path
+
+    # dataset/: the HF DatasetDict (save_to_disk), each split as JSONL, the build's figures
+    DATASET_DICT: ClassVar[str] = "dataset_dict.json"
+    BUILD_REPORT: ClassVar[str] = "build_report.json"
+    # eval/
+    METRICS: ClassVar[str] = "metrics.json"
+    PREDICTIONS: ClassVar[str] = "predictions.jsonl"
+    REPORT_MD: ClassVar[str] = "report.md"
+    REPORT_HTML: ClassVar[str] = "report.html"
+
+    @staticmethod
+    def split_file(dataset_dir: str | Path, split: str) -> Path:
+        """One split's rows in a dataset folder."""
+        return Path(dataset_dir) / f"{split}.jsonl"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -52,6 +69,7 @@ class RunFolder:
     qa = property(lambda self: self.root / "qa.jsonl")
     qa_rejected = property(lambda self: self.root / "qa_rejected.jsonl")
     cache = property(lambda self: self.root / "cache")
+    eval_cache = property(lambda self: self.cache / "eval_predictions.jsonl")  # eval's predictions, by key
     dataset = property(lambda self: self.root / "dataset")
     adapter = property(lambda self: self.root / "adapter")
     eval = property(lambda self: self.root / "eval")

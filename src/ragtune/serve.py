@@ -5,18 +5,11 @@ with `stream: true`), and `GET /ragtune/stats` (requests and tokens served, for 
 monitoring). Generation runs in one worker thread (a CPU or single GPU gains nothing from
 two at once); requests queue there, so concurrent clients are all served, in arrival order.
 
-How chat messages become a prompt (the rule, in order):
-1. With a ragtune template (the adapter's or model's `ragtune_prompt.json`) and a request
-   that carries RAG context, the prompt is rendered exactly as in training: the template's
-   own instruction as system text, then the context and the question. A request carries
-   context when its body has `passages` (a ragtune extension: a list of strings or of
-   `{"title", "text"}` objects, formatted with the template's passage format) or when its
-   last user message has the shape `Context:\\n<passages>\\n\\nQuestion: <question>`, optionally
-   after `Question: <question>\\n\\n` (what `PromptTemplate.messages` sends; the passages are
-   used verbatim). The client's system message is then ignored, because the model was
-   trained with the template's.
-2. Otherwise the messages go through the tokenizer's chat template when it has one,
-3. else through a plain transcript (`System: ...`, `User: ...`, ending with `Assistant:`).
+Chat messages become a prompt by the rule of `ragtune.prompts.render_messages`: with a ragtune
+template (the adapter's or model's `ragtune_prompt.json`) and a request that carries RAG context
+(`passages`, a ragtune extension: a list of strings or of `{"title", "text"}` objects, or a last
+user message shaped as `PromptTemplate.messages` sends it), exactly as in training; otherwise
+through the tokenizer's chat template, else a plain transcript.
 """
 
 from __future__ import annotations
@@ -26,10 +19,10 @@ import hmac
 import json
 import math
 import os
-import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +36,12 @@ from starlette.exceptions import HTTPException
 
 from ragtune.abstain import RefusalRule
 from ragtune.adapter_check import check_adapter_fits
-from ragtune.config import REFUSAL
+from ragtune.batching import MicroBatcher
+from ragtune.config import REFUSAL, ServeConfig, field_default
 from ragtune.errors import RagtuneError
-from ragtune.generation import mean_logprobs
+from ragtune.generation import Decoding, generate_batch, generate_stream, stop_token_ids
 from ragtune.modelstore import local_folder
-from ragtune.prompts import Passage, PromptTemplate, prompt_ids
-
-# the question may come first too (a `question_first` template's messages)
-_CONTEXT_MESSAGE = re.compile(
-    r"\A(?:Question: [^\n]*\n\n)?Context:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
+from ragtune.prompts import Passage, PromptTemplate, render_messages
 
 
 # ---------------------------------------------------------------- request schema
@@ -96,34 +86,10 @@ class ChatRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens or default
 
 
-# ---------------------------------------------------------------- prompt rendering
-def render_messages(
-    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None,
-    passages: list[Passage] | None = None,
-) -> list[int]:
-    """Prompt token ids for a chat request, by the rule in this module's docstring."""
-    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    if template is not None:
-        if passages is not None:
-            return _render_rag(tokenizer, template, template.context_block(passages), last_user)
-        match = _CONTEXT_MESSAGE.match(last_user.strip("\n"))
-        if match:
-            return _render_rag(tokenizer, template, match["context"], match["question"])
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return tokenizer("\n\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"]
-
-
-def _render_rag(tokenizer: Any, template: PromptTemplate, context: str, question: str) -> list[int]:
-    return prompt_ids(tokenizer, template.render_context(tokenizer, question, context), template)
-
-
 # ---------------------------------------------------------------- generation
 @dataclass
 class _Job:
-    """One request's generation; `on_text` receives finished text pieces as they decode."""
+    """One request: its prompt and settings and, once generated, its reply and counts."""
 
     ids: list[int]
     max_new_tokens: int
@@ -138,6 +104,10 @@ class _Job:
     n_tokens: int = 0
     finish_reason: str = "length"
 
+    def decoding(self) -> Decoding:
+        """Its settings; jobs with equal ones may share a batch."""
+        return Decoding(self.max_new_tokens, tuple(self.stops), self.temperature, self.top_p)
+
 
 class Engine:
     """Runs generation on one worker thread; safe to call from any request.
@@ -146,99 +116,47 @@ class Engine:
     strings, temperature, top_p; no seed) are generated as one left-padded batch, so
     concurrent clients raise throughput; streamed and seeded requests run one at a time. A
     request whose client hung up is skipped if it has not started, and stopped if it has.
+    Generation itself is `ragtune.generation`'s, as for eval and ask.
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, rule: RefusalRule | None = None,
                  refusal: str = REFUSAL) -> None:
-        from ragtune.generation import stop_token_ids
-
         self.model, self.tokenizer = model, tokenizer
         # The adapter's calibrated abstention rule; it needs a whole answer, so streamed
         # replies (sent token by token) go out without it.
         self.rule, self.refusal = rule, refusal
         self.stop_ids = stop_token_ids(tokenizer, model)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-tokenize")
-        self.batch_size = max(1, batch_size)
-        self.pending: list[tuple[_Job, asyncio.Future]] = []
-        self.drainer: asyncio.Task | None = None
+        self.batcher: MicroBatcher[_Job, _Job] = MicroBatcher(
+            self._run_jobs, batch_size, self.executor, key=_Job.decoding, dropped=lambda j: j.cancelled.is_set())
         self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
                       "batches": 0, "max_batch": 0, "abandoned": 0}
         self._stats_lock = threading.Lock()
 
     async def run_batched(self, job: _Job) -> _Job:
         """Queue a job; it runs in the next batch of jobs with the same settings."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((job, future))
-        if self.drainer is None or self.drainer.done():
-            self.drainer = asyncio.create_task(self._drain())
-        return await future
+        return await self.batcher.submit(job)
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.pending:
-            await asyncio.sleep(0)  # requests that arrived in this same turn join the batch
-            for _job, fut in [p for p in self.pending if p[0].cancelled.is_set()]:
-                fut.cancel()  # its client went away before it started: nothing to compute
-            self.pending = [p for p in self.pending if not p[0].cancelled.is_set()]
-            if not self.pending:
-                break
-            key = _batch_key(self.pending[0][0])
-            batch = [p for p in self.pending if _batch_key(p[0]) == key][: self.batch_size]
-            taken = {id(j) for j, _ in batch}
-            self.pending = [p for p in self.pending if id(p[0]) not in taken]
-            try:
-                await loop.run_in_executor(self.executor, self.run_batch, [j for j, _ in batch])
-            except Exception as e:  # noqa: BLE001 - each waiting request gets the error
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for job, fut in batch:
-                if not fut.done():
-                    fut.set_result(job)
+    def _run_jobs(self, jobs: list[_Job]) -> list[_Job]:
+        self.run_batch(jobs)
+        return jobs
 
     def run_batch(self, jobs: list[_Job]) -> None:
-        """Generation of jobs with equal settings in one batch with left padding (as
-        `ragtune.generation.generate` does), keeping the token ids so usage and finish_reason
-        are exact."""
-        import torch
-
+        """Generation of jobs with equal settings in one batch (`generation.generate_batch`);
+        greedy replies go through the abstention rule."""
         jobs = [j for j in jobs if not j.cancelled.is_set() and not _expire(j)]  # abandoned, or out of time
         if not jobs:
             return
-        width = max(len(j.ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for r, job in enumerate(jobs):
-            ids[r, width - len(job.ids):] = torch.tensor(job.ids)
-            mask[r, width - len(job.ids):] = 1
-        device = next(self.model.parameters()).device
-        sample = jobs[0].temperature > 0
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=jobs[0].max_new_tokens,
-                do_sample=sample, temperature=jobs[0].temperature if sample else None,
-                top_p=jobs[0].top_p if sample else None, top_k=None, eos_token_id=self.stop_ids,
-                pad_token_id=self.pad_id, use_cache=True, stopping_criteria=_halt(jobs),
-                output_logits=self.rule is not None, return_dict_in_generate=True)
-        gen = out.sequences[:, width:]
-        sure = mean_logprobs(out.logits, gen, self.stop_ids) if self.rule is not None and not sample else None
-        for r, job in enumerate(jobs):
-            toks, job.finish_reason = gen[r].tolist(), "length"
-            for k, t in enumerate(toks):
-                if t in self.stop_ids:
-                    toks, job.finish_reason = toks[:k], "stop"
-                    break
-            job.n_tokens = min(len(toks) + (job.finish_reason == "stop"), job.max_new_tokens)
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            cut = _first_stop(text, job.stops)
-            if cut is not None:
-                text, job.finish_reason = text[:cut], "stop"
-            job.text = text.strip()
-            if sure is not None:
-                job.text = self.rule.apply(job.text, sure[r], self.refusal)  # type: ignore[union-attr]
+        decoding = jobs[0].decoding()
+        ruled = self.rule is not None and not decoding.sampled
+        done = generate_batch(self.model, self.tokenizer, [j.ids for j in jobs], decoding, with_confidence=ruled,
+                              halt=lambda: _halted(jobs), stop_ids=self.stop_ids)
+        for job, completion in zip(jobs, done, strict=True):
+            job.text, job.n_tokens, job.finish_reason = completion.text, completion.n_tokens, completion.finish_reason
+            if ruled:
+                # greedy and ruled: the confidence is there
+                job.text = self.rule.apply(job.text, completion.confidence, self.refusal)  # type: ignore[arg-type,union-attr]
             self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
         with self._stats_lock:
             self.stats["batches"] += 1
@@ -249,50 +167,22 @@ class Engine:
             for k, v in deltas.items():
                 self.stats[k] += v
 
-    def run(self, job: _Job, on_text: Any = None) -> _Job:
-        """Generate for `job` (blocking). Stops at EOS / end of turn, a stop string, the token
-        budget, or cancellation (a streaming client that went away)."""
-        import torch
-        from transformers import TextStreamer
-
+    def run(self, job: _Job, on_text: Callable[[_Job, bool], None] | None = None) -> _Job:
+        """Generate for `job` alone (blocking; `generation.generate_stream`), calling
+        `on_text(job, final)` as its text grows. Stops at EOS / end of turn, a stop string, the
+        token budget, or cancellation (a streaming client that went away)."""
         if job.cancelled.is_set() or _expire(job):  # abandoned, or out of time, while it waited
             return job
-        engine = self
 
-        class _Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if job.cancelled.is_set():  # cut at a stop string, or the client left
-                    return
-                job.text += text
-                cut = _first_stop(job.text, job.stops)
-                if cut is not None:
-                    job.text, job.finish_reason = job.text[:cut], "stop"
-                    job.cancelled.set()
-                if on_text is not None:
-                    on_text(job)
+        def grown(text: str, final: bool) -> None:
+            job.text = text
+            if on_text is not None:
+                on_text(job, final)
 
-            def put(self, value: Any) -> None:
-                if not self.next_tokens_are_prompt:
-                    job.n_tokens += int(value.numel())
-                    if any(int(t) in engine.stop_ids for t in value.reshape(-1)):
-                        job.finish_reason = "stop"
-                super().put(value)
-
-        device = next(self.model.parameters()).device
-        ids = torch.tensor([job.ids], dtype=torch.long, device=device)
-        sample = job.temperature > 0
-        if job.seed is not None:
-            torch.manual_seed(job.seed)
-        with torch.no_grad():
-            self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_new_tokens,
-                do_sample=sample, temperature=job.temperature if sample else None,
-                top_p=job.top_p if sample else None, top_k=None,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True,
-                streamer=_Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
-                stopping_criteria=_halt([job]),
-            )
-        job.text = job.text.strip() if on_text is None else job.text
+        done = generate_stream(self.model, self.tokenizer, job.ids, job.decoding(), grown,
+                               halt=lambda: _halted([job])[0], seed=job.seed, stop_ids=self.stop_ids)
+        job.n_tokens, job.finish_reason = done.n_tokens, done.finish_reason
+        job.text = done.text.strip() if on_text is None else done.text
         self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
         return job
 
@@ -303,28 +193,11 @@ def _expire(job: _Job) -> bool:
     return job.expired
 
 
-def _halt(jobs: list[_Job]) -> Any:
-    """Stopping criteria that end each row whose client left or whose time limit passed, so
-    no request, batched or not, holds the worker after it stops mattering."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Halt(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-            now = time.monotonic()
-            return torch.tensor([j.cancelled.is_set() or now > j.deadline for j in jobs], dtype=torch.bool,
-                                device=input_ids.device)
-
-    return StoppingCriteriaList([_Halt()])
-
-
-def _batch_key(job: _Job) -> tuple[Any, ...]:
-    return job.max_new_tokens, tuple(job.stops), job.temperature, job.top_p
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s in text]
-    return min(hits) if hits else None
+def _halted(jobs: list[_Job]) -> list[bool]:
+    """Per job, whether its client left or its time limit passed: generation ends those rows,
+    so no request, batched or not, holds the worker after it stops mattering."""
+    now = time.monotonic()
+    return [j.cancelled.is_set() or now > j.deadline for j in jobs]
 
 
 # ---------------------------------------------------------------- app
@@ -339,12 +212,13 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 
 @dataclass
 class Limits:
-    """What one request may ask of the server (ServeConfig's limits)."""
+    """What one request may ask of the server (ServeConfig's limits, with its defaults)."""
 
     default_max_tokens: int = 256  # a request without max_tokens
-    max_tokens: int = 1024  # any request's max_tokens is capped here (and by the model's context)
-    max_body_bytes: int = 1 << 20
-    request_timeout_s: float = 120.0  # queueing and generation together
+    # any request's max_tokens is capped here (and by the model's context)
+    max_tokens: int = field_default(ServeConfig, "max_tokens")
+    max_body_bytes: int = field_default(ServeConfig, "max_body_bytes")
+    request_timeout_s: float = field_default(ServeConfig, "request_timeout_s")  # queueing and generation together
 
 
 def create_app(
@@ -544,8 +418,8 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
     hold = max((len(s) for s in job.stops), default=1) - 1  # text that may start a stop string
     state = {"sent": 0}
 
-    def on_text(j: _Job) -> None:
-        end = len(j.text) if j.cancelled.is_set() else max(state["sent"], len(j.text) - hold)
+    def on_text(j: _Job, final: bool) -> None:
+        end = len(j.text) if final or j.cancelled.is_set() else max(state["sent"], len(j.text) - hold)
         if end > state["sent"]:
             piece, state["sent"] = j.text[state["sent"]:end], end
             loop.call_soon_threadsafe(queue.put_nowait, piece)
@@ -553,14 +427,9 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
     def run() -> None:
         try:
             engine.run(job, on_text)
-            on_text_final()
+            on_text(job, True)  # the held-back tail
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    def on_text_final() -> None:
-        if len(job.text) > state["sent"]:
-            loop.call_soon_threadsafe(queue.put_nowait, job.text[state["sent"]:])
-            state["sent"] = len(job.text)
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
         body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,

@@ -33,6 +33,7 @@ from ragtune.build.assembly import (
 )
 from ragtune.build.budget import fit_passages
 from ragtune.build.card import dataset_card
+from ragtune.build.inspect import load_examples
 from ragtune.build.targets import target_text
 from ragtune.config import BuildConfig
 from ragtune.errors import RagtuneError
@@ -396,9 +397,9 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
         if quiet:
             datasets.enable_progress_bars()
     for s in SPLITS:
-        write_jsonl(tmp / f"{s}.jsonl", result.splits[s])
+        write_jsonl(RunFolder.split_file(tmp, s), result.splits[s])
     result.template.save(tmp)
-    (tmp / "build_report.json").write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
+    (tmp / RunFolder.BUILD_REPORT).write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
     first = next((to_dict(result.splits[s][0]) for s in SPLITS if result.splits[s]), None)
     card = dataset_card(result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")),
                         first)
@@ -411,14 +412,6 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
-
-
-def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
-    """The rows of one split as `Example` records (from SPLIT.jsonl)."""
-    path = Path(dataset_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise RagtuneError(f"{path} not found; pass a dataset folder written by `ragtune build`")
-    return list(read_jsonl(path, Example))
 
 
 def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train",

@@ -12,6 +12,8 @@ from typing import Any
 
 from ragtune.errors import RagtuneError
 from ragtune.prompts import IGNORE_INDEX, PROMPT_FILE, PromptTemplate, encode_example, prompt_ids
+from ragtune.records import Example, read_jsonl
+from ragtune.runfolder import RunFolder
 
 
 def example_warnings(tokenizer: Any, template: PromptTemplate, prompt: str, completion: str) -> list[str]:
@@ -38,13 +40,20 @@ def tokenizer_warnings(tokenizer: Any) -> list[str]:
     return []
 
 
+def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
+    """The rows of one split as `Example` records (from SPLIT.jsonl)."""
+    path = RunFolder.split_file(dataset_dir, split)
+    if not path.is_file():
+        raise RagtuneError(f"{path} not found; pass a dataset folder written by `ragtune build`")
+    return list(read_jsonl(path, Example))
+
+
 def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train",
                     console: Any = None) -> dict[str, Any]:
     """Print `n` examples with their labels shown; return counts and warnings (for scripts and tests)."""
     from rich.console import Console
     from rich.text import Text
 
-    from ragtune.build import load_examples
     from ragtune.models import load_tokenizer
 
     dataset = Path(dataset)

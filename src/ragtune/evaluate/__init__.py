@@ -126,14 +126,14 @@ def dataset_examples(dataset_dir: Path, split: str) -> list[Example]:
     """Rows of one split of a `ragtune build` dataset (HF dataset on disk, else SPLIT.jsonl)."""
     from ragtune.records import read_jsonl
 
-    if (dataset_dir / "dataset_dict.json").is_file():
+    if (dataset_dir / RunFolder.DATASET_DICT).is_file():
         from datasets import load_from_disk
 
         dd = load_from_disk(str(dataset_dir))
         if split not in dd:
             raise RagtuneError(f"{dataset_dir} has no split '{split}' (has {', '.join(dd)}); pass --split")
         return [from_dict(Example, row) for row in dd[split]]
-    jsonl = dataset_dir / f"{split}.jsonl"
+    jsonl = RunFolder.split_file(dataset_dir, split)
     if jsonl.is_file():
         return list(read_jsonl(jsonl, Example))
     raise RagtuneError(f"no dataset split '{split}' in {dataset_dir}; run `ragtune build` first or pass --qa FILE")
@@ -171,8 +171,8 @@ def score_prediction_file(
     """Score a prediction file ({question id: answer text}, the official SQuAD v2 input) against
     a QA file, exactly as the official SQuAD v2 script does: overall, HasAns_* and NoAns_*.
     With `refusal`, refusal sentences first count as the empty answer."""
-    from ragtune.importers import import_file
     from ragtune.metrics import exact_match, f1, max_over, scored_answer
+    from ragtune.qa_formats import import_file
 
     if isinstance(predictions, dict):
         preds = predictions
@@ -242,7 +242,7 @@ def evaluate_run(
         cfg = cfg.model_copy(update={"refusal": template.refusal})
     out = Path(out_dir) if out_dir else run.eval
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(items, specs, cfg, template, cache_path=run.cache / "eval_predictions.jsonl",
+    result = evaluate(items, specs, cfg, template, cache_path=run.eval_cache,
                       dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
@@ -257,7 +257,8 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    inputs = [Path(qa)] if qa is not None else [run.dataset / "dataset_dict.json", run.dataset / f"{cfg.split}.jsonl"]
+    inputs = [Path(qa)] if qa is not None else [run.dataset / RunFolder.DATASET_DICT,
+                                                RunFolder.split_file(run.dataset, cfg.split)]
     inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
     run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
                      n=metrics["n"], models=list(metrics["models"]), dataset=source)
@@ -270,8 +271,8 @@ def eval_items(
     """The items to score, the template they are asked with, and a name for their source.
     `model_dirs`: adapter and model folders that may hold a saved template, in order."""
     if qa is not None:
-        from ragtune.importers import import_file
         from ragtune.models import load_tokenizer
+        from ragtune.qa_formats import import_file
 
         template = load_template([*model_dirs, run.dataset], tok_source, cfg.refusal)
         return qa_examples(import_file(qa), load_tokenizer(tok_source), template), template, str(qa)
@@ -290,10 +291,10 @@ def write_outputs(out: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
         images = write_plots(out, metrics)
     except ImportError:  # matplotlib missing: the numbers still get written
         images = []
-    write_json(out / "metrics.json", metrics)
-    write_jsonl(out / "predictions.jsonl", rows)
-    (out / "report.md").write_text(report_markdown(metrics, rows, images), encoding="utf-8")
+    write_json(out / RunFolder.METRICS, metrics)
+    write_jsonl(out / RunFolder.PREDICTIONS, rows)
+    (out / RunFolder.REPORT_MD).write_text(report_markdown(metrics, rows, images), encoding="utf-8")
     if cfg.html:
         from ragtune.evaluate.html import write_html
 
-        write_html(out / "report.html", metrics, rows, [out / i for i in images])
+        write_html(out / RunFolder.REPORT_HTML, metrics, rows, [out / i for i in images])

@@ -18,6 +18,7 @@ import torch
 
 from ragtune.abstain import RefusalRule, answer_with_rule
 from ragtune.config import EvalConfig
+from ragtune.generation import stop_strings
 from ragtune.metrics import ItemScore, aggregate, score_item
 from ragtune.modelstore import local_folder
 from ragtune.prompts import IGNORE_INDEX, PromptTemplate, encode_example, prompt_ids
@@ -42,11 +43,6 @@ class ModelOutput:
     seconds: float  # generation wall time of the items not found in the cache
     n_generated: int
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def stop_strings(template: PromptTemplate) -> tuple[str, ...]:
-    # A plain-template model that runs on writes the next heading; cut there.
-    return ("\n### ",) if template.style == "plain" else ()
 
 
 # ---------------------------------------------------------------- prediction cache

@@ -1,4 +1,4 @@
-"""Optional LLM judge over an OpenAI-compatible endpoint (the `openai` generator backend's client):
+"""Optional LLM judge over an OpenAI-compatible endpoint (`ragtune.llm_client`, as the `openai` generator):
 faithfulness (share of the answer's claims the context supports) and correctness against the
 reference. Refusals are never judged (the abstention matrix scores them); each judgement is
 repeated with seeds seed, seed+1, ... and reported as a mean with a 95% confidence interval;
@@ -95,8 +95,7 @@ def _calls(inputs: Sequence[JudgeInput]) -> list[tuple[int, str, str]]:
 
 
 async def _run_calls(prompts: list[tuple[str, int]], cfg: EvalConfig) -> list[str | None]:
-    from ragtune.synth.llm import CallFailed
-    from ragtune.synth.openai_backend import OpenAIComplete, resolve_model
+    from ragtune.llm_client import CallFailed, OpenAIComplete, resolve_model
 
     scfg = SynthConfig(model=cfg.judge_model, base_url=cfg.judge_base_url, api_key_env=cfg.judge_api_key_env,
                        concurrency=cfg.judge_concurrency, temperature=cfg.judge_temperature, max_tokens=128,

@@ -19,19 +19,8 @@ from ragtune.evaluate.core import ModelOutput, ModelSpec, PredictionCache, run_m
 from ragtune.metrics import normalize_answer
 from ragtune.prompts import Passage, PromptTemplate
 from ragtune.records import Chunk, Example, QAItem, read_jsonl
+from ragtune.retrieval import retrieve
 from ragtune.runfolder import RunFolder
-
-
-def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int,
-             index_dir: Path | None = None) -> list[list[int]]:
-    """Indices into `chunks` of the BM25 top-k chunks for each query; with `index_dir` (a run's
-    index/ folder) the run's saved index is reused when it covers these chunks."""
-    from ragtune.retrieval import build_retriever, index_for_run
-
-    retriever = index_for_run(index_dir, "bm25", chunks) if index_dir else build_retriever("bm25", chunks)
-    pos = {c.id: i for i, c in enumerate(chunks)}
-    k = min(k, len(chunks))
-    return [[pos[cid] for cid, _ in hits if cid in pos] for hits in retriever.search_many(list(queries), k)]
 
 
 def _holds_answer(text: str, answers: Sequence[str]) -> bool:
@@ -115,7 +104,7 @@ def robustness_for_run(
         return None
     settings = [s for s, _ in pairs]
     items = [ex for _, ex in pairs]
-    cache = PredictionCache(run.cache / "eval_predictions.jsonl" if cfg.cache else None)
+    cache = PredictionCache(run.eval_cache if cfg.cache else None)
     result: dict[str, Any] = {"k": list(cfg.robustness_k), "n": settings.count("closed_book"),
                               "closed_book": {}, "no_oracle_refused": {}, "answer_nll": {},
                               "closed_book_nll": {}}

@@ -28,13 +28,13 @@ from typing import Any
 
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
-from ragtune.records import Chunk, QAItem, content_id, from_dict, read_jsonl, to_dict, write_jsonl
+from ragtune.records import Chunk, JsonlAppender, QAItem, content_id, from_dict, read_jsonl, to_dict, write_jsonl
 from ragtune.runfolder import RunFolder
 from ragtune.synth import extractive as _extractive  # noqa: F401  (registers "extractive")
 from ragtune.synth import hf_backend as _hf  # noqa: F401  (registers "hf")
 from ragtune.synth import openai_backend as _openai  # noqa: F401  (registers "openai")
 from ragtune.synth.base import Rejection, get_generator
-from ragtune.synth.cache import CallCache, JsonlAppender, read_jsonl_repaired
+from ragtune.synth.cache import CallCache, read_jsonl_repaired
 from ragtune.synth.filters import RowFilters
 
 
@@ -228,7 +228,7 @@ def _nothing_kept(summary: dict[str, Any], qa: Path) -> str:
     fix = ("check --base-url, --model, the API key and --timeout-s" if "api_error" in summary["rejected_by_reason"]
            else "check the chunks, --questions-per-chunk and the filters (--no-filter)")
     return (f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
-            f"{qa} is unchanged, the rejected rows are in {qa.with_name('qa_rejected.jsonl').name}; {fix}, then re-run")
+            f"{qa} is unchanged, the rejected rows are in {RunFolder(qa.parent).qa_rejected.name}; {fix}, then re-run")
 
 
 def _tokens_line(summary: dict[str, Any]) -> str:

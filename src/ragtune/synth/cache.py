@@ -1,4 +1,4 @@
-"""Content-keyed cache of LLM calls, and JSONL files that survive a kill at any byte.
+"""Content-keyed cache of LLM calls that survives a kill at any byte.
 
 A call's key is a hash of (backend, model, messages, sampling parameters): the same prompt
 with the same settings is never paid for twice, and changing a chunk's text or a prompt
@@ -10,7 +10,6 @@ load, so the worst a kill costs is the one call that was in flight.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -56,44 +55,3 @@ class CallCache:
         self.entries[key] = row
         if self.path is not None:
             append_jsonl(self.path, row)
-
-
-class JsonlAppender:
-    """Append rows to a JSONL file as they arrive. Each row is flushed to the OS at once (a
-    killed process loses nothing) and fsynced at most every `fsync_s` seconds and at close
-    (a fast generator is not slowed to one disk sync per row)."""
-
-    def __init__(self, path: str | Path, fsync_s: float = 1.0) -> None:
-        import time
-
-        self._clock = time.monotonic
-        self.path = Path(path)
-        self.f: Any = None  # opened at the first row: a run that fails early creates no file
-        self.fsync_s = fsync_s
-        self.last_sync = self._clock()
-        self.n = 0
-
-    def write(self, row: Any) -> None:
-        from ragtune.records import to_dict
-
-        if self.f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.f.write(json.dumps(to_dict(row), ensure_ascii=False) + "\n")
-        self.f.flush()
-        self.n += 1
-        if self._clock() - self.last_sync >= self.fsync_s:
-            os.fsync(self.f.fileno())
-            self.last_sync = self._clock()
-
-    def close(self) -> None:
-        if self.f is not None and not self.f.closed:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-
-    def __enter__(self) -> JsonlAppender:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -1,23 +1,25 @@
 """`hf` generator: a local transformers model (folder or hub id), no server needed.
 
 The same prompts, parsing and cache as the `openai` backend. Calls issued concurrently by
-the pipeline are gathered into batches and generated together with left padding
-(`ragtune.generation.generate`, greedy) on one worker thread. Prompts go through the
-model's chat template when it has one, else a plain transcript (see `ragtune.serve`).
+the pipeline are gathered into batches (`ragtune.batching`) and generated together with left
+padding (`ragtune.generation.generate`, greedy) on one worker thread. Prompts go through the
+model's chat template when it has one, else a plain transcript (`ragtune.prompts.render_messages`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ragtune.batching import MicroBatcher
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
+from ragtune.llm_client import Reply
+from ragtune.prompts import render_messages
 from ragtune.records import Chunk
 from ragtune.synth.base import register_generator
-from ragtune.synth.llm import LLMGenerator, Reply
+from ragtune.synth.llm import LLMGenerator
 
 
 class HFComplete:
@@ -26,41 +28,24 @@ class HFComplete:
     def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int, batch_size: int) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
-        self.pending: list[tuple[list[int], asyncio.Future]] = []
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-hf")
-        self.task: asyncio.Task | None = None
-        self.batches: list[int] = []  # sizes of the batches run, for reports and tests
+        self.batcher: MicroBatcher[list[int], Reply] = MicroBatcher(self._replies, self.batch_size, self.executor)
+
+    @property
+    def batches(self) -> list[int]:
+        """Sizes of the batches run, for reports and tests."""
+        return self.batcher.sizes
 
     async def __call__(self, messages: list[dict[str, str]], json_mode: bool) -> Reply:
-        from ragtune.serve import render_messages
+        return await self.batcher.submit(render_messages(self.tokenizer, messages, None))
 
-        ids = render_messages(self.tokenizer, messages, None)
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((ids, future))
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._drain())
-        return await future
+    def _replies(self, prompts: list[list[int]]) -> list[Reply]:
+        from ragtune.generation import generate  # torch loads only when the hf generator runs
 
-    async def _drain(self) -> None:
-        from ragtune.generation import generate
-
-        loop = asyncio.get_running_loop()
-        while self.pending:
-            await asyncio.sleep(0)  # let the calls issued in this same turn join the batch
-            batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size:]
-            self.batches.append(len(batch))
-            try:
-                texts = await loop.run_in_executor(
-                    self.executor, lambda b=batch: generate(self.model, self.tokenizer, [ids for ids, _ in b],
-                                                            max_new_tokens=self.max_new_tokens,
-                                                            batch_size=self.batch_size))
-            except Exception as e:  # noqa: BLE001 - every waiting call gets the error
-                for _, fut in batch:
-                    fut.set_exception(e)
-                continue
-            for (ids, fut), text in zip(batch, texts, strict=True):
-                n_out = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-                fut.set_result(Reply(text, len(ids), n_out))
+        texts = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                         batch_size=self.batch_size)
+        return [Reply(text, len(ids), len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+                for ids, text in zip(prompts, texts, strict=True)]
 
     async def aclose(self) -> None:
         self.executor.shutdown(wait=False)

@@ -20,7 +20,7 @@ import queue
 import re
 import string
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 from ragtune.config import SynthConfig
 from ragtune.errors import RagtuneError
+from ragtune.llm_client import CallFailed, Complete, Reply
 from ragtune.records import Chunk, QAItem, content_id
 from ragtune.synth.base import Rejection
 from ragtune.synth.cache import CallCache, call_key
@@ -37,20 +38,6 @@ KINDS = ("factoid", "explanatory", "multi_hop", "unanswerable")
 NOT_IN_CONTEXT = "NOT IN CONTEXT"
 QUOTE_BEGIN, QUOTE_END, ANSWER_TAG = "##begin_quote##", "##end_quote##", "<ANSWER>:"
 TEMPLATE_FILES = [f"questions_{k}.txt" for k in KINDS] + ["answer_plain.txt", "answer_cot.txt"]
-
-
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class CallFailed(Exception):
-    """A call that failed for good (retries spent, or refused as a bad request)."""
-
-
-Complete = Callable[[list[dict[str, str]], bool], Awaitable[Reply]]
 
 
 # ---------------------------------------------------------------- templates

@@ -108,7 +108,7 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     template = PromptTemplate.find(run.dataset)
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
     if _main_process():
-        run.record_stage("train", config=cfg, inputs=[run.dataset / "dataset_dict.json"], base_model=base,
+        run.record_stage("train", config=cfg, inputs=[run.dataset / RunFolder.DATASET_DICT], base_model=base,
                          steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
                          tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)
         # a run resumed at its last step trains no step: no loss to show

@@ -471,7 +471,7 @@ class _Log:
     """training_log.jsonl (flushed per step, survives a kill) and, when asked, a tracker."""
 
     def __init__(self, path: Path, report_to: str, out: Path) -> None:
-        from ragtune.synth.cache import JsonlAppender
+        from ragtune.records import JsonlAppender
 
         # appended, flushed per step and fsynced every second and at close (survives a kill)
         self.f = JsonlAppender(path)
