@@ -27,7 +27,9 @@ def check_adapter_fits(adapter: str | Path, base: str | Path) -> None:
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         return
-    fix = f"pass the --base-model it was trained on ({_recorded_base(adapter) or 'see its ragtune_train.json'})"
+    from ragtune.models import TRAIN_INFO  # here, not at the top: this module loads without torch
+
+    fix = f"pass the --base-model it was trained on ({_recorded_base(adapter) or f'see its {TRAIN_INFO}'})"
     base = resolve_model(base)  # a named model or GGUF file: its converted folder
     config = _base_config(base)
     weights = adapter / "adapter_model.safetensors"
@@ -50,7 +52,9 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def _recorded_base(adapter: Path) -> str | None:
-    for name, key in (("ragtune_train.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+    from ragtune.models import TRAIN_INFO
+
+    for name, key in ((TRAIN_INFO, "base_model"), ("adapter_config.json", "base_model_name_or_path")):
         try:
             value = json.loads((adapter / name).read_text(encoding="utf-8")).get(key)
         except (OSError, ValueError, AttributeError):

@@ -86,6 +86,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
     from ragtune.build import build_to_run
     from ragtune.evaluate import evaluate_run, format_table
     from ragtune.ingest import ingest_to_run
+    from ragtune.models import TRAIN_INFO
     from ragtune.synth import synth_to_run
     from ragtune.train import train_to_run
 
@@ -109,7 +110,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
            lambda: synth_to_run(run.root, cfg.synth))
     _stage(run, "build", _key(cfg.build.model_dump(), run.qa, run.chunks), run.dataset,
            lambda: build_to_run(run.root, cfg.build, tokenizer=base))
-    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / "ragtune_train.json",
+    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / TRAIN_INFO,
            lambda: train_to_run(run.root, cfg.train, base_model=base))
     metrics_file = run.eval / "metrics.json"
     _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,
