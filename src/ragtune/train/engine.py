@@ -281,7 +281,8 @@ class Progress:
     step: int = 0  # optimizer steps taken
     best: float = math.inf  # lowest validation loss so far
     bad_evals: int = 0  # validations in a row without a new best (early stopping)
-    losses: list[float] = field(default_factory=list)  # mean training loss of each step of this process's run
+    # mean loss of each step this process took (a resumed run's earlier ones are in the log only)
+    losses: list[float] = field(default_factory=list)
 
 
 def run_training(
@@ -312,10 +313,12 @@ class FinetuneRecipe:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.step_size = cfg.batch_size * cfg.grad_accum * self.world  # examples per step, all processes
         self.progress = Progress()
-        self._plan_epoch, self._plan = -1, []
+        self._plan_epoch: int = -1
+        self._plan: list[list[int]] = []  # the steps of epoch _plan_epoch
 
     # ------------------------------------------------------------ setup
     def setup(self, model: Any) -> None:
+        """Everything the loop needs, `model` moved to this process's device and wrapped for it."""
         self._setup_data()
         self._setup_model(model)
         self._setup_optimizer()
