@@ -27,9 +27,9 @@ def check_adapter_fits(adapter: str | Path, base: str | Path) -> None:
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
         return
-    from ragtune.models import TRAIN_INFO  # (models loads torch: only when there is an adapter)
+    from ragtune.models import TRAIN_INFO  # here, not at the top: this module loads without torch
 
-    fix = f"pass the --base-model it was trained on ({_recorded_base(adapter) or 'see its ' + TRAIN_INFO})"
+    fix = f"pass the --base-model it was trained on ({_recorded_base(adapter) or f'see its {TRAIN_INFO}'})"
     base = resolve_model(base)  # a named model or GGUF file: its converted folder
     config = _base_config(base)
     weights = adapter / "adapter_model.safetensors"

@@ -98,6 +98,8 @@ _RST_SIGNATURE = {
 _RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::\s*(.*)$")
 _ROLE = re.compile(r":[\w:+-]+:`([^`]*)`")
 _LINK = re.compile(r"`([^`<]+?)\s*<[^>]*>`_{1,2}")
+_RST_TABLE_RULE = re.compile(r"^=+(\s+=+)+\s*$")  # a simple table's "=== ===" rule
+_RST_VERSION_NOTES = {"versionadded", "versionchanged", "deprecated"}
 
 
 def _rst_roles(text: str) -> str:
@@ -137,82 +139,100 @@ def rst_blocks(text: str) -> tuple[list[str], set[int]]:
     Comments, substitutions, code and literal blocks, tables, toctrees and doctests are
     dropped; descriptions of functions and classes keep their signature line and body.
     """
-    lines = text.expandtabs(4).splitlines()
-    blocks: list[str] = []
-    headings: set[int] = set()
-    para: list[str] = []
-
-    def flush() -> None:
-        if para:
-            joined = _clean(_rst_inline(" ".join(para)))
-            if joined.endswith("::"):  # "Example::" introduces a literal block
-                joined = joined[:-2].rstrip()
-                joined = joined + ":" if joined and joined[-1].isalnum() else joined
-            if joined and not joined.startswith(">>>"):
-                blocks.append(joined)
-            para.clear()
-
+    reader = _RstReader(text.expandtabs(4).splitlines())
     i = 0
-    while i < len(lines):
-        line = lines[i]
+    while i < len(reader.lines):
+        i = reader.read(i)
+    reader.flush()
+    return reader.blocks, reader.headings
+
+
+class _RstReader:
+    """`rst_blocks`' state: the blocks so far, which of them are headings, and the paragraph
+    being gathered. `read` takes the construct that starts at a line and returns the line after it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.blocks: list[str] = []
+        self.headings: set[int] = set()
+        self.para: list[str] = []
+
+    def flush(self) -> None:
+        """The paragraph gathered so far becomes a block."""
+        if not self.para:
+            return
+        joined = _clean(_rst_inline(" ".join(self.para)))
+        if joined.endswith("::"):  # "Example::" introduces a literal block
+            joined = joined[:-2].rstrip()
+            joined = joined + ":" if joined and joined[-1].isalnum() else joined
+        if joined and not joined.startswith(">>>"):
+            self.blocks.append(joined)
+        self.para.clear()
+
+    def heading(self, text: str) -> None:
+        self.headings.add(len(self.blocks))
+        self.blocks.append(text)
+
+    def read(self, i: int) -> int:
+        line = self.lines[i]
         stripped = line.strip()
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        nxt = self.lines[i + 1].strip() if i + 1 < len(self.lines) else ""
         if not stripped:
-            flush()
-            i += 1
-            continue
-        if _RST_UNDERLINE.match(stripped) and not para:  # overline of a title, or a transition
-            i += 1
-            continue
-        if _RST_UNDERLINE.match(nxt.strip()) and len(nxt.strip()) >= len(stripped) and not para:
-            headings.add(len(blocks))
-            blocks.append(_clean(_rst_inline(stripped)))
-            i += 2
-            continue
-        if stripped.startswith(("+-", "+=", "|")) or re.match(r"^=+(\s+=+)+\s*$", stripped):
-            flush()  # grid / simple table rows
-            i += 1
-            continue
-        m = _RST_DIRECTIVE.match(line)
-        if m:
-            flush()
-            name, arg = m.group(1).lower(), m.group(2).strip()
-            base = _indent(line)
-            if name in _RST_KEEP:
-                if name in _RST_SIGNATURE and arg:
-                    headings.add(len(blocks))
-                    blocks.append(_clean(_rst_roles(arg)))  # no emphasis rule: *args stays
-                elif arg and name not in {"versionadded", "versionchanged", "deprecated"}:
-                    para.append(arg)
-                i += 1
-                while i < len(lines) and lines[i].strip() and _indent(lines[i]) > base and (
-                    lines[i].strip().startswith(":") or name in _RST_SIGNATURE
-                ):
-                    i += 1  # directive options (:noindex:) and further signature lines
-                continue
-            i = _skip_indented(lines, i + 1, base)
-            continue
+            self.flush()
+            return i + 1
+        if _RST_UNDERLINE.match(stripped) and not self.para:  # overline of a title, or a transition
+            return i + 1
+        if _RST_UNDERLINE.match(nxt) and len(nxt) >= len(stripped) and not self.para:
+            self.heading(_clean(_rst_inline(stripped)))
+            return i + 2
+        if stripped.startswith(("+-", "+=", "|")) or _RST_TABLE_RULE.match(stripped):
+            self.flush()  # grid / simple table rows
+            return i + 1
+        directive = _RST_DIRECTIVE.match(line)
+        if directive:
+            self.flush()
+            return self.directive(i, directive.group(1).lower(), directive.group(2).strip())
         if stripped.startswith(".."):  # comment, target or substitution definition
-            flush()
-            i = _skip_indented(lines, i + 1, _indent(line))
-            continue
+            self.flush()
+            return _skip_indented(self.lines, i + 1, _indent(line))
         if stripped.startswith(">>>"):  # a doctest block runs to the next blank line
-            flush()
-            while i < len(lines) and lines[i].strip():
+            self.flush()
+            while i < len(self.lines) and self.lines[i].strip():
                 i += 1
-            continue
-        para.append(stripped)
-        if stripped.endswith("::"):
-            flush()
-            j = i + 1
-            while j < len(lines) and not lines[j].strip():
-                j += 1
-            if j < len(lines) and _indent(lines[j]) > _indent(line):
-                i = _skip_indented(lines, j, _indent(line))
-                continue
+            return i
+        return self.paragraph_line(i)
+
+    def directive(self, i: int, name: str, arg: str) -> int:
+        """Descriptions (`.. function:: sig`) and notes are kept; other directives are skipped
+        with their indented body."""
+        base = _indent(self.lines[i])
+        if name not in _RST_KEEP:
+            return _skip_indented(self.lines, i + 1, base)
+        if name in _RST_SIGNATURE and arg:
+            self.heading(_clean(_rst_roles(arg)))  # no emphasis rule: *args stays
+        elif arg and name not in _RST_VERSION_NOTES:
+            self.para.append(arg)
         i += 1
-    flush()
-    return blocks, headings
+        while i < len(self.lines) and self.lines[i].strip() and _indent(self.lines[i]) > base and (
+            self.lines[i].strip().startswith(":") or name in _RST_SIGNATURE
+        ):
+            i += 1  # directive options (:noindex:) and further signature lines
+        return i
+
+    def paragraph_line(self, i: int) -> int:
+        """A line of prose; one ending in "::" closes its paragraph, and the literal block
+        indented under it is skipped."""
+        line = self.lines[i]
+        stripped = line.strip()
+        self.para.append(stripped)
+        if stripped.endswith("::"):
+            self.flush()
+            j = i + 1
+            while j < len(self.lines) and not self.lines[j].strip():
+                j += 1
+            if j < len(self.lines) and _indent(self.lines[j]) > _indent(line):
+                return _skip_indented(self.lines, j, _indent(line))
+        return i + 1
 
 
 # ------------------------------------------------------------------ Markdown

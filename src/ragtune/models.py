@@ -2,8 +2,8 @@
 
 `load_model` takes any local Hugging Face causal-LM folder or hub id. `make_tiny_model`
 builds the offline default: a byte-level BPE tokenizer trained on the corpus and a small
-Llama pretrained on it for a few minutes with a plain PyTorch loop (the HF Trainer's
-per-step overhead dominates at this size).
+Llama pretrained on it for a few minutes with a plain PyTorch loop around the shared
+optimizer step of `training_core` (the HF Trainer's per-step overhead dominates at this size).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from ragtune.config import TinyModelConfig
 from ragtune.errors import RagtuneError
+from ragtune.training_core import OptimizerStep, lr_schedule
 
 # Words of the prompt template go into the tokenizer's training text, so the headings the
 # model sees in every example are a few tokens each rather than many byte pieces.
@@ -254,6 +255,9 @@ def make_tiny_model(texts: Sequence[str], out_dir: str | Path, cfg: TinyModelCon
     return info
 
 
+PRETRAIN_WARMUP_STEPS = 50
+
+
 def token_stream(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
     ids: list[int] = []
     for t in texts:
@@ -275,24 +279,21 @@ def pretrain_causal_lm(model: Any, tokenizer: Any, texts: Sequence[str], cfg: Ti
     if len(train) <= cfg.seq_len + 1:
         raise RagtuneError("the corpus is too small to pretrain on; give it more text")
     rng = random.Random(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    dtype = pick_dtype("auto", device)
-    warmup = 50
+    # betas (0.9, 0.95): the usual choice for LM pretraining from scratch; 50 warmup steps, then constant
+    # (the run's length is a time budget, unknown in advance)
+    step_core = OptimizerStep(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01,
+                              schedule=lr_schedule("constant", PRETRAIN_WARMUP_STEPS), max_grad_norm=1.0,
+                              device=device, dtype=pick_dtype("auto", device))
+
+    def window_loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone()).loss
+        return loss, loss.detach()
+
     step, t0, losses = 0, time.perf_counter(), []
-    budget = cfg.minutes * 60
-    while time.perf_counter() - t0 < budget and (cfg.max_steps is None or step < cfg.max_steps):
+    while time.perf_counter() - t0 < cfg.minutes * 60 and (cfg.max_steps is None or step < cfg.max_steps):
         starts = [rng.randrange(0, len(train) - cfg.seq_len - 1) for _ in range(cfg.batch_size)]
         batch = torch.stack([train[s : s + cfg.seq_len + 1] for s in starts]).to(device)
-        lr = cfg.lr * min(1.0, (step + 1) / warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone()).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.extend(float(loss) for loss in step_core.run([batch], window_loss))
         step += 1
     seconds = time.perf_counter() - t0
     model.eval()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.build.assembly import (
+    Assembled,
     Plan,
     assemble,
     contains_answer,
@@ -99,6 +100,32 @@ def assemble_examples(
     """Examples per split, and the figures the dataset card reports."""
     _check(cfg)
     t0 = time.perf_counter()
+    plans, unknown = _plans(qa, chunks, cfg)
+    imported = _imported_passages(plans, chunks)
+    pool = [*chunks, *imported]
+    if retriever is None or imported:  # a given retriever indexes the chunks only
+        from ragtune.retrieval import build_retriever
+
+        retriever = build_retriever(cfg.retriever, pool, cfg.dense_model) if cfg.distractors != "random" else None
+    by_id = {c.id: c for c in pool}
+    doc_of = {p.item.id: item_doc(p.item, by_id) for p in plans}
+    split_of = _document_splits(doc_of, pool, cfg)
+    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal, question_first=cfg.question_first)
+    template.extra["tokenizer"] = str(getattr(tokenizer, "name_or_path", "") or "")  # for `ragtune inspect`
+    maker = _ExampleMaker(by_id, cfg, _Encoder(tokenizer, template), cfg.max_length or default_max_length(tokenizer))
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        members = [p for p in plans if split_of[doc_of[p.item.id]] == split]
+        if members:
+            split_pool = [c for c in pool if split_of.get(c.doc_id) == split]
+            splits[split] = maker.split_examples(split, members, split_pool, retriever)
+    stats = _stats(splits, maker.counters, cfg, maker.max_length, unknown, time.perf_counter() - t0, split_of)
+    return BuildResult(splits, template, stats, eos=tokenizer.eos_token or "")
+
+
+def _plans(qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig) -> tuple[list[Plan], int]:
+    """A plan per QA item whose oracle is known, balanced to the unanswerable share; and how
+    many items had no known oracle."""
     by_id = {c.id: c for c in chunks}
     plans, unknown = [], 0
     for item in qa:
@@ -110,49 +137,24 @@ def assemble_examples(
     if not plans:
         raise RagtuneError("no QA item has a known oracle chunk or its own contexts; run `ragtune synth` "
                            "(or `ragtune import`) on the same run's chunks.jsonl")
-    plans = _balance_unanswerable(plans, cfg.unanswerable_share, cfg.seed)
-    # the knowledge base, plus imported items' own passages when they are not chunks of it
-    texts = {c.text for c in chunks}
-    extra = {c.id: c for p in plans for c in p.oracles + p.banned if c.id not in by_id and c.text not in texts}
-    pool = [*chunks, *extra.values()]
-    by_id = {c.id: c for c in pool}
-    if retriever is None or extra:
-        from ragtune.retrieval import build_retriever
+    return _balance_unanswerable(plans, cfg.unanswerable_share, cfg.seed), unknown
 
-        retriever = build_retriever(cfg.retriever, pool, cfg.dense_model) if cfg.distractors != "random" else None
 
-    doc_of = {p.item.id: item_doc(p.item, by_id) for p in plans}
-    item_docs = Counter(doc_of.values())
-    split_of = split_documents(dict(item_docs), cfg.split, cfg.seed)
-    lone = {c.doc_id: 1 for c in pool if c.doc_id not in split_of}  # documents without questions
+def _imported_passages(plans: list[Plan], chunks: Sequence[Chunk]) -> list[Chunk]:
+    """Imported items' own passages that are not chunks of the knowledge base: they join the
+    pool passages are drawn from."""
+    ids, texts = {c.id for c in chunks}, {c.text for c in chunks}
+    extra = {c.id: c for p in plans for c in p.oracles + p.banned if c.id not in ids and c.text not in texts}
+    return list(extra.values())
+
+
+def _document_splits(doc_of: dict[str, str], pool: list[Chunk], cfg: BuildConfig) -> dict[str, str]:
+    """The split of every document: those with questions are shared out by their question
+    counts, those without (passages only) apart from them."""
+    split_of = split_documents(dict(Counter(doc_of.values())), cfg.split, cfg.seed)
+    lone = {c.doc_id: 1 for c in pool if c.doc_id not in split_of}
     split_of.update(split_documents(lone, cfg.split, cfg.seed + 1) if lone else {})
-
-    template = PromptTemplate.for_tokenizer(tokenizer, refusal=cfg.refusal, question_first=cfg.question_first)
-    template.extra["tokenizer"] = str(getattr(tokenizer, "name_or_path", "") or "")  # for `ragtune inspect`
-    max_length = cfg.max_length or default_max_length(tokenizer)
-    encoder = _Encoder(tokenizer, template)
-    counters: Counter[str] = Counter()
-    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    for split in SPLITS:
-        members = [p for p in plans if split_of[doc_of[p.item.id]] == split]
-        if not members:
-            continue
-        split_pool = [c for c in pool if split_of.get(c.doc_id) == split]
-        ranked = _rankings(retriever, members, split_pool, cfg)
-        made = [(plan, hits, _example(plan, hits, split_pool, by_id, cfg, encoder, max_length, counters))
-                for plan, hits in zip(members, ranked, strict=True)]
-        made = [m for m in made if m[2] is not None]
-        counts = encoder.n_prompts([ex.prompt for _, _, ex in made])
-        for (plan, hits, ex), n in zip(made, counts, strict=True):
-            ex.n_prompt_tokens = n
-            if n + ex.n_target_tokens > max_length:  # the estimate was off: fit again, counting exactly
-                counters["refitted_exactly"] += 1
-                ex = _example(plan, hits, split_pool, by_id, cfg, encoder, max_length, counters, exact=True)
-            if ex is not None:
-                ex.meta["split"] = split
-                splits[split].append(ex)
-    stats = _stats(splits, counters, cfg, max_length, unknown, time.perf_counter() - t0, split_of)
-    return BuildResult(splits, template, stats, eos=tokenizer.eos_token or "")
+    return split_of
 
 
 def _rankings(retriever: Any, members: list[Plan], split_pool: list[Chunk], cfg: BuildConfig) -> list[list[str]]:
@@ -211,73 +213,118 @@ class _Encoder:
         return len(self.tok(completion, add_special_tokens=False, verbose=False)["input_ids"]) + self.n_end
 
 
-def _example(plan: Plan, ranked: list[str], pool: list[Chunk], by_id: dict[str, Chunk], cfg: BuildConfig,
-             enc: _Encoder, max_length: int, counters: Counter[str], exact: bool = False) -> Example | None:
-    item = plan.item
-    rng = random.Random(f"{cfg.seed}:{item.id}")
-    a = assemble(plan, ranked, pool, by_id, cfg, rng)
-    gold = [x for x in (item.answers or [item.answer]) if x]
-    answered = plan.answerable and a.oracle_in_context
-    oracle_ids = {o.id for o in plan.oracles} if answered else set()
+def _oracle_index(shown: Sequence[Chunk], oracle_ids: set[str]) -> int | None:
+    return next((i for i, p in enumerate(shown) if p.id in oracle_ids), None)
 
-    def target(shown: Sequence[Chunk]) -> str:
-        idx = next((i for i, p in enumerate(shown) if p.id in oracle_ids), None)
-        return target_text(gold[0] if answered else None, cfg.refusal,
-                           shown[idx].text if idx is not None else None, idx, item.evidence, cfg.cot, cfg.cite)
 
-    n_target = enc.n_target(target(a.passages))
-    distractor_ids = [p.id for p in a.passages if p.id not in oracle_ids]
-    if exact:
-        def count(ps: Sequence[Chunk]) -> int:
-            return enc.n_prompt(enc.prompt(item.question, ps))
-    else:
-        def count(ps: Sequence[Chunk]) -> int:
-            return enc.estimate(item.question, ps)
-    fitted = fit_passages(a.passages, distractor_ids, gold[0] if answered else "", oracle_ids,
-                          count, max_length - n_target)
-    if fitted.passages is None:
-        counters["dropped_too_long"] += 1
-        return None
-    counters["distractors_dropped_for_length"] += fitted.distractors_dropped
-    counters["passages_shortened"] += fitted.shortened
-    counters["examples_fitted"] += bool(fitted.distractors_dropped or fitted.shortened)
-    counters["hard_distractors"] += a.n_hard
-    counters["random_distractors"] += a.n_random
-    passages = fitted.passages
-    completion = target(passages)  # the quote comes from the passage as shown
-    n_target = enc.n_target(completion)
-    prompt = enc.prompt(item.question, passages)
-    oracle_index = next((i for i, p in enumerate(passages) if p.id in oracle_ids), None)
-    return Example(
-        id=content_id(item.id, str(cfg.seed), *(p.id for p in passages)),
-        qa_id=item.id,
-        doc_id=item_doc(item, by_id),
-        question=item.question,
-        prompt=prompt,
-        completion=completion,
-        answers=gold if answered else [],
-        passages=[p.id for p in passages],
-        passage_texts=[p.text for p in passages],
-        oracle_in_context=oracle_index is not None,
-        answerable=answered,
-        n_prompt_tokens=enc.n_prompt(prompt) if exact else 0,  # counted in batches by the caller
-        n_target_tokens=n_target,
-        meta={
-            "kind": plan.kind,
-            "question_answerable": plan.answerable,
-            "question_answers": gold,
-            "oracle_index": oracle_index,
-            "passage_titles": [p.title for p in passages],
-            "passage_docs": [p.doc_id for p in passages],
-            "distractors": cfg.distractors,
-            "n_hard": a.n_hard,
-            "n_random": a.n_random,
-            "origin": item.origin,
-            "cot": cfg.cot,
-            "cite": cfg.cite,
-            "seed": cfg.seed,
-        },
-    )
+@dataclass
+class _ExampleMaker:
+    """What every example of one build shares: the passages by id, the config, the token
+    counter, the token budget, and the counters the dataset card reports."""
+
+    by_id: dict[str, Chunk]
+    cfg: BuildConfig
+    enc: _Encoder
+    max_length: int
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def split_examples(self, split: str, members: list[Plan], split_pool: list[Chunk], retriever: Any) -> list[Example]:
+        """The examples of one split's plans, their passages drawn from `split_pool` only."""
+        ranked = _rankings(retriever, members, split_pool, self.cfg)
+        made = [(plan, hits, self.example(plan, hits, split_pool)) for plan, hits in zip(members, ranked, strict=True)]
+        made = [m for m in made if m[2] is not None]
+        counts = self.enc.n_prompts([ex.prompt for _, _, ex in made])
+        kept = []
+        for (plan, hits, ex), n in zip(made, counts, strict=True):
+            ex.n_prompt_tokens = n
+            if n + ex.n_target_tokens > self.max_length:  # the estimate was off: fit again, counting exactly
+                self.counters["refitted_exactly"] += 1
+                ex = self.example(plan, hits, split_pool, exact=True)
+            if ex is not None:
+                ex.meta["split"] = split
+                kept.append(ex)
+        return kept
+
+    def example(self, plan: Plan, ranked: list[str], pool: list[Chunk], exact: bool = False) -> Example | None:
+        """`plan`'s example: passages assembled, fitted to the token budget, and the target they
+        call for; None when it cannot fit. `exact` counts prompt tokens exactly, not estimated."""
+        item, cfg, enc = plan.item, self.cfg, self.enc
+        a = assemble(plan, ranked, pool, self.by_id, cfg, random.Random(f"{cfg.seed}:{item.id}"))
+        gold = [x for x in (item.answers or [item.answer]) if x]
+        answered = plan.answerable and a.oracle_in_context
+        oracle_ids = {o.id for o in plan.oracles} if answered else set()
+
+        def target(shown: Sequence[Chunk]) -> str:
+            idx = _oracle_index(shown, oracle_ids)
+            return target_text(gold[0] if answered else None, cfg.refusal,
+                               shown[idx].text if idx is not None else None, idx, item.evidence, cfg.cot, cfg.cite)
+
+        passages = self._fit(a, item.question, gold[0] if answered else "", oracle_ids,
+                             enc.n_target(target(a.passages)), exact)
+        if passages is None:
+            return None
+        completion = target(passages)  # the quote comes from the passage as shown
+        prompt = enc.prompt(item.question, passages)
+        oracle_index = _oracle_index(passages, oracle_ids)
+        return Example(
+            id=content_id(item.id, str(cfg.seed), *(p.id for p in passages)),
+            qa_id=item.id,
+            doc_id=item_doc(item, self.by_id),
+            question=item.question,
+            prompt=prompt,
+            completion=completion,
+            answers=gold if answered else [],
+            passages=[p.id for p in passages],
+            passage_texts=[p.text for p in passages],
+            oracle_in_context=oracle_index is not None,
+            answerable=answered,
+            n_prompt_tokens=enc.n_prompt(prompt) if exact else 0,  # counted in batches by the caller
+            n_target_tokens=enc.n_target(completion),
+            meta=_example_meta(plan, a, passages, gold, oracle_index, cfg),
+        )
+
+    def _fit(self, a: Assembled, question: str, answer: str, oracle_ids: set[str], n_target: int,
+             exact: bool) -> list[Chunk] | None:
+        """The assembled passages within the budget the target leaves (distractors dropped, then
+        passages shortened around the answer); None, counted, when even that does not fit."""
+        enc = self.enc
+        if exact:
+            def count(ps: Sequence[Chunk]) -> int:
+                return enc.n_prompt(enc.prompt(question, ps))
+        else:
+            def count(ps: Sequence[Chunk]) -> int:
+                return enc.estimate(question, ps)
+        distractor_ids = [p.id for p in a.passages if p.id not in oracle_ids]
+        fitted = fit_passages(a.passages, distractor_ids, answer, oracle_ids, count, self.max_length - n_target)
+        if fitted.passages is None:
+            self.counters["dropped_too_long"] += 1
+            return None
+        self.counters["distractors_dropped_for_length"] += fitted.distractors_dropped
+        self.counters["passages_shortened"] += fitted.shortened
+        self.counters["examples_fitted"] += bool(fitted.distractors_dropped or fitted.shortened)
+        self.counters["hard_distractors"] += a.n_hard
+        self.counters["random_distractors"] += a.n_random
+        return fitted.passages
+
+
+def _example_meta(plan: Plan, a: Assembled, passages: list[Chunk], gold: list[str], oracle_index: int | None,
+                  cfg: BuildConfig) -> dict[str, Any]:
+    """How an example was made, for `ragtune inspect` and the dataset card."""
+    return {
+        "kind": plan.kind,
+        "question_answerable": plan.answerable,
+        "question_answers": gold,
+        "oracle_index": oracle_index,
+        "passage_titles": [p.title for p in passages],
+        "passage_docs": [p.doc_id for p in passages],
+        "distractors": cfg.distractors,
+        "n_hard": a.n_hard,
+        "n_random": a.n_random,
+        "origin": plan.item.origin,
+        "cot": cfg.cot,
+        "cite": cfg.cite,
+        "seed": cfg.seed,
+    }
 
 
 def _lengths(values: list[int]) -> dict[str, float]:

@@ -15,11 +15,11 @@ from typing import Any
 from ragtune.abstain import ABSTAIN_FILE, RefusalRule, calibrate
 from ragtune.config import TrainConfig
 from ragtune.errors import RagtuneError
+from ragtune.models import TRAIN_INFO
 from ragtune.prompts import PromptTemplate
 from ragtune.runfolder import RunFolder
 from ragtune.train.data import Encoded, encode_rows
 from ragtune.train.engine import (
-    TRAIN_INFO,
     TRAIN_LOG,
     TrainResult,
     load_for_training,

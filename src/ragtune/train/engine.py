@@ -4,6 +4,10 @@ At this model size the HF Trainer's per-step machinery costs more than the model
 loop also lets every invariant be stated in a few lines (see loss.py and data.py). Run under
 `accelerate launch` it becomes DDP / FSDP without changes: each process takes its share of
 every step's examples, and the loss is scaled so the averaged gradient equals one process's.
+
+`FinetuneRecipe` is laid out like torchtune's recipes (setup, a loss step apart from the loop,
+validation, checkpoints, finish); the optimizer step itself (AdamW, LR schedule, autocast,
+accumulation, clipping) is `training_core.OptimizerStep`, shared with causal-LM pretraining.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from ragtune.prompts import PromptTemplate
 from ragtune.records import fsync_dir, read_jsonl, write_jsonl
 from ragtune.train.data import Encoded, cap_tokens, collate, plan_steps, split_step
 from ragtune.train.loss import AnswerLoss, causal_lm
+from ragtune.training_core import OptimizerStep, autocast, lr_schedule
 
-TRAIN_INFO = "ragtune_train.json"
 TRAIN_LOG = "training_log.jsonl"
 STATE_FILE = "trainer_state.pt"
 FINGERPRINT = "fingerprint.txt"  # in OUT/checkpoints: what its checkpoints were trained on
@@ -105,23 +109,6 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
     return model, tok, compute
 
 
-# ---------------------------------------------------------------- schedule
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Any:
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.lr_scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.lr_scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_loss(
@@ -140,7 +127,7 @@ def evaluate_loss(
     ex_sum, tok_sum, n_tok = 0.0, 0.0, 0
     for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False, file=sys.stderr):
         batch = to_device(collate(enc, idx, pad_id, False), device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             _, per_example = loss_fn(batch)
         counts = torch.bincount(batch["target_example"], minlength=len(per_example))
         ex_sum += float(per_example.sum())
@@ -152,10 +139,6 @@ def evaluate_loss(
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> Any:
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -291,156 +274,254 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------- loop
+@dataclass
+class Progress:
+    """What changes from step to step, and what a checkpoint restores of it."""
+
+    step: int = 0  # optimizer steps taken
+    best: float = math.inf  # lowest validation loss so far
+    bad_evals: int = 0  # validations in a row without a new best (early stopping)
+    # mean loss of each step this process took (a resumed run's earlier ones are in the log only)
+    losses: list[float] = field(default_factory=list)
+
+
 def run_training(
     train_enc: Encoded, val_enc: Encoded | None, model: Any, tok: Any, template: PromptTemplate,
     cfg: TrainConfig, out: Path, compute: torch.dtype,
 ) -> TrainResult:
-    from tqdm.auto import tqdm
+    """Train `model` on `train_enc` as `cfg` says, resuming from OUT/checkpoints when they hold
+    this same run; writes checkpoints, the training log and the final adapter (or model) to OUT."""
+    recipe = FinetuneRecipe(train_enc, val_enc, tok, template, cfg, out, compute)
+    recipe.setup(model)
+    recipe.train()
+    return recipe.finish()
 
-    acc = _accelerator()
-    device, world, rank, main = acc.device, acc.num_processes, acc.process_index, acc.is_main_process
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    step_size = cfg.batch_size * cfg.grad_accum * world
-    if len(train_enc) < step_size and world > 1:
-        raise RagtuneError(f"{len(train_enc)} training examples cannot fill one step of {step_size}; "
-                           "lower batch_size / grad_accum or the number of processes")
-    steps_per_epoch = len(plan_steps(train_enc.lengths, step_size, cfg.seed, 0, cfg.group_by_length, world > 1))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    if not getattr(causal_lm(model), "is_loaded_in_4bit", False):  # 4-bit weights are placed at load
-        model = model.to(device)
-    loss_fn = AnswerLoss(model)
-    params = [p for p in loss_fn.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
-    wrapped, opt = acc.prepare(loss_fn, opt)
-    inner = acc.unwrap_model(wrapped)
 
-    ckpt_dir = out / "checkpoints"
-    start, best, bad_evals = 0, math.inf, 0
-    fingerprint = run_fingerprint(cfg, train_enc, inner.model)
-    resume_from = _resume_point(ckpt_dir, fingerprint, cfg)
-    acc.wait_for_everyone()  # every rank decides before rank 0 clears old checkpoints
-    if resume_from is None and main:
-        _start_over(ckpt_dir, fingerprint)
-    if resume_from is not None:
-        state = load_state(resume_from / STATE_FILE)
-        named = dict(inner.model.named_parameters())
+class FinetuneRecipe:
+    """One `ragtune train` run, laid out like torchtune's recipes: `setup` (data plan, model,
+    optimizer, resume point, log), `train` (the loop: `_train_step` with its `_loss_step`,
+    `_validate`, `_save_last`) and `finish` (final validation, figures, the saved adapter)."""
+
+    def __init__(self, train_enc: Encoded, val_enc: Encoded | None, tok: Any, template: PromptTemplate,
+                 cfg: TrainConfig, out: Path, compute: torch.dtype) -> None:
+        self.train_enc, self.val_enc, self.tok, self.template = train_enc, val_enc, tok, template
+        self.cfg, self.out, self.compute = cfg, out, compute
+        self.ckpt_dir = out / "checkpoints"
+        self.acc = _accelerator()
+        self.device, self.world, self.rank = self.acc.device, self.acc.num_processes, self.acc.process_index
+        self.main = self.acc.is_main_process  # rank 0 writes the files
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.step_size = cfg.batch_size * cfg.grad_accum * self.world  # examples per step, all processes
+        self.progress = Progress()
+        self._plan_epoch: int = -1
+        self._plan: list[list[int]] = []  # the steps of epoch _plan_epoch
+
+    # ------------------------------------------------------------ setup
+    def setup(self, model: Any) -> None:
+        """Everything the loop needs, `model` moved to this process's device and wrapped for it."""
+        self._setup_data()
+        self._setup_model(model)
+        self._setup_optimizer()
+        self._resume_or_start()
+        self.log = _Log(self.out / TRAIN_LOG, self.cfg.report_to, self.out) if self.main else None
+        self.res = TrainResult(
+            out=str(self.out), method=self.cfg.method, dtype=str(self.compute).replace("torch.", ""),
+            processes=self.world, trainable_params=sum(p.numel() for p in self.step_core.params),
+            total_params=sum(p.numel() for p in self.inner.model.parameters()))
+
+    def _setup_data(self) -> None:
+        """Steps per epoch and in all."""
+        if len(self.train_enc) < self.step_size and self.world > 1:  # every process needs examples in a step
+            raise RagtuneError(f"{len(self.train_enc)} training examples cannot fill one step of {self.step_size}; "
+                               "lower batch_size / grad_accum or the number of processes")
+        self.steps_per_epoch = len(self._epoch_plan(0))
+        self.total = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
+
+    def _setup_model(self, model: Any) -> None:
+        if not getattr(causal_lm(model), "is_loaded_in_4bit", False):  # 4-bit weights are placed at load
+            model = model.to(self.device)
+        self.loss_fn = AnswerLoss(model)
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        schedule = lr_schedule(cfg.lr_scheduler, math.ceil(cfg.warmup_ratio * self.total), self.total)
+        self.step_core = OptimizerStep(self.loss_fn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                       schedule=schedule, max_grad_norm=cfg.max_grad_norm,
+                                       device=self.device, dtype=self.compute)
+        self.wrapped = self.step_core.prepare(self.acc, self.loss_fn)  # DDP / FSDP under accelerate launch
+        self.inner = self.acc.unwrap_model(self.wrapped)
+
+    def _resume_or_start(self) -> None:
+        """Continue from the checkpoint of this same run, or clear old checkpoints and start at step 0."""
+        fingerprint = run_fingerprint(self.cfg, self.train_enc, self.inner.model)
+        resume_from = _resume_point(self.ckpt_dir, fingerprint, self.cfg)
+        self.acc.wait_for_everyone()  # every rank decides before rank 0 clears old checkpoints
+        if resume_from is not None:
+            self._restore(resume_from)
+            return
+        torch.manual_seed(self.cfg.seed + self.rank)  # dropout masks
+        if self.main:
+            _start_over(self.ckpt_dir, fingerprint)
+            (self.out / TRAIN_LOG).unlink(missing_ok=True)
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = load_state(checkpoint / STATE_FILE)
+        named = dict(self.inner.model.named_parameters())
         with torch.no_grad():
             for n, v in state["trainable"].items():
                 named[n].copy_(v)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        self.step_core.load_state_dict(state)
         torch.set_rng_state(state["rng"])
-        start, best, bad_evals = state["step"], state["best"], state["bad_evals"]
-        print(f"resuming from {resume_from} at step {start} (--restart starts over)", file=sys.stderr)
-        if main:
-            _truncate_log(out / TRAIN_LOG, start)
-    else:
-        torch.manual_seed(cfg.seed + rank)  # dropout masks
-        if main:
-            (out / TRAIN_LOG).unlink(missing_ok=True)
-    log = _Log(out / TRAIN_LOG, cfg.report_to, out) if main else None
+        self.progress = Progress(step=state["step"], best=state["best"], bad_evals=state["bad_evals"])
+        print(f"resuming from {checkpoint} at step {self.progress.step} (--restart starts over)", file=sys.stderr)
+        if self.main:
+            _truncate_log(self.out / TRAIN_LOG, self.progress.step)
 
-    res = TrainResult(out=str(out), method=cfg.method, dtype=str(compute).replace("torch.", ""), processes=world,
-                      trainable_params=sum(p.numel() for p in params),
-                      total_params=sum(p.numel() for p in inner.model.parameters()))
-    # A step-0 point only for a validation curve: eval compares base and tuned on the test split
-    # anyway, and on a CPU this pass over long rows costs minutes.
-    if val_enc is not None and len(val_enc) and start == 0 and cfg.eval_steps:
-        res.initial_eval_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute,
-                                              cfg.micro_batch_tokens, "validation (before training)")[0]
-    bar = tqdm(total=total, initial=start, disable=not main, desc="train", unit="step", file=sys.stderr)
-    t0 = time.perf_counter()
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    plan: list[list[int]] = []
-    plan_epoch = -1
-    losses: list[float] = []
-    res.stop_reason = "max_steps" if cfg.max_steps else "epochs"
-    step = start
-    wrapped.train()
-    while step < total:
-        epoch, within = divmod(step, steps_per_epoch)
-        if epoch != plan_epoch:
-            plan = plan_steps(train_enc.lengths, step_size, cfg.seed, epoch, cfg.group_by_length, world > 1)
-            plan_epoch = epoch
-        examples = plan[within]
-        micro = [piece for m in split_step(examples, train_enc.lengths, cfg.grad_accum, rank, world)
-                 for piece in cap_tokens(m, train_enc.lengths, cfg.micro_batch_tokens)]
-        scale = world / len(examples)
-        step_loss = torch.zeros((), device=device)
-        for k, idx in enumerate(micro):
-            batch = to_device(collate(train_enc, idx, pad_id, cfg.packing, cfg.pack_length), device)
-            sync = k == len(micro) - 1
-            with (acc.no_sync(wrapped) if not sync and world > 1 else _null()), _autocast(device, compute):
-                loss, per_example = wrapped(batch, scale)
-                acc.backward(loss)
+    # ------------------------------------------------------------ the loop
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, progress = self.cfg, self.progress
+        self._validate_before_training()
+        bar = tqdm(total=self.total, initial=progress.step, disable=not self.main, desc="train", unit="step",
+                   file=sys.stderr)
+        self.t0 = time.perf_counter()
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        self.res.stop_reason = "max_steps" if cfg.max_steps else "epochs"
+        self.wrapped.train()
+        while progress.step < self.total:
+            mean_loss = self._train_step()
+            elapsed = time.perf_counter() - self.t0
+            row = self._log_row(mean_loss, elapsed)
+            evaluated = bool(self.val_enc is not None and cfg.eval_steps and progress.step % cfg.eval_steps == 0)
+            if evaluated:
+                self._validate(row)
+            if self.log:
+                self.log.write(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{self.res.tokens / max(elapsed, 1e-9):.0f}")
+            out_of_time = elapsed > budget and progress.step < self.total
+            if self.main and ((cfg.save_steps and progress.step % cfg.save_steps == 0) or out_of_time):
+                self._save_last()  # a budget stop always leaves a checkpoint, so `resume` continues the same run
+            stop_reason = self._stop_reason(evaluated, out_of_time)
+            if stop_reason:
+                self.res.stop_reason = stop_reason
+                break
+        bar.close()
+
+    def _train_step(self) -> float:
+        """One optimizer step over this step's examples; returns their mean loss over all processes."""
+        examples = self._step_examples(self.progress.step)
+        lengths = self.train_enc.lengths
+        micro = [piece for m in split_step(examples, lengths, self.cfg.grad_accum, self.rank, self.world)
+                 for piece in cap_tokens(m, lengths, self.cfg.micro_batch_tokens)]
+        # Each example's loss counts 1/len(examples); x world because DDP averages the processes' gradients.
+        scale = self.world / len(examples)
+        kept = self.step_core.run(micro, lambda idx: self._loss_step(idx, scale))
+        step_loss = torch.zeros((), device=self.device)
+        for per_example, n_tokens, n_answer_tokens in kept:
             step_loss += per_example.sum()
-            res.tokens += int(batch["n_tokens"]) * world
-            res.answer_tokens += int(batch["target_ids"].numel()) * world
-        if cfg.max_grad_norm:
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        mean_loss = float(acc.reduce(step_loss, reduction="sum")) / len(examples)
-        losses.append(mean_loss)
-        res.first_loss = mean_loss if res.first_loss is None else res.first_loss
-        res.examples += len(examples)
-        elapsed = time.perf_counter() - t0
-        row: dict[str, Any] = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(mean_loss, 5),
-                               "lr": sched.get_last_lr()[0], "tokens": res.tokens, "answer_tokens": res.answer_tokens,
-                               "elapsed_s": round(elapsed, 2)}
-        evaluated = val_enc is not None and cfg.eval_steps and step % cfg.eval_steps == 0
-        if evaluated:
-            row["eval_loss"], row["eval_token_loss"] = evaluate_loss(
-                inner, val_enc, cfg.batch_size, pad_id, device, compute, cfg.micro_batch_tokens, "validation")
-            if row["eval_loss"] < best - 1e-6:
-                best, bad_evals = row["eval_loss"], 0
-                if main and (cfg.save_steps or cfg.early_stopping_patience):
-                    save_checkpoint(ckpt_dir / "best", inner.model, tok, template, {"step": step, "eval_loss": best})
-            else:
-                bad_evals += 1
-        if log:
-            log.write(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{res.tokens / max(elapsed, 1e-9):.0f}")
-        out_of_time = elapsed > budget and step < total
-        if main and ((cfg.save_steps and step % cfg.save_steps == 0) or out_of_time):
-            # a budget stop always leaves a checkpoint, so `resume` continues the same run
-            save_checkpoint(ckpt_dir / "last", inner.model, tok, template, {
-                "step": step, "best": best, "bad_evals": bad_evals, "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": torch.get_rng_state()})
-        if evaluated and cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience:
-            res.stop_reason = "early_stopping"
-            break
-        if out_of_time:
-            res.stop_reason = "max_minutes"
-            break
-    bar.close()
-    res.seconds = round(time.perf_counter() - t0, 2)
-    res.steps = step
-    res.epochs = round(step / steps_per_epoch, 4)
-    res.train_loss = sum(losses[-10:]) / len(losses[-10:]) if losses else None
-    if val_enc is not None and len(val_enc):
-        res.eval_loss, res.eval_token_loss = evaluate_loss(inner, val_enc, cfg.batch_size, pad_id, device, compute,
-                                                           cfg.micro_batch_tokens, "validation (after training)")
-        best = min(best, res.eval_loss)
-    res.best_eval_loss = None if best == math.inf else best
-    res.tokens_per_s = round(res.tokens / max(res.seconds, 1e-9), 1)
-    res.answer_tokens_per_s = round(res.answer_tokens / max(res.seconds, 1e-9), 1)
-    res.peak_memory_mb = peak_memory_mb(device)
-    acc.wait_for_everyone()
-    if main:
-        save_model(out, inner.model, tok, template)
-        if log:
-            log.close()
-    acc.wait_for_everyone()
-    if _single_process():
-        from accelerate.state import AcceleratorState
+            self.res.tokens += n_tokens * self.world
+            self.res.answer_tokens += n_answer_tokens * self.world
+        self.progress.step += 1
+        mean_loss = float(self.acc.reduce(step_loss, reduction="sum")) / len(examples)
+        self.progress.losses.append(mean_loss)
+        self.res.first_loss = mean_loss if self.res.first_loss is None else self.res.first_loss
+        self.res.examples += len(examples)
+        return mean_loss
 
-        AcceleratorState._reset_state(reset_partial_state=True)  # leave no settings behind for others
-    return res
+    def _loss_step(self, idx: list[int], scale: float) -> tuple[torch.Tensor, tuple[torch.Tensor, int, int]]:
+        """The loss of one micro-batch (x `scale`), and what the step counts of it: its per-example
+        losses, real tokens and trained tokens."""
+        cfg = self.cfg
+        batch = to_device(collate(self.train_enc, idx, self.pad_id, cfg.packing, cfg.pack_length), self.device)
+        loss, per_example = self.wrapped(batch, scale)
+        return loss, (per_example, int(batch["n_tokens"]), int(batch["target_ids"].numel()))
+
+    def _epoch_plan(self, epoch: int) -> list[list[int]]:
+        cfg = self.cfg
+        return plan_steps(self.train_enc.lengths, self.step_size, cfg.seed, epoch, cfg.group_by_length, self.world > 1)
+
+    def _step_examples(self, step: int) -> list[int]:
+        """The examples of `step`, all processes' (an epoch is planned once, when it starts)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch != self._plan_epoch:
+            self._plan, self._plan_epoch = self._epoch_plan(epoch), epoch
+        return self._plan[within]
+
+    def _log_row(self, mean_loss: float, elapsed: float) -> dict[str, Any]:
+        step = self.progress.step
+        return {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": round(mean_loss, 5),
+                "lr": self.step_core.lr, "tokens": self.res.tokens, "answer_tokens": self.res.answer_tokens,
+                "elapsed_s": round(elapsed, 2)}
+
+    def _stop_reason(self, evaluated: bool, out_of_time: bool) -> str | None:
+        patience = self.cfg.early_stopping_patience
+        if evaluated and patience and self.progress.bad_evals >= patience:
+            return "early_stopping"
+        return "max_minutes" if out_of_time else None
+
+    # ------------------------------------------------------------ validation and checkpoints
+    def _validation_loss(self, desc: str) -> tuple[float, float]:
+        assert self.val_enc is not None
+        return evaluate_loss(self.inner, self.val_enc, self.cfg.batch_size, self.pad_id, self.device, self.compute,
+                             self.cfg.micro_batch_tokens, desc)
+
+    def _validate_before_training(self) -> None:
+        # A step-0 point only for a validation curve: eval compares base and tuned on the test split
+        # anyway, and on a CPU this pass over long rows costs minutes.
+        if self.val_enc is not None and len(self.val_enc) and self.progress.step == 0 and self.cfg.eval_steps:
+            self.res.initial_eval_loss = self._validation_loss("validation (before training)")[0]
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        """Validation losses into `row`; a new best is kept as checkpoints/best, anything else counts
+        toward early stopping."""
+        progress = self.progress
+        row["eval_loss"], row["eval_token_loss"] = self._validation_loss("validation")
+        if row["eval_loss"] >= progress.best - 1e-6:
+            progress.bad_evals += 1
+            return
+        progress.best, progress.bad_evals = row["eval_loss"], 0
+        if self.main and (self.cfg.save_steps or self.cfg.early_stopping_patience):
+            save_checkpoint(self.ckpt_dir / "best", self.inner.model, self.tok, self.template,
+                            {"step": progress.step, "eval_loss": progress.best})
+
+    def _save_last(self) -> None:
+        """checkpoints/last: the weights and everything else a resumed run must continue from."""
+        progress = self.progress
+        save_checkpoint(self.ckpt_dir / "last", self.inner.model, self.tok, self.template, {
+            "step": progress.step, "best": progress.best, "bad_evals": progress.bad_evals,
+            **self.step_core.state_dict(), "rng": torch.get_rng_state()})
+
+    # ------------------------------------------------------------ finish
+    def finish(self) -> TrainResult:
+        """Final validation and figures; rank 0 saves the adapter (or model) into OUT."""
+        self._final_figures()
+        self.acc.wait_for_everyone()
+        if self.main:
+            save_model(self.out, self.inner.model, self.tok, self.template)
+            if self.log:
+                self.log.close()
+        self.acc.wait_for_everyone()
+        if _single_process():
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)  # leave no settings behind for others
+        return self.res
+
+    def _final_figures(self) -> None:
+        res, progress = self.res, self.progress
+        res.seconds = round(time.perf_counter() - self.t0, 2)
+        res.steps = progress.step
+        res.epochs = round(progress.step / self.steps_per_epoch, 4)
+        res.train_loss = sum(progress.losses[-10:]) / len(progress.losses[-10:]) if progress.losses else None
+        if self.val_enc is not None and len(self.val_enc):
+            res.eval_loss, res.eval_token_loss = self._validation_loss("validation (after training)")
+            progress.best = min(progress.best, res.eval_loss)
+        res.best_eval_loss = None if progress.best == math.inf else progress.best
+        res.tokens_per_s = round(res.tokens / max(res.seconds, 1e-9), 1)
+        res.answer_tokens_per_s = round(res.answer_tokens / max(res.seconds, 1e-9), 1)
+        res.peak_memory_mb = peak_memory_mb(self.device)
 
 
 def _single_process() -> bool:
@@ -457,14 +538,6 @@ def _accelerator() -> Any:
     if _single_process() and AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 class _Log:

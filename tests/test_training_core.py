@@ -1,0 +1,77 @@
+"""The one optimizer step (training_core): its schedule, accumulation, clipping, and its place
+below the stages."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from ragtune.training_core import OptimizerStep, lr_schedule
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "ragtune"
+STAGES = ("train", "evaluate", "synth", "build", "ingest", "importers", "retrieval", "ask", "serve", "pipeline",
+          "cli", "gguf_export")
+
+
+def test_the_schedule_warms_up_then_holds_or_decays_to_zero():
+    assert [lr_schedule("constant", 4)(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    linear, cosine = lr_schedule("linear", 2, 10), lr_schedule("cosine", 2, 10)
+    assert linear(2) == cosine(2) == 1.0
+    assert linear(6) == pytest.approx(0.5) and cosine(6) == pytest.approx(0.5)
+    assert linear(10) == 0.0 and cosine(10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_schedule("cosine", 0, 10)(0) == 1.0  # no warmup: the full rate from the first step
+
+
+def _step(micro_batches: list[torch.Tensor], max_grad_norm: float | None = None) -> OptimizerStep:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    core = OptimizerStep(model.parameters(), lr=0.1, weight_decay=0.0, schedule=lr_schedule("constant", 0),
+                         max_grad_norm=max_grad_norm, device=torch.device("cpu"), dtype=torch.float32)
+    n = sum(len(m) for m in micro_batches)
+
+    def loss_of(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return model(x).pow(2).sum() / n, len(x)  # each row's share of the step's mean
+
+    kept = core.run(micro_batches, loss_of)
+    assert kept == [len(m) for m in micro_batches]
+    assert all(p.grad is None for p in model.parameters())  # cleared for the next step
+    return core
+
+
+def _first_moment_norm(core: OptimizerStep) -> float:
+    """After one AdamW step the first moment is (1 - beta1) x the gradient the step used."""
+    moments = [core.optimizer.state[p]["exp_avg"] for p in core.params]
+    return float(torch.linalg.vector_norm(torch.cat([m.flatten() for m in moments]))) / 0.1
+
+
+def test_micro_batches_add_up_to_one_batch():
+    x = torch.arange(24, dtype=torch.float32).reshape(8, 3) / 10
+    whole, split = _step([x]), _step([x[:3], x[3:5], x[5:]])
+    for a, b in zip(whole.params, split.params, strict=True):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert _first_moment_norm(whole) == pytest.approx(_first_moment_norm(split), rel=1e-6)
+    assert whole.lr == 0.1
+
+
+def test_clipping_bounds_the_gradient_norm():
+    x = torch.full((4, 3), 100.0)
+    assert _first_moment_norm(_step([x])) > 100
+    assert _first_moment_norm(_step([x], max_grad_norm=0.5)) == pytest.approx(0.5, rel=1e-4)
+
+
+def _ragtune_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n.split(".")[1] for n in names if n.startswith("ragtune.")}
+
+
+@pytest.mark.parametrize("module", ["models.py", "training_core.py"])
+def test_lower_modules_import_no_stage(module):
+    assert not _ragtune_imports(SRC / module) & set(STAGES)
