@@ -143,17 +143,20 @@ def test_the_gguf_import_gives_eval_the_adapters_weights_template_and_rule(tuned
     adapter = shutil.copytree(tuned["adapter"], tmp_path / "adapter")
     rule = RefusalRule(-1.25, {"chosen_on": "validation"})
     rule.save(adapter)
-    path = write_gguf(adapter, tmp_path / "tuned.gguf", "f16")
-    folder = local_folder(path)
-    assert PromptTemplate.find(folder) == tuned["template"] and RefusalRule.find(folder) == rule
     merged, tok = load_model(tiny_model_dir, adapter)
-    back, _ = load_model(path)
-    assert merged.dtype == back.dtype
-    # f16 holds every bf16 value exactly down to 2**-17; below that it rounds to steps of 2**-24.
-    for (name, a), (_, b) in zip(merged.state_dict().items(), back.state_dict().items(), strict=True):
-        assert (a.float() - b.float()).abs().max() <= 2**-24, name
-    pad = tok.pad_token_id
-    assert greedy(back, tuned["prompts"], pad) == greedy(merged, tuned["prompts"], pad)
+    assert merged.dtype == torch.bfloat16  # eval's dtype on this CPU
+    for gguf_type, tolerance in (("bf16", 0.0), ("f16", 2**-25)):
+        path = write_gguf(adapter, tmp_path / f"tuned-{gguf_type}.gguf", gguf_type)
+        folder = local_folder(path)
+        assert PromptTemplate.find(folder) == tuned["template"] and RefusalRule.find(folder) == rule
+        back, _ = load_model(path)
+        assert back.dtype == merged.dtype
+        # bf16 holds eval's weights exactly; f16 too down to 2**-17, below which it rounds them
+        # to steps of 2**-24.
+        for (name, a), (_, b) in zip(merged.state_dict().items(), back.state_dict().items(), strict=True):
+            assert (a.float() - b.float()).abs().max() <= tolerance, (gguf_type, name)
+        pad = tok.pad_token_id
+        assert greedy(back, tuned["prompts"], pad) == greedy(merged, tuned["prompts"], pad)
 
 
 @pytest.mark.parametrize("args, message", [
