@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ragtune"
 
 LOWER = {
     "ragtune", "records", "runfolder", "config", "prompts", "retrieval", "models", "modelstore", "generation",
-    "batching", "metrics", "errors", "abstain", "adapter_check", "llm_client", "qa_formats",
+    "batching", "metrics", "errors", "abstain", "adapter_check", "llm_client", "qa_formats", "training_core",
 }
 STAGES = {"ingest", "synth", "importers", "build", "train", "evaluate", "ask", "serve", "gguf_export"}
 ORCHESTRATORS = {"pipeline", "cli", "__main__"}
