@@ -91,23 +91,38 @@ def _stage(run: RunFolder, name: str, key: str, output: Path, fn: Callable[[], A
 
 def run_pipeline(cfg: RunConfig) -> dict:
     """Tiny model (if asked), ingest, synth, build, train, eval; returns the eval metrics."""
-    from ragtune.build import build_to_run
-    from ragtune.evaluate import evaluate_run, format_table
-    from ragtune.ingest import ingest_to_run
-    from ragtune.models import TRAIN_INFO
-    from ragtune.synth import synth_to_run
-    from ragtune.train import train_to_run
+    from ragtune.evaluate import format_table
 
     docs = Path(cfg.docs)
     if not docs.is_dir():
         raise RagtuneError(f"docs folder {docs} not found; set `docs:` to a folder of documents")
     run = RunFolder(Path(cfg.run_dir)).ensure()
     t0 = time.perf_counter()
-    base = cfg.base_model
-    if base == "tiny":
-        base = str(run.base_model)
-        _stage(run, "tiny_model", _key(cfg.tiny_model.model_dump(), docs), run.base_model / "config.json",
-               lambda: tiny_model_from_docs(docs, run.base_model, cfg.tiny_model))
+    metrics = _run_stages(cfg, run, docs, _base_model(cfg, run, docs))
+    run.record_stage("run", config=cfg, seconds=round(time.perf_counter() - t0, 1), seed=cfg.seed)
+    Console().print(format_table(metrics))
+    console.print(f"run folder: {run.root}  ({time.perf_counter() - t0:.0f} s)")
+    return metrics
+
+
+def _base_model(cfg: RunConfig, run: RunFolder, docs: Path) -> str:
+    """The base model's name as the stages record it, built first when it is the tiny model."""
+    if cfg.base_model != "tiny":
+        return cfg.base_model
+    _stage(run, "tiny_model", _key(cfg.tiny_model.model_dump(), docs), run.base_model / "config.json",
+           lambda: tiny_model_from_docs(docs, run.base_model, cfg.tiny_model))
+    return str(run.base_model)
+
+
+def _run_stages(cfg: RunConfig, run: RunFolder, docs: Path, base: str) -> dict:
+    """Each stage whose config or inputs changed since it last ran; the eval metrics."""
+    from ragtune.build import build_to_run
+    from ragtune.evaluate import evaluate_run
+    from ragtune.ingest import ingest_to_run
+    from ragtune.models import TRAIN_INFO
+    from ragtune.synth import synth_to_run
+    from ragtune.train import train_to_run
+
     # A named model or GGUF file is fetched and converted once, here, in view; the stages record
     # its name and find the converted folder in the cache.
     base_files = Path(resolve_model(base))
@@ -123,8 +138,4 @@ def run_pipeline(cfg: RunConfig) -> dict:
     metrics_file = run.eval / RunFolder.METRICS
     _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,
            lambda: evaluate_run(run.root, cfg.eval, base_model=base))
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    run.record_stage("run", config=cfg, seconds=round(time.perf_counter() - t0, 1), seed=cfg.seed)
-    Console().print(format_table(metrics))
-    console.print(f"run folder: {run.root}  ({time.perf_counter() - t0:.0f} s)")
-    return metrics
+    return json.loads(metrics_file.read_text(encoding="utf-8"))

@@ -95,6 +95,19 @@ def item_rows(items: Sequence[Example], outputs: dict[str, ModelOutput]) -> list
 
 
 # ---------------------------------------------------------------- finding items and models
+def tuned_and_base(run: RunFolder, adapters: Sequence[str | Path] | None,
+                   base_model: str | None) -> tuple[list[Path], str]:
+    """The adapters to score (RUN/adapter by default) and the base they go on, each checked to fit."""
+    adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
+    for a in adapter_dirs:
+        if not is_tuned_dir(a):
+            raise RagtuneError(f"'{a}' holds no adapter or model; pass a folder `ragtune train` wrote")
+    base = resolve_base_model(run, base_model, adapter_dirs)
+    for a in adapter_dirs:
+        check_adapter_fits(a, base)
+    return adapter_dirs, base
+
+
 def resolve_base_model(run: RunFolder, base_model: str | None, adapters: Sequence[Path]) -> str:
     """--base-model, else the first adapter's recorded base, else RUN/base_model."""
     from ragtune.models import base_model_of
@@ -220,15 +233,9 @@ def evaluate_run(
     Returns the metrics.json content; `format_table(metrics)` is the before/after table.
     `show` turns the progress bars on."""
     run = RunFolder(Path(run_dir))
-    RunFolder(Path(out_dir) if out_dir else run.eval).ensure()  # an unwritable output fails before any work
+    out = RunFolder(Path(out_dir) if out_dir else run.eval).ensure().root  # unwritable: fails before any work
     t0 = time.perf_counter()
-    adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
-    for a in adapter_dirs:
-        if not is_tuned_dir(a):
-            raise RagtuneError(f"'{a}' holds no adapter or model; pass a folder `ragtune train` wrote")
-    base = resolve_base_model(run, base_model, adapter_dirs)
-    for a in adapter_dirs:
-        check_adapter_fits(a, base)
+    adapter_dirs, base = tuned_and_base(run, adapters, base_model)
     specs = model_specs(base, adapter_dirs)
     tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
         else base
@@ -240,8 +247,6 @@ def evaluate_run(
     if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
         # The dataset was built with its own refusal sentence: detect that one.
         cfg = cfg.model_copy(update={"refusal": template.refusal})
-    out = Path(out_dir) if out_dir else run.eval
-    out.mkdir(parents=True, exist_ok=True)
     result = evaluate(items, specs, cfg, template, cache_path=run.eval_cache,
                       dataset=source, show_progress=show)
     metrics = result.metrics
