@@ -1,4 +1,4 @@
-"""ragtune train vs TRL's SFTTrainer on the same tiny model, RAG data, LoRA settings and epochs.
+"""ragtune train vs TRL's SFTTrainer on the same model, RAG data, LoRA settings and steps.
 
 Not a test: a measurement. Builds (once, cached in --work) a tiny Llama pretrained on the
 python-docs corpus and >= 2,000 RAG examples from its chunks (oracle passage among 1-4 random
@@ -7,6 +7,17 @@ in a fresh process (so peak RSS is per run), and prints real (non-pad) tokens/s,
 tokens/s, peak memory and the final validation loss of both, scored by one shared evaluator.
 
     OMP_NUM_THREADS=1 python bench/train_vs_trl.py --rounds 2
+
+With --model (a named model such as smollm2-135m-instruct, or a folder) and --dataset (a
+ragtune dataset folder, e.g. RUN/dataset) it runs on that model instead: both trainers get the
+same token ids and labels (ragtune's encoding; TRL takes them as a prepared dataset with a
+labels column, so its loss is completion-only by construction), the first
+--steps x --rows-scale x --batch-size training rows, one epoch. The driver also measures the
+bf16 matmul peak (2048^3) before and after the runs and prints MFU from the FLOPs count in
+`useful_flops` (work done on real tokens, the same for both trainers).
+
+    python bench/train_vs_trl.py --model smollm2-135m-instruct --dataset RUN/dataset \
+        --threads 2 --steps 8 --rows-scale 1 --lora-dropout 0 --trl-weights bf16 --val-eval 62
 """
 
 from __future__ import annotations
@@ -85,16 +96,62 @@ def prepare(args: argparse.Namespace) -> None:
 def lora_config(args: argparse.Namespace):
     from peft import LoraConfig
 
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", bias="none",
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=args.lora_dropout, target_modules="all-linear", bias="none",
                       task_type="CAUSAL_LM")
 
 
+def n_rows(args: argparse.Namespace) -> int | None:
+    if args.model:
+        return round(args.steps * args.rows_scale) * args.batch_size
+    return args.train_examples
+
+
 def subset(rows, args: argparse.Namespace):
-    return rows.select(range(min(len(rows), args.train_examples))) if args.train_examples else rows
+    n = n_rows(args)
+    return rows.select(range(min(len(rows), n))) if n else rows
+
+
+def encoded_rows(args: argparse.Namespace):
+    """The training rows as ragtune encodes them (ids, labels): what both trainers get with --model."""
+    from datasets import load_from_disk
+
+    from ragtune.models import load_tokenizer
+    from ragtune.prompts import PromptTemplate
+    from ragtune.train.data import encode_rows
+
+    tok = load_tokenizer(model_dir(args))
+    rows = subset(load_from_disk(str(data_dir(args)))["train"], args)
+    return encode_rows(rows, tok, PromptTemplate.load(data_dir(args)), None)
+
+
+def useful_flops(args: argparse.Namespace) -> tuple[float, int]:
+    """FLOPs of one epoch over the rows, counting work on real tokens only (no padding, no
+    recomputation), and the real token count. Per row of length L with A trained tokens:
+      (4 N + 6 N_lora) L   frozen linear layers: forward 2N, backward to the inputs 2N (no weight
+                           gradient); LoRA's own matrices: forward, input and weight gradients
+      + 6 layers H d L^2   causal attention: QK^T and AV over the lower triangle are L^2 H d
+                           each in the forward; the backward is twice the forward
+      + 4 D V A            the (tied, frozen) LM head on trained positions only, forward + input grad
+    N = the linear weights in the decoder layers, H d = heads x head_dim, D = hidden, V = vocabulary."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir(args)))
+    d, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    hd = getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    shapes = [(d, q), (d, kv), (d, kv), (q, d), (d, inter), (d, inter), (inter, d)]
+    n_body = layers * sum(a * b for a, b in shapes)
+    n_lora = layers * sum(16 * (a + b) for a, b in shapes)  # r 16 on every linear layer
+    enc = encoded_rows(args)
+    flops = 0.0
+    for ids, labels in zip(enc.input_ids, enc.labels, strict=True):
+        n, a = len(ids), sum(t != -100 for t in labels[1:])
+        flops += (4 * n_body + 6 * n_lora) * n + 6 * layers * q * n * n + 4 * d * cfg.vocab_size * a
+    return flops * args.epochs, int(sum(enc.lengths) * args.epochs)
 
 
 # ---------------------------------------------------------------- shared evaluator
-def validation_loss(work: Path, adapter: Path, val_n: int) -> dict[str, float]:
+def validation_loss(model_dir: Path, data_dir: Path, adapter: Path | None, val_n: int) -> dict[str, float]:
     """Both runs' adapters scored the same way: fp32, answer tokens only, ragtune's labels."""
     import torch
     from datasets import load_from_disk
@@ -105,13 +162,24 @@ def validation_loss(work: Path, adapter: Path, val_n: int) -> dict[str, float]:
     from ragtune.train.engine import evaluate_loss
     from ragtune.train.loss import AnswerLoss
 
-    model, tok = load_model(work / "model", adapter, precision="fp32")
-    val = load_from_disk(str(work / "dataset"))["validation"]
-    enc = encode_rows(val.select(range(min(len(val), val_n))), tok,
-                      PromptTemplate.load(work / "dataset"), None)
+    model, tok = load_model(model_dir, adapter, precision="fp32")
+    val = load_from_disk(str(data_dir))["validation"]
+    enc = encode_rows(val.select(range(min(len(val), val_n))), tok, PromptTemplate.load(data_dir), None)
     per_example, per_token = evaluate_loss(AnswerLoss(model), enc, 16, tok.pad_token_id, torch.device("cpu"),
                                            torch.float32)
     return {"val_loss_token": round(per_token, 4), "val_loss_example": round(per_example, 4)}
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    if not args.model:
+        return Path(args.work) / "model"
+    from ragtune.modelstore import resolve_model
+
+    return Path(resolve_model(args.model))
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.dataset) if args.dataset else Path(args.work) / "dataset"
 
 
 def peak_rss_mb() -> float:
@@ -126,13 +194,13 @@ def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
     from ragtune.prompts import PromptTemplate
     from ragtune.train import train
 
-    work = Path(args.work)
-    ds = load_from_disk(str(work / "dataset"))
+    ds = load_from_disk(str(data_dir(args)))
     ds = DatasetDict({"train": subset(ds["train"], args)})  # validation: scored afterwards, shared evaluator
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_r=16, lora_alpha=32,
-                      lora_dropout=0.05, warmup_ratio=0.05, packing=args.packing, seed=0)
+                      lora_dropout=args.lora_dropout, warmup_ratio=0.05, packing=args.packing, seed=0,
+                      calibrate_abstention=False)
     t0 = time.perf_counter()
-    res = train(ds, work / "model", cfg, out, template=PromptTemplate.load(work / "dataset"))
+    res = train(ds, model_dir(args), cfg, out, template=PromptTemplate.load(data_dir(args)))
     total = time.perf_counter() - t0
     return {"train_s": res.seconds, "total_s": round(total, 1), "tokens": res.tokens,
             "answer_tokens": res.answer_tokens, "steps": res.steps, "final_train_loss": res.train_loss}
@@ -146,12 +214,17 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
 
     from ragtune.models import load_tokenizer
 
-    work = Path(args.work)
-    ds = subset(load_from_disk(str(work / "dataset"))["train"], args).select_columns(["prompt", "completion"])
+    if args.model:  # the very ids and labels ragtune trains on (TRL keeps a labels column as is)
+        from datasets import Dataset
+
+        enc = encoded_rows(args)
+        ds = Dataset.from_dict({"input_ids": enc.input_ids, "labels": enc.labels})
+    else:
+        ds = subset(load_from_disk(str(data_dir(args)))["train"], args).select_columns(["prompt", "completion"])
     t0 = time.perf_counter()
-    tok = load_tokenizer(work / "model")
+    tok = load_tokenizer(model_dir(args))
     dtype = torch.bfloat16 if args.trl_weights == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir(args)), dtype=dtype)
     cfg = SFTConfig(
         output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
@@ -183,9 +256,12 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     fn = worker_ragtune if args.worker == "ragtune" else worker_trl
+    if args.worker == "base":  # the base model's validation loss, for scale
+        print("RESULT " + json.dumps(validation_loss(model_dir(args), data_dir(args), None, args.val_eval)), flush=True)
+        return
     res = fn(args, out)
     res["peak_rss_mb"] = peak_rss_mb()  # training peak, before the evaluator loads anything
-    res.update(validation_loss(Path(args.work), out, args.val_eval))
+    res.update(validation_loss(model_dir(args), data_dir(args), out, args.val_eval))
     res["tokens_per_s"] = round(res["tokens"] / res["train_s"], 1)
     res["answer_tokens_per_s"] = round(res["answer_tokens"] / res["train_s"], 2)
     print("RESULT " + json.dumps(res), flush=True)
@@ -195,7 +271,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_worker(args: argparse.Namespace, kind: str, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--out", str(out)] + [
         f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-        if k not in ("worker", "out", "rounds", "packing") and v is not None]
+        if k not in ("worker", "out", "rounds", "packing", "base_loss") and v is not None]
     if args.packing:
         cmd.append("--packing")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src"),
@@ -230,19 +306,53 @@ def main() -> None:
     p.add_argument("--packing", action="store_true", help="ragtune packs rows (block-diagonal mask)")
     p.add_argument("--trl-weights", choices=["fp32", "bf16"], default="fp32",
                    help="dtype of TRL's frozen base weights (bf16 autocast either way)")
-    p.add_argument("--worker", choices=["ragtune", "trl"])
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--model", help="a named model (smollm2-135m-instruct) or a model folder, instead of the "
+                   "tiny one built in --work; needs --dataset")
+    p.add_argument("--dataset", help="a ragtune dataset folder (RUN/dataset) for --model")
+    p.add_argument("--steps", type=int, default=8, help="with --model: optimizer steps at --rows-scale 1")
+    p.add_argument("--rows-scale", type=float, default=1.0,
+                   help="with --model: train on steps x rows-scale x batch-size rows (scaling points)")
+    p.add_argument("--base-loss", action="store_true", help="also score the base model (no adapter)")
+    p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    prepare(args)
+    if args.model and not args.dataset:
+        raise SystemExit("--model needs --dataset (a ragtune dataset folder, e.g. RUN/dataset)")
+    if args.model:
+        args.epochs = 1.0
+    else:
+        prepare(args)
+    import torch
+    from mfu import matmul_peak
+
+    torch.set_num_threads(args.threads)
+    peaks = [matmul_peak(2048, 5.0)]
+    print(f"bf16 matmul peak (2048^3, {args.threads} threads): {peaks[0]:.0f} GFLOP/s, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, list[dict]] = {"ragtune": [], "trl": []}
     for r in range(args.rounds):
         for kind in ("ragtune", "trl") if r % 2 == 0 else ("trl", "ragtune"):
             res = run_worker(args, kind, Path(args.work) / "runs" / f"{kind}-{r}")
             results[kind].append(res)
             print(f"round {r} {kind}: {json.dumps(res)}", flush=True)
+            peaks.append(matmul_peak(2048, 5.0))
+            print(f"bf16 matmul peak: {peaks[-1]:.0f} GFLOP/s, load {os.getloadavg()[0]:.2f}", flush=True)
+    if args.base_loss:
+        print(f"base model: {json.dumps(run_worker(args, 'base', Path(args.work) / 'runs' / 'base'))}", flush=True)
+    flops, tokens = useful_flops(args) if args.model else (0.0, 0)
+    for kind in results:
+        for res in results[kind]:
+            res["gflop_s"] = round(flops / res["train_s"] / 1e9, 1)
+            res["mfu_pct"] = round(100 * res["gflop_s"] / max(peaks), 1)
     report(results)
+    print(f"bf16 matmul peak over the run: best {max(peaks):.0f}, worst {min(peaks):.0f} GFLOP/s "
+          f"({args.threads} threads)")
+    if args.model:
+        print(f"useful FLOPs (see useful_flops): {flops / 1e12:.2f} TFLOP over {tokens} real tokens "
+              f"= {flops / max(tokens, 1) / 1e6:.0f} MFLOP per token")
 
 
 def report(results: dict[str, list[dict]]) -> None:
@@ -251,7 +361,7 @@ def report(results: dict[str, list[dict]]) -> None:
         return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
 
     keys = ["tokens_per_s", "answer_tokens_per_s", "train_s", "total_s", "peak_rss_mb", "val_loss_token",
-            "val_loss_example", "final_train_loss"]
+            "val_loss_example", "final_train_loss", "gflop_s", "mfu_pct"]
     print(f"\n{'metric (median over rounds)':32s} {'ragtune':>12s} {'trl':>12s} {'ragtune/trl':>12s}")
     for k in keys:
         a, b = med("ragtune", k), med("trl", k)

@@ -133,17 +133,23 @@ def predict(
 # ---------------------------------------------------------------- answer NLL
 @torch.no_grad()
 def answer_nll(
-    model: Any, tokenizer: Any, template: PromptTemplate, items: Sequence[Example], batch_size: int = 8
+    model: Any, tokenizer: Any, template: PromptTemplate, items: Sequence[Example], batch_size: int = 8,
+    desc: str | None = None,
 ) -> tuple[list[float], list[int]]:
     """Teacher-forced negative log-likelihood of each reference completion (end token included),
-    summed per item, with the number of answer tokens; labels exactly as in training."""
+    summed per item, with the number of answer tokens; labels exactly as in training. With
+    `desc`, a progress bar (a pass over long prompts takes tens of seconds on a CPU)."""
+    from tqdm.auto import tqdm
+
     enc = [encode_example(tokenizer, ex.prompt, ex.completion, template) for ex in items]
     nll, counts = [0.0] * len(items), [0] * len(items)
     order = sorted(range(len(items)), key=lambda i: len(enc[i]["input_ids"]), reverse=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=desc is None)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
+        bar.update(len(idx))
         width = max(len(enc[i]["input_ids"]) for i in idx)
         # Left padding puts every answer at the end, so only the last K logits are needed.
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -168,6 +174,7 @@ def answer_nll(
         for r, i in enumerate(idx):
             nll[i] = float(losses[r][valid[r]].sum())
             counts[i] = int(valid[r].sum())
+    bar.close()
     return nll, counts
 
 
@@ -192,7 +199,9 @@ def run_model(
                    context="\n\n".join(ex.passage_texts), passage_texts=ex.passage_texts)
         for p, ex in zip(preds, items, strict=True)
     ]
-    nll, counts = answer_nll(model, tokenizer, template, items, cfg.batch_size) if with_nll else ([], [])
+    nll, counts = answer_nll(model, tokenizer, template, items, cfg.batch_size,
+                             desc=f"{spec.name} answer NLL" if progress is not None else None) \
+        if with_nll else ([], [])
     out = ModelOutput(preds, scores, nll, counts, seconds, n_gen)
     metrics = aggregate(scores, [ex.answerable for ex in items])
     metrics["answer_nll"] = round(sum(nll) / sum(counts), 4) if counts and sum(counts) else None
