@@ -42,8 +42,11 @@ def check(run: Path) -> dict:
                 equal_or_overlap += overlaps(chunks[p], oracle)
                 holds_answer += contains_answer(chunks[p].text, item.answer)
     shared = (docs["train"] & docs["validation"]) | (docs["train"] & docs["test"]) | (docs["validation"] & docs["test"])
-    return {"distractors_equal_or_overlapping_oracle": equal_or_overlap,
-            "distractors_containing_gold_answer": holds_answer, "documents_shared_between_splits": len(shared)}
+    return {
+        "distractors_equal_or_overlapping_oracle": equal_or_overlap,
+        "distractors_containing_gold_answer": holds_answer,
+        "documents_shared_between_splits": len(shared),
+    }
 
 
 def main() -> None:
@@ -68,25 +71,37 @@ def main() -> None:
     if args.skip_to == "ingest":
         t0 = time.perf_counter()
         res = ingest_to_run(args.docs, args.run, IngestConfig(tokenizer=tok_dir))
-        figures["ingest"] = {"s": round(time.perf_counter() - t0, 1), "documents": res.report["documents"],
-                             "chunks": res.report["chunks"], "chunk_tokens": res.report["chunk_tokens"],
-                             "files_skipped": res.report["files_skipped"]}
+        figures["ingest"] = {
+            "s": round(time.perf_counter() - t0, 1),
+            "documents": res.report["documents"],
+            "chunks": res.report["chunks"],
+            "chunk_tokens": res.report["chunk_tokens"],
+            "files_skipped": res.report["files_skipped"],
+        }
     if args.skip_to in ("ingest", "synth"):
         t0 = time.perf_counter()
         syn = synth_to_run(args.run, SynthConfig())
-        figures["synth"] = {"s": round(time.perf_counter() - t0, 1), **{k: syn.summary[k] for k in (
-            "items", "answerable", "unanswerable", "rejected")}}
+        figures["synth"] = {
+            "s": round(time.perf_counter() - t0, 1),
+            **{k: syn.summary[k] for k in ("items", "answerable", "unanswerable", "rejected")},
+        }
     t0 = time.perf_counter()
     cfg = BuildConfig(retriever=args.retriever, oracle_p=args.oracle_p, k_distractors=args.k)
     result = build_to_run(args.run, cfg, tokenizer=load_tokenizer(tok_dir))
     seconds = time.perf_counter() - t0
     s = result.stats
-    figures["build"] = {"retriever": args.retriever, "s_total_with_index": round(seconds, 1),
-                        "examples": s["total"], "examples_per_s": round(s["total"] / seconds, 1),
-                        "oracle_share_answerable": s["oracle_share_answerable"],
-                        "unanswerable_share": s["unanswerable_share"], "prompt_tokens": s["prompt_tokens"],
-                        "dropped_too_long": s["dropped_too_long"], "examples_fitted": s["examples_fitted"],
-                        **check(args.run)}
+    figures["build"] = {
+        "retriever": args.retriever,
+        "s_total_with_index": round(seconds, 1),
+        "examples": s["total"],
+        "examples_per_s": round(s["total"] / seconds, 1),
+        "oracle_share_answerable": s["oracle_share_answerable"],
+        "unanswerable_share": s["unanswerable_share"],
+        "prompt_tokens": s["prompt_tokens"],
+        "dropped_too_long": s["dropped_too_long"],
+        "examples_fitted": s["examples_fitted"],
+        **check(args.run),
+    }
     print(json.dumps(figures, indent=1))
 
 

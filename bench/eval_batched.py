@@ -46,8 +46,17 @@ DEFAULT_QA = ROOT.parent / "shared" / "data" / "squad2-sample" / "dev-sample-v2.
 
 
 def build_model(qa_texts: list[str], out: Path, steps: int) -> Path:
-    cfg = TinyModelConfig(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768,
-                          seq_len=256, batch_size=16, max_steps=steps, minutes=5.0)
+    cfg = TinyModelConfig(
+        vocab_size=2048,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=768,
+        seq_len=256,
+        batch_size=16,
+        max_steps=steps,
+        minutes=5.0,
+    )
     info = make_tiny_model(qa_texts, out, cfg)
     print(f"built a {info['parameters'] / 1e6:.1f} M-parameter Llama in {info['seconds']} s ({steps} steps)")
     return out
@@ -70,9 +79,15 @@ def one_at_a_time(model, tok, ids: list[list[int]], max_new_tokens: int, stops: 
     for p in ids:
         x = torch.tensor([p])
         with torch.no_grad():
-            gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
-        out.append(cut(tok, gen[0, x.shape[1]:].tolist(), eos, stops))
+            gen = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+            )
+        out.append(cut(tok, gen[0, x.shape[1] :].tolist(), eos, stops))
     return out
 
 
@@ -85,21 +100,23 @@ def prefill_only(model, tok, ids: list[list[int]], batch_size: int) -> float:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0 = time.perf_counter()
     for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+        idx = order[b : b + batch_size]
         width = max(len(ids[i]) for i in idx)
         x = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for r, i in enumerate(idx):
-            x[r, width - len(ids[i]):] = torch.tensor(ids[i])
-            mask[r, width - len(ids[i]):] = 1
+            x[r, width - len(ids[i]) :] = torch.tensor(ids[i])
+            mask[r, width - len(ids[i]) :] = 1
         model(input_ids=x.to(device), attention_mask=mask.to(device), logits_to_keep=1, use_cache=False)
     return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model folder; built there (4 M-parameter Llama on the QA text) when "
-                    "missing; default: a temporary one")
+    ap.add_argument(
+        "--model",
+        help="model folder; built there (4 M-parameter Llama on the QA text) when missing; default: a temporary one",
+    )
     ap.add_argument("--qa", default=str(DEFAULT_QA), help="QA file (SQuAD v2 JSON, JSONL, CSV)")
     ap.add_argument("--n", type=int, default=64, help="questions")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -133,16 +150,24 @@ def main() -> None:
             items = qa_examples(qa, tok, template)
         ids = [prompt_ids(tok, ex.prompt, template) for ex in items]
         lengths = sorted(len(i) for i in ids)
-        print(f"{len(items)} prompts, {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}), "
-              f"max_new_tokens {args.max_new_tokens}, {args.precision}, torch threads {torch.get_num_threads()}")
+        print(
+            f"{len(items)} prompts, {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}), "
+            f"max_new_tokens {args.max_new_tokens}, {args.precision}, torch threads {torch.get_num_threads()}"
+        )
 
         # Warm up both paths once so neither pays first-call costs inside the timing.
         one_at_a_time(model, tok, ids[:1], 2, stop_strings(template))
-        cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, cache=False,
-                         precision=args.precision, abstention_rule=False)  # plain greedy on both sides
+        cfg = EvalConfig(
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            cache=False,
+            precision=args.precision,
+            abstention_rule=False,
+        )  # plain greedy on both sides
         spec = ModelSpec("bench", str(model_dir), args.adapter)
-        predict(model, tok, template, items[:2], spec, cfg.model_copy(update={"max_new_tokens": 2}),
-                PredictionCache(None))
+        predict(
+            model, tok, template, items[:2], spec, cfg.model_copy(update={"max_new_tokens": 2}), PredictionCache(None)
+        )
 
         t0 = time.perf_counter()
         single = one_at_a_time(model, tok, ids, args.max_new_tokens, stop_strings(template))
@@ -156,18 +181,23 @@ def main() -> None:
 
     same = sum(a == b for a, b in zip(single, batched, strict=True))
     result = {
-        "n": len(items), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "n": len(items),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
         "precision": args.precision,
-        "one_at_a_time_s": round(t_single, 2), "batched_s": round(t_batched, 2),
+        "one_at_a_time_s": round(t_single, 2),
+        "batched_s": round(t_batched, 2),
         "one_at_a_time_items_per_s": round(len(items) / t_single, 2),
         "batched_items_per_s": round(len(items) / t_batched, 2),
-        "speedup": round(t_single / t_batched, 2), "identical_outputs": same,
+        "speedup": round(t_single / t_batched, 2),
+        "identical_outputs": same,
         "prefill_only_batched_s": round(t_prefill_batched, 2),
         "prefill_only_one_at_a_time_s": round(t_prefill_single, 2),
         "prefill_limit_items_per_s": round(len(items) / t_prefill, 2),
         "one_at_a_time_share_of_prefill_limit": round(t_prefill / t_single, 3),
         "batched_share_of_prefill_limit": round(t_prefill / t_batched, 3),
-        "prompt_tokens": sum(lengths), "threads": torch.get_num_threads(),
+        "prompt_tokens": sum(lengths),
+        "threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(result, indent=2))

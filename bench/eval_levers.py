@@ -91,8 +91,10 @@ def main() -> None:
     for v in variants:
         ratios = sorted(x / y for x, y in zip(speeds[v], speeds[base], strict=True))
         same = sum(x == y for x, y in zip(answers[v], answers[base], strict=True))
-        print(f"{v:20s} mean {sum(speeds[v]) / len(speeds[v]):.2f} items/s, median ratio to {base} "
-              f"{ratios[len(ratios) // 2]:.3f}, answers equal to {base}'s: {same}/{len(ids)}")
+        print(
+            f"{v:20s} mean {sum(speeds[v]) / len(speeds[v]):.2f} items/s, median ratio to {base} "
+            f"{ratios[len(ratios) // 2]:.3f}, answers equal to {base}'s: {same}/{len(ids)}"
+        )
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -64,10 +64,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     tok = load_tokenizer(args.model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                      num_key_value_heads=args.hidden // 64, max_position_embeddings=2048, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     work = Path(args.work)
@@ -76,14 +85,24 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
     body = n_params - model.get_input_embeddings().weight.numel()  # tied: the head is the embedding
-    print(f"model: {n_params / 1e6:.1f} M parameters ({body / 1e6:.1f} M in the layers), "
-          f"threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"model: {n_params / 1e6:.1f} M parameters ({body / 1e6:.1f} M in the layers), "
+        f"threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     peak0 = matmul_peak(2048, 5.0)
     rows = load_from_disk(args.dataset)["train"]
     template = PromptTemplate.for_tokenizer(tok)
-    tcfg = TrainConfig(method=args.method, max_steps=args.steps, batch_size=args.batch_size, lr=1e-4,
-                       packing=args.packing, seed=0, precision="bf16")
+    tcfg = TrainConfig(
+        method=args.method,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        packing=args.packing,
+        seed=0,
+        precision="bf16",
+    )
     need = args.steps * args.batch_size
     ds = DatasetDict({"train": rows.select(range(min(len(rows), need)))})
     res = train(ds, work / "model", tcfg, work / "out", template=template)
@@ -100,8 +119,11 @@ def main() -> None:
     flops = 6 * body * tokens + attn + 6 * head * answer
     achieved = flops / res.seconds / 1e9
     print(f"bf16 matmul peak (2048^3): {peak0:.0f} GFLOP/s before, {peak1:.0f} after", flush=True)
-    print(f"train ({args.method}, {res.steps} steps, {tokens} real tokens, {answer} trained): {res.seconds:.1f} s, "
-          f"{res.tokens_per_s:.0f} tokens/s", flush=True)
+    print(
+        f"train ({args.method}, {res.steps} steps, {tokens} real tokens, {answer} trained): {res.seconds:.1f} s, "
+        f"{res.tokens_per_s:.0f} tokens/s",
+        flush=True,
+    )
     print(f"model FLOPs (6N convention): {achieved:.0f} GFLOP/s = MFU {100 * achieved / peak:.1f}% of the bf16 peak")
     if mult != 6:
         real = (mult * body * tokens + attn + 6 * head * answer) / res.seconds / 1e9

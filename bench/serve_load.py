@@ -33,9 +33,14 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 MIX = [("normal", 0.5), ("huge", 0.1), ("oversized", 0.1), ("disconnect", 0.15), ("malformed", 0.15)]
-MALFORMED = [b"{not json", b'{"messages": []}', b'{"messages": [{"role": "user", "content": "x"}], "seed": '
-             + str(2**70).encode() + b"}", b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
-             b'[1, 2]', b'{"messages": [{"role": "wizard", "content": "x"}]}']
+MALFORMED = [
+    b"{not json",
+    b'{"messages": []}',
+    b'{"messages": [{"role": "user", "content": "x"}], "seed": ' + str(2**70).encode() + b"}",
+    b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
+    b"[1, 2]",
+    b'{"messages": [{"role": "wizard", "content": "x"}]}',
+]
 
 
 def rss_mb(pid: int) -> float:
@@ -68,9 +73,12 @@ async def client(url: str, stop_at: float, seed: int, limit_s: float, out: dict)
             kind = rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
             t0 = time.monotonic()
             try:
-                r = await http.post(f"{url}/v1/chat/completions", content=body(kind, rng),
-                                    headers={"content-type": "application/json"},
-                                    timeout=0.2 if kind == "disconnect" else limit_s + 30)
+                r = await http.post(
+                    f"{url}/v1/chat/completions",
+                    content=body(kind, rng),
+                    headers={"content-type": "application/json"},
+                    timeout=0.2 if kind == "disconnect" else limit_s + 30,
+                )
                 out["status"][(kind, r.status_code)] += 1
                 if kind == "normal":
                     out["normal_s"].append(time.monotonic() - t0)
@@ -89,9 +97,27 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    server = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--model", args.model, "--port", str(port),
-                               "--model-name", "ragtune", "--request-timeout-s", str(args.time_limit),
-                               "--max-tokens", "256"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ragtune",
+            "serve",
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--model-name",
+            "ragtune",
+            "--request-timeout-s",
+            str(args.time_limit),
+            "--max-tokens",
+            "256",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -102,8 +128,11 @@ def main() -> None:
                 assert server.poll() is None, "the server did not start"
                 time.sleep(0.3)
         for _ in range(3):  # warm up: first generation allocates the caches
-            httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
-                "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 16, "temperature": 0})
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                timeout=60,
+                json={"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 16, "temperature": 0},
+            )
         start_rss = rss_mb(server.pid)
         out: dict = {"status": Counter(), "normal_s": []}
         t0 = time.monotonic()
@@ -128,10 +157,14 @@ def main() -> None:
         print(f"  {kind:10s} {status!s:15s} {n}")
     print(f"5xx: {n5xx}")
     if lat:
-        print(f"normal: {len(lat)} answered, p50 {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s "
-              f"(time limit {args.time_limit:g} s + 1 s grace); over: {sum(x > args.time_limit + 1 for x in lat)}")
-    print(f"server RSS: start {start_rss:.0f} MB, end of load {after_rss:.0f} MB, after 10 s {rest_rss:.0f} MB "
-          f"({(rest_rss / start_rss - 1) * 100:+.1f}%)")
+        print(
+            f"normal: {len(lat)} answered, p50 {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s "
+            f"(time limit {args.time_limit:g} s + 1 s grace); over: {sum(x > args.time_limit + 1 for x in lat)}"
+        )
+    print(
+        f"server RSS: start {start_rss:.0f} MB, end of load {after_rss:.0f} MB, after 10 s {rest_rss:.0f} MB "
+        f"({(rest_rss / start_rss - 1) * 100:+.1f}%)"
+    )
     print(f"server stats: {stats}")
 
 

@@ -17,8 +17,11 @@ def main(squad: str, out: str) -> None:
     data = json.loads(Path(squad).read_text(encoding="utf-8"))["data"]
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"id": f"{a['title']}-{i}", "title": a["title"].replace("_", " "), "text": p["context"]}
-            for a in data for i, p in enumerate(a["paragraphs"])]
+    rows = [
+        {"id": f"{a['title']}-{i}", "title": a["title"].replace("_", " "), "text": p["context"]}
+        for a in data
+        for i, p in enumerate(a["paragraphs"])
+    ]
     (folder / "paragraphs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     print(f"{len(rows)} paragraphs from {len(data)} articles -> {folder / 'paragraphs.jsonl'}")
 

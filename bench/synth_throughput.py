@@ -28,9 +28,16 @@ def extractive(chunks: list, filters_on: bool) -> dict:
     r = synthesize(chunks, cfg, progress=False)
     s = time.perf_counter() - t0
     rows = len(r.items) + len(r.rejections)
-    return {"filters": filters_on, "chunks": len(chunks), "kept": len(r.items), "rows": rows,
-            "seconds": round(s, 2), "rows_per_s": round(rows / s, 1), "kept_per_s": round(len(r.items) / s, 1),
-            "rejected_by_reason": r.summary["rejected_by_reason"]}
+    return {
+        "filters": filters_on,
+        "chunks": len(chunks),
+        "kept": len(r.items),
+        "rows": rows,
+        "seconds": round(s, 2),
+        "rows_per_s": round(rows / s, 1),
+        "kept_per_s": round(len(r.items) / s, 1),
+        "rejected_by_reason": r.summary["rejected_by_reason"],
+    }
 
 
 def openai_vs_serve(chunks: list, model_dir: Path, concurrencies: list[int], max_tokens: int) -> list[dict]:
@@ -43,16 +50,30 @@ def openai_vs_serve(chunks: list, model_dir: Path, concurrencies: list[int], max
     out = []
     with serving(create_app(model, tok, model_name="tiny")) as url:
         for c in concurrencies:
-            cfg = SynthConfig(generator="openai", base_url=f"{url}/v1", model="tiny", concurrency=c,
-                              max_tokens=max_tokens, questions_per_chunk=2)
+            cfg = SynthConfig(
+                generator="openai",
+                base_url=f"{url}/v1",
+                model="tiny",
+                concurrency=c,
+                max_tokens=max_tokens,
+                questions_per_chunk=2,
+            )
             t0 = time.perf_counter()
             r = synthesize(chunks, cfg, progress=False)
             s = time.perf_counter() - t0
             calls = sum(v["calls"] for v in r.summary["calls"].values())
             stats = httpx.get(f"{url}/ragtune/stats").json()
-            out.append({"concurrency": c, "requests": calls, "seconds": round(s, 2),
-                        "requests_per_s": round(calls / s, 2), "rows": len(r.items) + len(r.rejections),
-                        "server_batches_so_far": stats["batches"], "server_max_batch": stats["max_batch"]})
+            out.append(
+                {
+                    "concurrency": c,
+                    "requests": calls,
+                    "seconds": round(s, 2),
+                    "requests_per_s": round(calls / s, 2),
+                    "rows": len(r.items) + len(r.rejections),
+                    "server_batches_so_far": stats["batches"],
+                    "server_max_batch": stats["max_batch"],
+                }
+            )
     return out
 
 

@@ -100,14 +100,18 @@ def main() -> None:
         for v in variants if r % 2 == 0 else variants[::-1]:
             tps, dt, pads = run(v, list(range(1 + r * a.steps, 1 + (r + 1) * a.steps)))
             speeds[v].append(tps)
-            print(f"round {r} {v}: {tps:.0f} tokens/s ({dt:.1f} s, {pads} pad tokens), "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            print(
+                f"round {r} {v}: {tps:.0f} tokens/s ({dt:.1f} s, {pads} pad tokens), load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
     base = variants[0]
     for v in variants:  # per-round ratios: each against the baseline of the same round
         ratios = sorted(x / y for x, y in zip(speeds[v], speeds[base], strict=True))
         each = ", ".join(f"{x:.2f}" for x in ratios)
-        print(f"{v:24s} mean {sum(speeds[v]) / len(speeds[v]):6.0f} tokens/s, "
-              f"median ratio to {base} {ratios[len(ratios) // 2]:.3f} (rounds, sorted: {each})")
+        print(
+            f"{v:24s} mean {sum(speeds[v]) / len(speeds[v]):6.0f} tokens/s, "
+            f"median ratio to {base} {ratios[len(ratios) // 2]:.3f} (rounds, sorted: {each})"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -51,12 +51,14 @@ def prepare(args: argparse.Namespace) -> None:
     if (work / "dataset" / "dataset_dict.json").is_file():
         return
     t0 = time.perf_counter()
-    chunks = ingest(Path(args.docs), IngestConfig(chunk_tokens=160, min_chunk_tokens=40, max_chunk_tokens=256,
-                                                  overlap_tokens=0)).chunks
+    chunks = ingest(
+        Path(args.docs), IngestConfig(chunk_tokens=160, min_chunk_tokens=40, max_chunk_tokens=256, overlap_tokens=0)
+    ).chunks
     print(f"ingest: {len(chunks)} chunks in {time.perf_counter() - t0:.0f} s", flush=True)
     if not (work / "model" / "config.json").is_file():
-        info = make_tiny_model([c.text for c in chunks], work / "model",
-                               TinyModelConfig(vocab_size=4096, minutes=args.pretrain_minutes))
+        info = make_tiny_model(
+            [c.text for c in chunks], work / "model", TinyModelConfig(vocab_size=4096, minutes=args.pretrain_minutes)
+        )
         print(f"tiny model: {info}", flush=True)
     tok = load_tokenizer(work / "model")
     template = PromptTemplate.for_tokenizer(tok)
@@ -79,10 +81,11 @@ def prepare(args: argparse.Namespace) -> None:
         words = rng.choice(sents).split()
         n = rng.randint(1, 4)
         at = rng.randrange(0, len(words) - n)
-        answer = " ".join(words[at:at + n])
-        question = "Fill in the blank: " + " ".join(words[:at] + ["____"] + words[at + n:])
+        answer = " ".join(words[at : at + n])
+        question = "Fill in the blank: " + " ".join(words[:at] + ["____"] + words[at + n :])
         passages = [Passage(c.title, c.text)] + [
-            Passage(d.title, d.text) for d in rng.sample(chunks, rng.randint(1, 4))]
+            Passage(d.title, d.text) for d in rng.sample(chunks, rng.randint(1, 4))
+        ]
         rng.shuffle(passages)
         rows[split].append({"prompt": template.render(tok, question, passages), "completion": answer})
         if all(len(rows[s]) >= (args.examples if s == "train" else args.val) for s in rows):
@@ -96,8 +99,14 @@ def prepare(args: argparse.Namespace) -> None:
 def lora_config(args: argparse.Namespace):
     from peft import LoraConfig
 
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=args.lora_dropout, target_modules="all-linear", bias="none",
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=args.lora_dropout,
+        target_modules="all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def n_rows(args: argparse.Namespace) -> int | None:
@@ -165,8 +174,9 @@ def validation_loss(model_dir: Path, data_dir: Path, adapter: Path | None, val_n
     model, tok = load_model(model_dir, adapter, precision="fp32")
     val = load_from_disk(str(data_dir))["validation"]
     enc = encode_rows(val.select(range(min(len(val), val_n))), tok, PromptTemplate.load(data_dir), None)
-    per_example, per_token = evaluate_loss(AnswerLoss(model), enc, 16, tok.pad_token_id, torch.device("cpu"),
-                                           torch.float32)
+    per_example, per_token = evaluate_loss(
+        AnswerLoss(model), enc, 16, tok.pad_token_id, torch.device("cpu"), torch.float32
+    )
     return {"val_loss_token": round(per_token, 4), "val_loss_example": round(per_example, 4)}
 
 
@@ -196,14 +206,29 @@ def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
 
     ds = load_from_disk(str(data_dir(args)))
     ds = DatasetDict({"train": subset(ds["train"], args)})  # validation: scored afterwards, shared evaluator
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora_r=16, lora_alpha=32,
-                      lora_dropout=args.lora_dropout, warmup_ratio=0.05, packing=args.packing, seed=0,
-                      calibrate_abstention=False)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=args.lora_dropout,
+        warmup_ratio=0.05,
+        packing=args.packing,
+        seed=0,
+        calibrate_abstention=False,
+    )
     t0 = time.perf_counter()
     res = train(ds, model_dir(args), cfg, out, template=PromptTemplate.load(data_dir(args)))
     total = time.perf_counter() - t0
-    return {"train_s": res.seconds, "total_s": round(total, 1), "tokens": res.tokens,
-            "answer_tokens": res.answer_tokens, "steps": res.steps, "final_train_loss": res.train_loss}
+    return {
+        "train_s": res.seconds,
+        "total_s": round(total, 1),
+        "tokens": res.tokens,
+        "answer_tokens": res.answer_tokens,
+        "steps": res.steps,
+        "final_train_loss": res.train_loss,
+    }
 
 
 def worker_trl(args: argparse.Namespace, out: Path) -> dict:
@@ -226,16 +251,30 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
     dtype = torch.bfloat16 if args.trl_weights == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(model_dir(args)), dtype=dtype)
     cfg = SFTConfig(
-        output_dir=str(out), num_train_epochs=args.epochs, learning_rate=args.lr,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0,
-        completion_only_loss=True, packing=False, padding_free=False, max_length=None,
+        output_dir=str(out),
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        completion_only_loss=True,
+        packing=False,
+        padding_free=False,
+        max_length=None,
         gradient_checkpointing=False,  # its default (True) is ~20% slower and memory is ample here
-        bf16=True, use_cpu=True, dataloader_num_workers=0, logging_steps=25, save_strategy="no",
-        report_to=[], seed=0, dataset_num_proc=1,
+        bf16=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        logging_steps=25,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        dataset_num_proc=1,
     )
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                         peft_config=lora_config(args))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config(args))
     prepared = trainer.train_dataset
     tokens = sum(len(x) for x in prepared["input_ids"])
     answer_tokens = sum(sum(t != -100 for t in lab) for lab in prepared["labels"])
@@ -245,9 +284,14 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
     trainer.model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     steps = out_train.global_step
-    return {"train_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 1), "tokens": tokens * args.epochs,
-            "answer_tokens": answer_tokens * args.epochs, "steps": steps,
-            "final_train_loss": out_train.training_loss}
+    return {
+        "train_s": round(t2 - t1, 2),
+        "total_s": round(t2 - t0, 1),
+        "tokens": tokens * args.epochs,
+        "answer_tokens": answer_tokens * args.epochs,
+        "steps": steps,
+        "final_train_loss": out_train.training_loss,
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -270,12 +314,18 @@ def worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- driver
 def run_worker(args: argparse.Namespace, kind: str, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--out", str(out)] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-        if k not in ("worker", "out", "rounds", "packing", "base_loss") and v is not None]
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("worker", "out", "rounds", "packing", "base_loss") and v is not None
+    ]
     if args.packing:
         cmd.append("--packing")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src"),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": str(ROOT / "src"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -304,15 +354,26 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--pretrain-minutes", type=float, default=1.0)
     p.add_argument("--packing", action="store_true", help="ragtune packs rows (block-diagonal mask)")
-    p.add_argument("--trl-weights", choices=["fp32", "bf16"], default="fp32",
-                   help="dtype of TRL's frozen base weights (bf16 autocast either way)")
+    p.add_argument(
+        "--trl-weights",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="dtype of TRL's frozen base weights (bf16 autocast either way)",
+    )
     p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--model", help="a named model (smollm2-135m-instruct) or a model folder, instead of the "
-                   "tiny one built in --work; needs --dataset")
+    p.add_argument(
+        "--model",
+        help="a named model (smollm2-135m-instruct) or a model folder, instead of the "
+        "tiny one built in --work; needs --dataset",
+    )
     p.add_argument("--dataset", help="a ragtune dataset folder (RUN/dataset) for --model")
     p.add_argument("--steps", type=int, default=8, help="with --model: optimizer steps at --rows-scale 1")
-    p.add_argument("--rows-scale", type=float, default=1.0,
-                   help="with --model: train on steps x rows-scale x batch-size rows (scaling points)")
+    p.add_argument(
+        "--rows-scale",
+        type=float,
+        default=1.0,
+        help="with --model: train on steps x rows-scale x batch-size rows (scaling points)",
+    )
     p.add_argument("--base-loss", action="store_true", help="also score the base model (no adapter)")
     p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")
@@ -330,8 +391,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     peaks = [matmul_peak(2048, 5.0)]
-    print(f"bf16 matmul peak (2048^3, {args.threads} threads): {peaks[0]:.0f} GFLOP/s, "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"bf16 matmul peak (2048^3, {args.threads} threads): {peaks[0]:.0f} GFLOP/s, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     results: dict[str, list[dict]] = {"ragtune": [], "trl": []}
     for r in range(args.rounds):
         for kind in ("ragtune", "trl") if r % 2 == 0 else ("trl", "ragtune"):
@@ -348,11 +411,14 @@ def main() -> None:
             res["gflop_s"] = round(flops / res["train_s"] / 1e9, 1)
             res["mfu_pct"] = round(100 * res["gflop_s"] / max(peaks), 1)
     report(results)
-    print(f"bf16 matmul peak over the run: best {max(peaks):.0f}, worst {min(peaks):.0f} GFLOP/s "
-          f"({args.threads} threads)")
+    print(
+        f"bf16 matmul peak over the run: best {max(peaks):.0f}, worst {min(peaks):.0f} GFLOP/s ({args.threads} threads)"
+    )
     if args.model:
-        print(f"useful FLOPs (see useful_flops): {flops / 1e12:.2f} TFLOP over {tokens} real tokens "
-              f"= {flops / max(tokens, 1) / 1e6:.0f} MFLOP per token")
+        print(
+            f"useful FLOPs (see useful_flops): {flops / 1e12:.2f} TFLOP over {tokens} real tokens "
+            f"= {flops / max(tokens, 1) / 1e6:.0f} MFLOP per token"
+        )
 
 
 def report(results: dict[str, list[dict]]) -> None:
@@ -360,8 +426,18 @@ def report(results: dict[str, list[dict]]) -> None:
         vals = sorted(x[key] for x in results[kind])
         return vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
 
-    keys = ["tokens_per_s", "answer_tokens_per_s", "train_s", "total_s", "peak_rss_mb", "val_loss_token",
-            "val_loss_example", "final_train_loss", "gflop_s", "mfu_pct"]
+    keys = [
+        "tokens_per_s",
+        "answer_tokens_per_s",
+        "train_s",
+        "total_s",
+        "peak_rss_mb",
+        "val_loss_token",
+        "val_loss_example",
+        "final_train_loss",
+        "gflop_s",
+        "mfu_pct",
+    ]
     print(f"\n{'metric (median over rounds)':32s} {'ragtune':>12s} {'trl':>12s} {'ragtune/trl':>12s}")
     for k in keys:
         a, b = med("ragtune", k), med("trl", k)

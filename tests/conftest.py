@@ -14,8 +14,15 @@ EXAMPLE_KB = ROOT / "examples" / "kb"
 
 # The smallest shape that still exercises every code path (attention, MLP, tied embeddings).
 TEST_MODEL = TinyModelConfig(
-    vocab_size=512, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-    seq_len=128, batch_size=8, max_steps=40, minutes=2.0,
+    vocab_size=512,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=128,
+    seq_len=128,
+    batch_size=8,
+    max_steps=40,
+    minutes=2.0,
 )
 
 

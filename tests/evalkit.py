@@ -38,8 +38,17 @@ def make_chunks() -> list[Chunk]:
     chunks = []
     for title, text in FACTS:
         src = f"{title.lower()}.md"
-        chunks.append(Chunk(id=content_id(src, text), doc_id=content_id(src), source=src, title=title,
-                            text=text, start=0, end=len(text)))
+        chunks.append(
+            Chunk(
+                id=content_id(src, text),
+                doc_id=content_id(src),
+                source=src,
+                title=title,
+                text=text,
+                start=0,
+                end=len(text),
+            )
+        )
     return chunks
 
 
@@ -52,15 +61,23 @@ def make_run(run: Path, model_dir: Path, tokenizer, adapter: bool = True) -> Pat
     rng = random.Random(0)
     qa, rows = [], []
     for q, a, ci in QUESTIONS:
-        item = QAItem(id=content_id(q), question=q, answer=a, answers=[a], chunk_id=chunks[ci].id,
-                      doc_id=chunks[ci].doc_id)
+        item = QAItem(
+            id=content_id(q), question=q, answer=a, answers=[a], chunk_id=chunks[ci].id, doc_id=chunks[ci].doc_id
+        )
         qa.append(item)
         shown = [chunks[ci], chunks[(ci + 1) % len(chunks)]]
         rng.shuffle(shown)
         rows.append(_example(item, shown, template, tokenizer, a, True))
     for q in UNANSWERABLE:
-        item = QAItem(id=content_id(q), question=q, answer="", answers=[], answerable=False,
-                      kind="unanswerable", chunk_id=chunks[6].id)
+        item = QAItem(
+            id=content_id(q),
+            question=q,
+            answer="",
+            answers=[],
+            answerable=False,
+            kind="unanswerable",
+            chunk_id=chunks[6].id,
+        )
         qa.append(item)
         rows.append(_example(item, [chunks[6], chunks[7]], template, tokenizer, template.refusal, False))
     write_jsonl(run / "chunks.jsonl", chunks)
@@ -73,13 +90,23 @@ def make_run(run: Path, model_dir: Path, tokenizer, adapter: bool = True) -> Pat
     return run
 
 
-def _example(item: QAItem, shown: list[Chunk], template: PromptTemplate, tokenizer, target: str,
-             answerable: bool) -> Example:
+def _example(
+    item: QAItem, shown: list[Chunk], template: PromptTemplate, tokenizer, target: str, answerable: bool
+) -> Example:
     passages = [Passage(title=c.title, text=c.text, id=c.id) for c in shown]
-    return Example(id=item.id, qa_id=item.id, doc_id=item.doc_id or "", question=item.question,
-                   prompt=template.render(tokenizer, item.question, passages), completion=target,
-                   answers=item.answers, passages=[c.id for c in shown], passage_texts=[c.text for c in shown],
-                   oracle_in_context=answerable, answerable=answerable)
+    return Example(
+        id=item.id,
+        qa_id=item.id,
+        doc_id=item.doc_id or "",
+        question=item.question,
+        prompt=template.render(tokenizer, item.question, passages),
+        completion=target,
+        answers=item.answers,
+        passages=[c.id for c in shown],
+        passage_texts=[c.text for c in shown],
+        oracle_in_context=answerable,
+        answerable=answerable,
+    )
 
 
 def make_adapter(model_dir: Path, out: Path, template: PromptTemplate, seed: int = 0) -> Path:
@@ -90,8 +117,9 @@ def make_adapter(model_dir: Path, out: Path, template: PromptTemplate, seed: int
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
     peft_model.save_pretrained(str(out))
     template.save(out)
     (out / "ragtune_train.json").write_text(json.dumps({"base_model": str(model_dir)}), encoding="utf-8")

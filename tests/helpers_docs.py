@@ -6,24 +6,42 @@ import json
 from pathlib import Path
 
 TOPICS = [
-    ("Harbor Lights", "The lighthouse at Kestrel Point was built in 1887 by the engineer Mara Quill. "
-     "Its lamp burns whale oil until 1921, when the keepers switched to kerosene. "
-     "The tower stands 42 metres tall and is painted with red and white bands."),
-    ("Glassworks", "The Velden glassworks produced blue bottles for the apothecary trade. "
-     "Its founder, Otto Brandvik, opened the first furnace in the spring of 1764. "
-     "Workers used potash from beech forests to lower the melting temperature."),
-    ("Orchard Notes", "Quince trees need a sheltered spot and deep, moist soil. "
-     "The variety named Vranja ripens in late October and keeps for three months. "
-     "Gardeners prune them lightly in winter to open the centre of the crown."),
-    ("Rail Timetable", "The night train to Sorrel Bay leaves the central station at 22:40. "
-     "It stops at Millford, Hatherley and the ferry terminal before dawn. "
-     "Sleeping cars were introduced on this line in 1958 by the Northern Company."),
-    ("Beekeeping", "A strong colony of honey bees can hold fifty thousand workers in summer. "
-     "The queen lays up to two thousand eggs a day during the main flow. "
-     "Beekeepers add a super when the brood box is eight frames full."),
-    ("Weather Station", "The station on Mount Orla records wind speed every ten minutes. "
-     "Its highest gust, 187 kilometres per hour, was measured in February 1990. "
-     "Volunteers replace the anemometer cups each autumn before the storms begin."),
+    (
+        "Harbor Lights",
+        "The lighthouse at Kestrel Point was built in 1887 by the engineer Mara Quill. "
+        "Its lamp burns whale oil until 1921, when the keepers switched to kerosene. "
+        "The tower stands 42 metres tall and is painted with red and white bands.",
+    ),
+    (
+        "Glassworks",
+        "The Velden glassworks produced blue bottles for the apothecary trade. "
+        "Its founder, Otto Brandvik, opened the first furnace in the spring of 1764. "
+        "Workers used potash from beech forests to lower the melting temperature.",
+    ),
+    (
+        "Orchard Notes",
+        "Quince trees need a sheltered spot and deep, moist soil. "
+        "The variety named Vranja ripens in late October and keeps for three months. "
+        "Gardeners prune them lightly in winter to open the centre of the crown.",
+    ),
+    (
+        "Rail Timetable",
+        "The night train to Sorrel Bay leaves the central station at 22:40. "
+        "It stops at Millford, Hatherley and the ferry terminal before dawn. "
+        "Sleeping cars were introduced on this line in 1958 by the Northern Company.",
+    ),
+    (
+        "Beekeeping",
+        "A strong colony of honey bees can hold fifty thousand workers in summer. "
+        "The queen lays up to two thousand eggs a day during the main flow. "
+        "Beekeepers add a super when the brood box is eight frames full.",
+    ),
+    (
+        "Weather Station",
+        "The station on Mount Orla records wind speed every ten minutes. "
+        "Its highest gust, 187 kilometres per hour, was measured in February 1990. "
+        "Volunteers replace the anemometer cups each autumn before the storms begin.",
+    ),
 ]
 
 
@@ -68,12 +86,48 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
     return path
 
 
-_NAMES = ["Mara Quill", "Otto Brandvik", "Ilse Varga", "Tomas Reed", "Nadia Okonkwo", "Pavel Horak",
-          "Lena Strand", "Ravi Menon", "Greta Holm", "Jonas Pike", "Aiko Tanaka", "Bruno Salles"]
-_PLACES = ["Kestrel Point", "Velden", "Sorrel Bay", "Millford", "Hatherley", "Mount Orla", "Ashgrove",
-           "Brindle Cove", "Carrow", "Dunmere", "Elsworth", "Fallowmere"]
-_THINGS = ["lighthouse", "glassworks", "orchard", "railway", "apiary", "weather station", "mill",
-           "harbour", "library", "bridge", "observatory", "brewery"]
+_NAMES = [
+    "Mara Quill",
+    "Otto Brandvik",
+    "Ilse Varga",
+    "Tomas Reed",
+    "Nadia Okonkwo",
+    "Pavel Horak",
+    "Lena Strand",
+    "Ravi Menon",
+    "Greta Holm",
+    "Jonas Pike",
+    "Aiko Tanaka",
+    "Bruno Salles",
+]
+_PLACES = [
+    "Kestrel Point",
+    "Velden",
+    "Sorrel Bay",
+    "Millford",
+    "Hatherley",
+    "Mount Orla",
+    "Ashgrove",
+    "Brindle Cove",
+    "Carrow",
+    "Dunmere",
+    "Elsworth",
+    "Fallowmere",
+]
+_THINGS = [
+    "lighthouse",
+    "glassworks",
+    "orchard",
+    "railway",
+    "apiary",
+    "weather station",
+    "mill",
+    "harbour",
+    "library",
+    "bridge",
+    "observatory",
+    "brewery",
+]
 
 
 def varied_paragraph(doc: int, p: int) -> str:
@@ -84,9 +138,11 @@ def varied_paragraph(doc: int, p: int) -> str:
     name, place, thing = rng.choice(_NAMES), rng.choice(_PLACES), rng.choice(_THINGS)
     year, n = 1700 + rng.randrange(300), 10 + rng.randrange(900)
     code = f"{place.split()[0].lower()}_{thing.split()[0]}_{doc}{p}"
-    return (f"The {thing} near {place} was founded in {year} by the surveyor {name}. "
-            f"Records list {n} workers who kept the {thing} running through the long winters. "
-            f"Its ledger is filed under the reference {code} in the county archive.")
+    return (
+        f"The {thing} near {place} was founded in {year} by the surveyor {name}. "
+        f"Records list {n} workers who kept the {thing} running through the long winters. "
+        f"Its ledger is filed under the reference {code} in the county archive."
+    )
 
 
 def make_kb(root: Path, n_docs: int = 12, paragraphs: int = 3) -> Path:
@@ -106,8 +162,7 @@ def make_kb(root: Path, n_docs: int = 12, paragraphs: int = 3) -> Path:
 def make_mixed_folder(root: Path) -> Path:
     """One file of every supported kind plus the bad files ingest must skip."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "a.md").write_text(f"# Harbor Lights\n\n{prose(0)}\n\n```python\nprint('code')\n```\n",
-                               encoding="utf-8")
+    (root / "a.md").write_text(f"# Harbor Lights\n\n{prose(0)}\n\n```python\nprint('code')\n```\n", encoding="utf-8")
     (root / "b.txt").write_text(prose(1), encoding="utf-8")
     (root / "c.rst").write_text(
         "Orchard Notes\n=============\n\n.. note::\n\n   Quince trees are hardy.\n\n"
@@ -122,8 +177,10 @@ def make_mixed_folder(root: Path) -> Path:
     )
     make_pdf(root / "e.pdf", [TOPICS[4][1], TOPICS[5][1]])
     (root / "f.jsonl").write_text(
-        json.dumps({"id": "w1", "title": "Weather", "text": TOPICS[5][1]}) + "\n"
-        + json.dumps({"text": TOPICS[3][1]}) + "\n",
+        json.dumps({"id": "w1", "title": "Weather", "text": TOPICS[5][1]})
+        + "\n"
+        + json.dumps({"text": TOPICS[3][1]})
+        + "\n",
         encoding="utf-8",
     )
     (root / "binary.txt").write_bytes(b"\x89PNG\x00\x00\x01\x02" * 20)

@@ -30,9 +30,10 @@ def questions_for(prompt: str) -> str:
     qs = []
     how = "explanatory" in prompt
     for i in range(n):
-        picked = uniq[i * 4 + 4 * how:(i + 1) * 4 + 4 * how] or uniq[:4] or ["nothing"]
-        qs.append(f"How do {' '.join(picked)} work?" if how else
-                  f"What does the documentation say about {' '.join(picked)}?")
+        picked = uniq[i * 4 + 4 * how : (i + 1) * 4 + 4 * how] or uniq[:4] or ["nothing"]
+        qs.append(
+            f"How do {' '.join(picked)} work?" if how else f"What does the documentation say about {' '.join(picked)}?"
+        )
     digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
     if "does NOT answer" in prompt and digest % 2 == 0:  # a good unanswerable question
         qs = [f"Which release added quantum teleportation to {uniq[i] if i < len(uniq) else 'it'}?" for i in range(n)]
@@ -52,8 +53,9 @@ def answer_for(prompt: str) -> str:
     return sentence
 
 
-def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2",
-             no_response_format: bool = False) -> FastAPI:
+def make_app(
+    delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2", no_response_format: bool = False
+) -> FastAPI:
     """`fail_first` requests get 429 with `Retry-After` before any succeeds;
     `no_response_format` answers 400 to requests that ask for structured output."""
     app = FastAPI()
@@ -69,20 +71,31 @@ def make_app(delay_s: float = 0.0, fail_first: int = 0, retry_after: str = "0.2"
         body = await request.json()
         if app.state.rejected < fail_first:
             app.state.rejected += 1
-            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, status_code=429,
-                                headers={"Retry-After": retry_after})
+            return JSONResponse(
+                {"error": {"message": "slow down", "type": "rate_limit"}},
+                status_code=429,
+                headers={"Retry-After": retry_after},
+            )
         if no_response_format and "response_format" in body:
-            return JSONResponse({"error": {"message": "response_format is not supported", "type": "invalid"}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"message": "response_format is not supported", "type": "invalid"}}, status_code=400
+            )
         prompt = body["messages"][-1]["content"]
         app.state.log.append((time.monotonic(), prompt))  # on arrival: a call killed in flight counts
         await asyncio.sleep(delay_s)
         text = answer_for(prompt) if "Question:" in prompt and "Context:" in prompt else questions_for(prompt)
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                          "total_tokens": (len(prompt) + len(text)) // 4}}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": len(prompt) // 4,
+                "completion_tokens": len(text) // 4,
+                "total_tokens": (len(prompt) + len(text)) // 4,
+            },
+        }
 
     @app.get("/log")
     async def log() -> dict:

@@ -44,8 +44,10 @@ def test_answer_with_rule_on_a_real_model(tiny_model_dir, tmp_path):
 
     model, tok = load_model(tiny_model_dir, precision="fp32")
     template = PromptTemplate.for_tokenizer(tok)
-    ids = [prompt_ids(tok, template.render(tok, q, [Passage("t", "The hub listens on port 8080.")]), template)
-           for q in ("Which port?", "Who wrote it?")]
+    ids = [
+        prompt_ids(tok, template.render(tok, q, [Passage("t", "The hub listens on port 8080.")]), template)
+        for q in ("Which port?", "Who wrote it?")
+    ]
     plain = generate(model, tok, ids, max_new_tokens=4)
     texts, confidence = generate_scored(model, tok, ids, max_new_tokens=4)
     assert texts == plain and all(c < 0 for c in confidence)
@@ -67,9 +69,14 @@ def test_calibrate_on_rows_with_answers_and_refusals(tiny_model_dir):
     model, tok = load_model(tiny_model_dir, precision="fp32")
     template = PromptTemplate.for_tokenizer(tok)
     passages = [Passage("hub", "The hub listens on port 8080."), Passage("lamp", "The lamp is blue.")]
-    rows = [{"prompt": template.render(tok, q, passages), "completion": c, "answers": a}
-            for q, c, a in [("Which port?", "8080", ["8080"]), ("Which colour?", "blue", ["blue"]),
-                            ("Who made it?", template.refusal, [])]]
+    rows = [
+        {"prompt": template.render(tok, q, passages), "completion": c, "answers": a}
+        for q, c, a in [
+            ("Which port?", "8080", ["8080"]),
+            ("Which colour?", "blue", ["blue"]),
+            ("Who made it?", template.refusal, []),
+        ]
+    ]
     rule = calibrate(model, tok, template, Dataset.from_list(rows), max_new_tokens=4)
     assert rule is not None and rule.calibration["examples"] == 3
     assert rule.calibration["f1_with_rule"] >= rule.calibration["f1_without_rule"]

@@ -34,20 +34,39 @@ def test_ask_from_context_file_is_the_adapters_greedy_answer(run_dir, tiny_model
     # The same prompt through the adapter's template and plain model.generate gives the same text.
     model, tok = load_model(tiny_model_dir, run_dir / "adapter", precision="fp32")
     template = PromptTemplate.load(run_dir / "adapter")
-    ids = torch.tensor([prompt_ids(tok, template.render(tok, q, [Passage("lighthouse", ctx.read_text().strip())]),
-                                   template)])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n### ")[0].strip()
+    ids = torch.tensor(
+        [prompt_ids(tok, template.render(tok, q, [Passage("lighthouse", ctx.read_text().strip())]), template)]
+    )
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n### ")[0].strip()
     assert answer == expected
 
 
 @pytest.mark.slow
 def test_ask_from_a_run_folder_knowledge_base(run_dir):
-    a = ask("What does the Saturday market sell?", adapter=run_dir / "adapter", docs=run_dir, k=2,
-            max_new_tokens=6, precision="fp32")
-    b = ask("What does the Saturday market sell?", adapter=run_dir / "adapter", docs=run_dir, k=2,
-            max_new_tokens=6, precision="fp32")
+    a = ask(
+        "What does the Saturday market sell?",
+        adapter=run_dir / "adapter",
+        docs=run_dir,
+        k=2,
+        max_new_tokens=6,
+        precision="fp32",
+    )
+    b = ask(
+        "What does the Saturday market sell?",
+        adapter=run_dir / "adapter",
+        docs=run_dir,
+        k=2,
+        max_new_tokens=6,
+        precision="fp32",
+    )
     assert isinstance(a, str) and a == b  # greedy: deterministic
 
 

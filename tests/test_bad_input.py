@@ -29,18 +29,25 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("bad_input")
     run = make_run(root / "run", tiny_model_dir, tokenizer, adapter=False)
-    train(rag_dataset(tokenizer, 8, 4), tiny_model_dir,
-          TrainConfig(max_steps=2, save_steps=1, batch_size=4, lora_r=4), run / "adapter")
+    train(
+        rag_dataset(tokenizer, 8, 4),
+        tiny_model_dir,
+        TrainConfig(max_steps=2, save_steps=1, batch_size=4, lora_r=4),
+        run / "adapter",
+    )
     assert (run / "adapter" / "checkpoints" / "last" / "trainer_state.pt").is_file()
-    narrow = TinyModelConfig(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                             seq_len=64, max_steps=1)
+    narrow = TinyModelConfig(
+        vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seq_len=64, max_steps=1
+    )
     make_tiny_model(corpus_texts(), root / "narrow", narrow)
     other_words = [" ".join(f"zq{i}x{j} wv{j}" for j in range(40)) for i in range(60)]
     make_tiny_model(other_words, root / "other_vocab", TEST_MODEL.model_copy(update={"max_steps": 1}))
-    (root / "latin1.csv").write_bytes("question,answer,context\nQui a peint?,Zoé,Zoé a peint le phare\n"
-                                      .encode("latin-1"))
-    (root / "latin1.jsonl").write_bytes('{"question": "Où?", "answer": "à Sète", "context": "à Sète"}\n'
-                                        .encode("latin-1"))
+    (root / "latin1.csv").write_bytes(
+        "question,answer,context\nQui a peint?,Zoé,Zoé a peint le phare\n".encode("latin-1")
+    )
+    (root / "latin1.jsonl").write_bytes(
+        '{"question": "Où?", "answer": "à Sète", "context": "à Sète"}\n'.encode("latin-1")
+    )
     (root / "ctx.txt").write_text("The harbor lighthouse was painted red.\n", encoding="utf-8")
     (root / "a_file").write_text("not a folder\n", encoding="utf-8")
     (root / "zero_batch.yaml").write_text("docs: .\ntrain:\n  batch_size: 0\n", encoding="utf-8")
@@ -50,8 +57,11 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer) -> dict[str, Path]:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:
@@ -121,8 +131,10 @@ CASES: list[tuple[list[str], str]] = [
     ([*ASK, "--max-new-tokens", "0"], "--max-new-tokens"),
     ([*ASK, "--base-model", "{root}/narrow"], "does not fit base model"),
     ([*ASK, "--base-model", "{root}/other_vocab"], "another vocabulary"),
-    (["export", "--adapter", "{run}/adapter", "--out", "{root}/merged", "--base-model", "{root}/narrow"],
-     "does not fit base model"),
+    (
+        ["export", "--adapter", "{run}/adapter", "--out", "{root}/merged", "--base-model", "{root}/narrow"],
+        "does not fit base model",
+    ),
     (["serve", "--model", "{model}", "--port", "-1"], "--port"),
     (["serve", "--model", "{model}", "--port", "70000"], "--port"),
     (["serve", "--model", "{model}", "--batch-size", "0"], "--batch-size"),

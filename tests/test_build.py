@@ -90,10 +90,12 @@ def test_oracle_share_and_unanswerable_share(corpus, tokenizer) -> None:
     res = assemble_examples(qa, chunks, BuildConfig(oracle_p=0.5, unanswerable_share=0.3), tokenizer)
     assert 0.3 < res.stats["oracle_share_answerable"] < 0.7
     assert abs(res.stats["unanswerable_share"] - 0.3) < 0.03  # answerable items were converted
-    converted = [e for s in res.splits.values() for e in s
-                 if e.meta["kind"] == "unanswerable" and e.meta["question_answers"]]
-    assert converted and all(not any(contains_answer(t, e.meta["question_answers"][0]) for t in e.passage_texts)
-                             for e in converted)
+    converted = [
+        e for s in res.splits.values() for e in s if e.meta["kind"] == "unanswerable" and e.meta["question_answers"]
+    ]
+    assert converted and all(
+        not any(contains_answer(t, e.meta["question_answers"][0]) for t in e.passage_texts) for e in converted
+    )
 
 
 def test_deterministic_with_seed(corpus, tokenizer) -> None:
@@ -150,8 +152,10 @@ def test_chat_template_prompts(corpus, tiny_model_dir) -> None:
     from ragtune.models import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     chunks, qa = corpus
     dd = build(qa[:30], chunks, BuildConfig(), tok)
     row = next(r for s in dd.values() for r in s)
@@ -173,8 +177,18 @@ def test_question_first_asks_the_question_before_the_context_too(corpus, tiny_mo
 
 def test_imported_items_with_their_own_contexts(tokenizer) -> None:
     ctx = [f"Passage {i}: the river Ouse{i} floods in month {i} of the year, says record {i * 7}." for i in range(12)]
-    qa = [QAItem(id=f"q{i}", question=f"When does the river Ouse{i} flood?", answer=f"month {i}",
-                 answers=[f"month {i}"], contexts=[ctx[i]], doc_id=f"d{i}", origin="import") for i in range(12)]
+    qa = [
+        QAItem(
+            id=f"q{i}",
+            question=f"When does the river Ouse{i} flood?",
+            answer=f"month {i}",
+            answers=[f"month {i}"],
+            contexts=[ctx[i]],
+            doc_id=f"d{i}",
+            origin="import",
+        )
+        for i in range(12)
+    ]
     res = assemble_examples(qa, [], BuildConfig(k_distractors=2, split=(0.5, 0.25, 0.25)), tokenizer)
     rows = [e for s in res.splits.values() for e in s]
     assert len(rows) == 12 and res.stats["documents_shared_between_splits"] == 0
@@ -199,8 +213,12 @@ def test_build_to_run_writes_dataset(tmp_path: Path, tiny_model_dir: Path) -> No
     assert {"prompt", "completion", "passages", "oracle_in_context", "n_prompt_tokens"} <= set(dd["train"].column_names)
     rows = list(read_jsonl(out / "train.jsonl", Example))
     assert [r.id for r in rows] == dd["train"]["id"]
-    assert load_dataset("json", data_files=str(out / "test.jsonl"), split="train",
-                        cache_dir=str(out / "hf_cache")).num_rows == dd["test"].num_rows
+    assert (
+        load_dataset(
+            "json", data_files=str(out / "test.jsonl"), split="train", cache_dir=str(out / "hf_cache")
+        ).num_rows
+        == dd["test"].num_rows
+    )
     assert PromptTemplate.load(out).style == "plain"
     assert (run / "index" / "bm25" / "ragtune_index.json").is_file()
     report = json.loads((out / "build_report.json").read_text())
@@ -217,5 +235,6 @@ def test_bad_config_is_error(corpus, tokenizer) -> None:
     with pytest.raises(RagtuneError, match="--oracle-p"):  # the config model checks ranges
         assemble_examples(qa, chunks, validated(BuildConfig, "build", oracle_p=1.5), tokenizer)
     with pytest.raises(RagtuneError, match="no QA item"):
-        assemble_examples([QAItem(id="x", question="q", answer="a", chunk_id="missing")], chunks, BuildConfig(),
-                          tokenizer)
+        assemble_examples(
+            [QAItem(id="x", question="q", answer="a", chunk_id="missing")], chunks, BuildConfig(), tokenizer
+        )

@@ -19,8 +19,10 @@ from ragtune.prompts import PromptTemplate
 from ragtune.synth import synth_to_run, synthesize
 
 SMALL = IngestConfig(chunk_tokens=60, max_chunk_tokens=80, overlap_tokens=12, min_chunk_tokens=10)
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +79,25 @@ def test_trl_prepares_both_trl_formats(run: Path, tiny_model_dir: Path, tmp_path
     tok.chat_template = CHAT
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     for fmt in ("trl-prompt-completion", "trl-messages"):
-        ds = load_dataset("json", data_files=str(run / "dataset" / "exports" / fmt / "train.jsonl"), split="train",
-                          cache_dir=str(run / "hf_cache"))
-        args = trl.SFTConfig(output_dir=str(tmp_path / fmt), max_steps=1, report_to=[], max_length=None,
-                             dataset_num_proc=None, use_cpu=True)
+        ds = load_dataset(
+            "json",
+            data_files=str(run / "dataset" / "exports" / fmt / "train.jsonl"),
+            split="train",
+            cache_dir=str(run / "hf_cache"),
+        )
+        args = trl.SFTConfig(
+            output_dir=str(tmp_path / fmt),
+            max_steps=1,
+            report_to=[],
+            max_length=None,
+            dataset_num_proc=None,
+            use_cpu=True,
+        )
         trainer = trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
         row = trainer.train_dataset[0]
         assert len(row["input_ids"]) > 20
         if fmt == "trl-prompt-completion":  # loss on the completion only
-            trained = (sum(row["completion_mask"]) if "completion_mask" in row
-                       else sum(x != -100 for x in row["labels"]))
+            trained = sum(row["completion_mask"]) if "completion_mask" in row else sum(x != -100 for x in row["labels"])
             assert 0 < trained < len(row["input_ids"]) / 4
 
 

@@ -13,13 +13,27 @@ VERBS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
 
 
 def ragtune(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ragtune", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_every_design_verb_exists():
-    for verb in ["ingest", "synth", "import", "build", "inspect", "train", "export", "eval", "ask",
-                 "serve", "tiny-model", "pretrain", "run"]:
+    for verb in [
+        "ingest",
+        "synth",
+        "import",
+        "build",
+        "inspect",
+        "train",
+        "export",
+        "eval",
+        "ask",
+        "serve",
+        "tiny-model",
+        "pretrain",
+        "run",
+    ]:
         assert verb in VERBS
 
 
@@ -30,17 +44,20 @@ def test_help_says_what_each_verb_does(verb):
     assert "Usage" in p.stdout and len(p.stdout.splitlines()) > 4
 
 
-@pytest.mark.parametrize("args", [
-    ["ingest", "/nonexistent/folder"],
-    ["synth", "--run", "/nonexistent/run"],
-    ["build", "--run", "/nonexistent/run"],
-    ["train", "--run", "/nonexistent/run"],
-    ["eval", "--run", "/nonexistent/run"],
-    ["run", "/nonexistent/config.yaml"],
-    ["import", "/nonexistent/file.json"],
-    ["tiny-model", "--corpus", "/nonexistent", "--out", "/tmp/x"],
-    ["ask", "--question", "q", "--base-model", "/nonexistent/model", "--context", "/nonexistent.txt"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "/nonexistent/folder"],
+        ["synth", "--run", "/nonexistent/run"],
+        ["build", "--run", "/nonexistent/run"],
+        ["train", "--run", "/nonexistent/run"],
+        ["eval", "--run", "/nonexistent/run"],
+        ["run", "/nonexistent/config.yaml"],
+        ["import", "/nonexistent/file.json"],
+        ["tiny-model", "--corpus", "/nonexistent", "--out", "/tmp/x"],
+        ["ask", "--question", "q", "--base-model", "/nonexistent/model", "--context", "/nonexistent.txt"],
+    ],
+)
 def test_bad_input_is_one_line_with_exit_code_2(args, tmp_path):
     p = ragtune(*args, cwd=tmp_path)
     assert p.returncode == 2, p.stderr

@@ -44,6 +44,5 @@ def test_configuration_doc_is_current():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text(encoding="utf-8").strip() == config_reference().strip(), (
-        "regenerate: python -c 'from ragtune.config import config_reference as c; print(c())' "
-        "> docs/configuration.md"
+        "regenerate: python -c 'from ragtune.config import config_reference as c; print(c())' > docs/configuration.md"
     )

@@ -50,10 +50,27 @@ def test_two_cpu_processes_match_one(tiny_model_dir, tokenizer, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cfg = TrainConfig(batch_size=4, **common).model_dump_json()  # 2 processes x 4 = one step of 8
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), str(tmp_path / "run.py"), str(tmp_path / "ds"), str(tiny_model_dir),
-         cfg, str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(tmp_path / "run.py"),
+            str(tmp_path / "ds"),
+            str(tiny_model_dir),
+            cfg,
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(tmp_path / "two" / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
     a = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))

@@ -74,9 +74,15 @@ def test_predictions_are_batched_greedy_on_the_dataset_prompts(run_dir, tiny_mod
     test = load_from_disk(str(run_dir / "dataset"))["test"]
     for row, ex in list(zip(rows, test, strict=True))[:3]:
         ids = torch.tensor([prompt_ids(tok, ex["prompt"], template)])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).split("\n### ")[0].strip()
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        text = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).split("\n### ")[0].strip()
         assert row["models"]["base"]["prediction"] == text
 
 
@@ -171,8 +177,9 @@ def test_robustness_items_settings(tiny_model_dir, tokenizer):
     qa, exs = {}, []
     for q, a, ci in QUESTIONS:
         qa[content_id(q)] = QAItem(id=content_id(q), question=q, answer=a, answers=[a], chunk_id=chunks[ci].id)
-        exs.append(Example(id=content_id(q), qa_id=content_id(q), doc_id="", question=q, prompt="", completion=a,
-                           answers=[a]))
+        exs.append(
+            Example(id=content_id(q), qa_id=content_id(q), doc_id="", question=q, prompt="", completion=a, answers=[a])
+        )
     pairs = robustness_items(exs, qa, chunks, [0, 2, 4], template, tokenizer, limit=3)
     assert [s for s, _ in pairs[:5]] == ["closed_book", "k=0", "k=2", "k=4", "no_oracle"] and len(pairs) == 15
     for setting, ex in pairs:

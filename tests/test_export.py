@@ -21,11 +21,9 @@ def test_merged_model_generates_the_same_tokens_as_base_plus_adapter(tiny_model_
     from ragtune.train import export_merged, train
 
     ds = rag_dataset(tokenizer, 16, 4)
-    train(ds, tiny_model_dir, TrainConfig(max_steps=8, batch_size=4, lr=1e-2, lora_dropout=0.0),
-          tmp_path / "adapter")
+    train(ds, tiny_model_dir, TrainConfig(max_steps=8, batch_size=4, lr=1e-2, lora_dropout=0.0), tmp_path / "adapter")
     out = export_merged(tmp_path / "adapter", tmp_path / "merged")
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                 "ragtune_prompt.json"):
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "ragtune_prompt.json"):
         assert (out / name).is_file(), name
     assert not (out / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(str(out))
@@ -37,8 +35,12 @@ def test_merged_model_generates_the_same_tokens_as_base_plus_adapter(tiny_model_
     prompts = [prompt_ids(tok, r["prompt"], template) for r in ds["test"]]
 
     def greedy(model) -> list[list[int]]:  # 12 tokens each, past EOS, so every position is compared
-        return [model.generate(torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                               pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+        return [
+            model.generate(
+                torch.tensor([p]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
+            )[0, len(p) :].tolist()
+            for p in prompts
+        ]
 
     want = greedy(tuned)
     assert greedy(merged_m) == want

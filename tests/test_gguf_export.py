@@ -31,8 +31,16 @@ def load_gguf_model(path: Path):
 
 def greedy(model, prompts: list[list[int]], pad_id: int) -> list[list[int]]:
     """12 tokens per prompt, past EOS, so every position is compared."""
-    return [model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                           pad_token_id=pad_id)[0, len(p):].tolist() for p in prompts]
+    return [
+        model.generate(
+            torch.tensor([p]),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )[0, len(p) :].tolist()
+        for p in prompts
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,7 @@ def tuned(tiny_model_dir, tokenizer, tmp_path_factory):
     model, tok = load_model(tiny_model_dir, adapter, precision="fp32", device="cpu")
     template = PromptTemplate.find(adapter, tiny_model_dir) or PromptTemplate.for_tokenizer(tok)
     prompts = [prompt_ids(tok, r["prompt"], template) for r in rag_rows(tok, N_PROMPTS, seed=3)]
-    return {"adapter": adapter, "model": model, "tok": tok, "prompts": prompts,
-            "template": template}
+    return {"adapter": adapter, "model": model, "tok": tok, "prompts": prompts, "template": template}
 
 
 def test_f16_export_generates_the_merged_models_greedy_tokens(tuned, tmp_path):
@@ -88,7 +95,6 @@ def test_q8_0_export_keeps_logits_within_tolerance_and_greedy_answers(tuned, tmp
 Q8_TOLERANCE = 0.1
 
 
-
 def test_f16_export_keeps_greedy_answers_that_differ_from_prompt_to_prompt(tuned, tmp_path):
     """The tuned tiny Llama answers every prompt alike (it has learnt the answer prior, not reading), so
     greedy agreement is also checked on a Llama whose larger random weights answer each prompt differently."""
@@ -98,20 +104,32 @@ def test_f16_export_keeps_greedy_answers_that_differ_from_prompt_to_prompt(tuned
 
     tok = tuned["tok"]
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=True, max_position_embeddings=2048)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            initializer_range=0.2,
+            tie_word_embeddings=True,
+            max_position_embeddings=2048,
+        )
+    ).eval()
     want = greedy(model, tuned["prompts"], tok.pad_token_id)
     assert len({tuple(w) for w in want}) == N_PROMPTS  # every answer different
     back = load_gguf_model(write_gguf_from_model(model, tok, tmp_path / "varied.gguf", "f16"))
     assert greedy(back, tuned["prompts"], tok.pad_token_id) == want
 
+
 # ---------------------------------------------------------------- from folders, through the CLI
 def ragtune_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m ragtune` on this checkout's sources, whatever copy is installed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "ragtune", *args], capture_output=True, text=True, timeout=300,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_cli_exports_the_adapter_as_gguf_and_a_modelfile(tuned, tmp_path):
@@ -128,8 +146,9 @@ def test_cli_exports_the_adapter_as_gguf_and_a_modelfile(tuned, tmp_path):
     assert greedy(back, tuned["prompts"][:5], pad) == greedy(tuned["model"], tuned["prompts"][:5], pad)
 
 
-def test_the_gguf_import_gives_eval_the_adapters_weights_template_and_rule(tuned, tiny_model_dir, tmp_path,
-                                                                         monkeypatch):
+def test_the_gguf_import_gives_eval_the_adapters_weights_template_and_rule(
+    tuned, tiny_model_dir, tmp_path, monkeypatch
+):
     """`eval --base-model tuned.gguf` scores what `eval --adapter` scores: the import gives back the
     merged weights eval runs (bf16 here), the training prompt and the abstention rule."""
     import shutil
@@ -159,12 +178,15 @@ def test_the_gguf_import_gives_eval_the_adapters_weights_template_and_rule(tuned
         assert greedy(back, tuned["prompts"], pad) == greedy(merged, tuned["prompts"], pad)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gguf", "x.gguf"], "--adapter"),
-    (["--adapter", "a", "--ollama", "--out", "o"], "--gguf"),
-    (["--adapter", "/nonexistent", "--gguf", "x.gguf"], "adapter_config.json"),
-    (["--adapter", "/nonexistent", "--gguf", "x.gguf", "--gguf-type", "q4_0"], "f16, bf16, q8_0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gguf", "x.gguf"], "--adapter"),
+        (["--adapter", "a", "--ollama", "--out", "o"], "--gguf"),
+        (["--adapter", "/nonexistent", "--gguf", "x.gguf"], "adapter_config.json"),
+        (["--adapter", "/nonexistent", "--gguf", "x.gguf", "--gguf-type", "q4_0"], "f16, bf16, q8_0"),
+    ],
+)
 def test_bad_export_options_are_one_line_naming_the_fix(args, message):
     p = ragtune_cli("export", *args)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("[transformers]")]
@@ -183,9 +205,11 @@ def test_other_architectures_are_refused_naming_the_supported_ones(tmp_path):
 
 
 # ---------------------------------------------------------------- tokenizer round trip
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-          "'<|im_end|>' + '\\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +223,22 @@ def chat_tokenizer(tmp_path_factory):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(corpus_texts(), trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    backend.train_from_iterator(
+        corpus_texts(),
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     tok.add_tokens(["<think>"])  # an added, non-special token: llama.cpp's USER_DEFINED
     tok.chat_template = CHATML
     return tok
@@ -215,8 +250,27 @@ def random_texts(tokenizer, n: int = 1000, seed: int = 0) -> list[str]:
 
     rng = random.Random(seed)
     words = " ".join(corpus_texts()).split()
-    odd = ["\n", "\n\n", "  ", "\t", " \n ", "123", "45678", "3.14", "é", "Straße", "日本語", "🙂", "—", "'s",
-           "can't", "x=1;", "  indented", "(a, b)", "\u00a0"] + list(tokenizer.all_special_tokens)
+    odd = [
+        "\n",
+        "\n\n",
+        "  ",
+        "\t",
+        " \n ",
+        "123",
+        "45678",
+        "3.14",
+        "é",
+        "Straße",
+        "日本語",
+        "🙂",
+        "—",
+        "'s",
+        "can't",
+        "x=1;",
+        "  indented",
+        "(a, b)",
+        "\u00a0",
+    ] + list(tokenizer.all_special_tokens)
     texts = []
     for _ in range(n):
         parts = [rng.choice(words) if rng.random() < 0.75 else rng.choice(odd) for _ in range(rng.randint(1, 25))]
@@ -238,14 +292,16 @@ def assert_same_tokenizer(before, after, texts: list[str]) -> None:
     specials = [*before.all_special_tokens, *before.added_tokens_encoder]
     for token in specials:
         assert after.convert_tokens_to_ids(token) == before.convert_tokens_to_ids(token), token
-        assert after(token, add_special_tokens=False)["input_ids"] == before(token, add_special_tokens=False)[
-            "input_ids"], token
+        assert (
+            after(token, add_special_tokens=False)["input_ids"] == before(token, add_special_tokens=False)["input_ids"]
+        ), token
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
         assert getattr(after, key) == getattr(before, key), key
     differ = [t for t in texts if after(t)["input_ids"] != before(t)["input_ids"]]
     assert not differ, f"{len(differ)} of {len(texts)} texts tokenise differently, e.g. {differ[0]!r}"
     assert [after.decode(after(t)["input_ids"], skip_special_tokens=False) for t in texts[:50]] == [
-        before.decode(before(t)["input_ids"], skip_special_tokens=False) for t in texts[:50]]
+        before.decode(before(t)["input_ids"], skip_special_tokens=False) for t in texts[:50]
+    ]
 
 
 def test_chat_tokenizer_round_trips_through_transformers_gguf_loader(chat_tokenizer, tmp_path):
@@ -258,7 +314,8 @@ def test_chat_tokenizer_round_trips_through_transformers_gguf_loader(chat_tokeni
     assert back.chat_template == CHATML
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
     assert back.apply_chat_template(messages, add_generation_prompt=True) == chat_tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True)
+        messages, add_generation_prompt=True
+    )
 
 
 def test_prefix_space_tokenizer_round_trips_with_the_recorded_flag(tokenizer, tmp_path):
@@ -288,7 +345,7 @@ def modelfile_fields(text: str) -> dict[str, list[str]]:
     for key, quoted, plain in re.findall(r'^(\w+) (?:"""(.*?)"""|([^\n]*))$', text, flags=re.M | re.S):
         value = quoted if quoted or not plain else plain
         if key == "PARAMETER" and value.startswith("stop "):
-            key, value = "stop", json.loads(value[len("stop "):])
+            key, value = "stop", json.loads(value[len("stop ") :])
         fields.setdefault(key, []).append(value)
     return fields
 
@@ -325,11 +382,16 @@ def test_modelfile_template_renders_the_training_prompt(style, chat_tokenizer, t
         assert fields["FROM"] == ["./m.gguf"] and fields["SYSTEM"] == [template.system]
         assert end_of_answer(tok, template).strip() in fields["stop"] and tok.eos_token in fields["stop"]
         for i, question in enumerate(["Who wrote it?", "What does {{ .Prompt }} mean?", "x"]):
-            passages = [Passage(title=f"doc {i}", text="It was written by {{ Ada }}.\n\nSecond line."),
-                        Passage(title="other", text="Nothing here.")]
+            passages = [
+                Passage(title=f"doc {i}", text="It was written by {{ Ada }}.\n\nSecond line."),
+                Passage(title="other", text="Nothing here."),
+            ]
             want = template.render(tok, question, passages)
-            got = render_ollama(fields["TEMPLATE"][0], fields["SYSTEM"][0],
-                                ollama_prompt(tok, template, question, template.context_block(passages)))
+            got = render_ollama(
+                fields["TEMPLATE"][0],
+                fields["SYSTEM"][0],
+                ollama_prompt(tok, template, question, template.context_block(passages)),
+            )
             assert got == lead + want
             assert reader(got)["input_ids"] == prompt_ids(tok, want, template)
     assert "PARAMETER temperature 0" in modelfile_text("m.gguf", tok, template)
@@ -344,9 +406,16 @@ def test_grouped_query_llama_and_qwen2_read_back_with_the_same_logits(arch, gguf
 
     from ragtune.gguf_export import write_gguf_from_model
 
-    shape = dict(vocab_size=len(chat_tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                 tie_word_embeddings=arch == "llama")
+    shape = dict(
+        vocab_size=len(chat_tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=arch == "llama",
+    )
     torch.manual_seed(0)
     cls, config = (LlamaForCausalLM, LlamaConfig) if arch == "llama" else (Qwen2ForCausalLM, Qwen2Config)
     model = cls(config(**shape)).eval()

@@ -18,8 +18,23 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "ragtune"
 
 LOWER = {
-    "ragtune", "records", "runfolder", "config", "prompts", "retrieval", "models", "modelstore", "generation",
-    "batching", "metrics", "errors", "abstain", "adapter_check", "llm_client", "qa_formats", "training_core",
+    "ragtune",
+    "records",
+    "runfolder",
+    "config",
+    "prompts",
+    "retrieval",
+    "models",
+    "modelstore",
+    "generation",
+    "batching",
+    "metrics",
+    "errors",
+    "abstain",
+    "adapter_check",
+    "llm_client",
+    "qa_formats",
+    "training_core",
 }
 STAGES = {"ingest", "synth", "importers", "build", "train", "evaluate", "ask", "serve", "gguf_export"}
 ORCHESTRATORS = {"pipeline", "cli", "__main__"}
@@ -76,7 +91,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[m] = 1
         for n in sorted(graph[m]):
             if state[n] == 1:
-                found.append([*path[path.index(n):], n])
+                found.append([*path[path.index(n) :], n])
             elif state[n] == 0:
                 visit(n, [*path, n])
         state[m] = 2

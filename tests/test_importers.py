@@ -15,16 +15,39 @@ from ragtune.importers import import_to_run
 from ragtune.qa_formats import detect_format, import_file
 from ragtune.records import QAItem, read_jsonl
 
-SQUAD = {"version": "v2.0", "data": [{"title": "Normans", "paragraphs": [{
-    "context": "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy.",
-    "qas": [
-        {"id": "a1", "question": "When did the Normans name Normandy?", "is_impossible": False,
-         "answers": [{"text": "10th and 11th centuries", "answer_start": 37},
-                     {"text": "in the 10th and 11th centuries", "answer_start": 34},
-                     {"text": "10th and 11th centuries", "answer_start": 37}]},
-        {"id": "u1", "question": "Who gave their name to France?", "is_impossible": True, "answers": [],
-         "plausible_answers": [{"text": "Normans", "answer_start": 4}]},
-    ]}]}]}
+SQUAD = {
+    "version": "v2.0",
+    "data": [
+        {
+            "title": "Normans",
+            "paragraphs": [
+                {
+                    "context": "The Normans were the people who in the 10th and 11th centuries gave their name to "
+                    "Normandy.",
+                    "qas": [
+                        {
+                            "id": "a1",
+                            "question": "When did the Normans name Normandy?",
+                            "is_impossible": False,
+                            "answers": [
+                                {"text": "10th and 11th centuries", "answer_start": 37},
+                                {"text": "in the 10th and 11th centuries", "answer_start": 34},
+                                {"text": "10th and 11th centuries", "answer_start": 37},
+                            ],
+                        },
+                        {
+                            "id": "u1",
+                            "question": "Who gave their name to France?",
+                            "is_impossible": True,
+                            "answers": [],
+                            "plausible_answers": [{"text": "Normans", "answer_start": 4}],
+                        },
+                    ],
+                }
+            ],
+        }
+    ],
+}
 
 
 def test_squad_v2(tmp_path):
@@ -41,16 +64,21 @@ def test_squad_v2(tmp_path):
 
 def test_plain_jsonl_validates_rows_with_line_numbers(tmp_path):
     f = tmp_path / "qa.jsonl"
-    f.write_text("\n".join([
-        json.dumps({"question": "Q1?", "answers": ["A1", "a one"], "contexts": ["c1", "c2"]}),
-        json.dumps({"question": "Q2?", "answer": "A2", "context": "c"}),
-        json.dumps({"answer": "no question"}),
-        "{not json",
-        "",
-        json.dumps({"question": "Q3?", "contexts": ["c"], "answerable": False}),
-        json.dumps({"question": "Q4?", "contexts": ["c"]}),  # no answer: unanswerable
-        json.dumps({"question": "Q5?", "contexts": ["c"], "answerable": True}),
-    ]) + "\n")
+    f.write_text(
+        "\n".join(
+            [
+                json.dumps({"question": "Q1?", "answers": ["A1", "a one"], "contexts": ["c1", "c2"]}),
+                json.dumps({"question": "Q2?", "answer": "A2", "context": "c"}),
+                json.dumps({"answer": "no question"}),
+                "{not json",
+                "",
+                json.dumps({"question": "Q3?", "contexts": ["c"], "answerable": False}),
+                json.dumps({"question": "Q4?", "contexts": ["c"]}),  # no answer: unanswerable
+                json.dumps({"question": "Q5?", "contexts": ["c"], "answerable": True}),
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(RagtuneError) as e:
         import_file(f)
     msg = str(e.value)
@@ -67,11 +95,13 @@ def test_plain_jsonl_validates_rows_with_line_numbers(tmp_path):
 
 def test_csv(tmp_path):
     f = tmp_path / "qa.csv"
-    f.write_text('id,question,answer,contexts,answerable\n'
-                 'x1,Who?,Ada,"[""Ada wrote it."", ""Other.""]",yes\n'
-                 'x2,What?,,"Nothing here.",no\n'
-                 'x3,,Ada,"c",yes\n'
-                 'x4,Why?,Because,"c",maybe\n')
+    f.write_text(
+        "id,question,answer,contexts,answerable\n"
+        'x1,Who?,Ada,"[""Ada wrote it."", ""Other.""]",yes\n'
+        'x2,What?,,"Nothing here.",no\n'
+        'x3,,Ada,"c",yes\n'
+        'x4,Why?,Because,"c",maybe\n'
+    )
     with pytest.raises(RagtuneError, match=r"line 4: missing 'question'.*line 5: 'answerable' must be true or false"):
         import_file(f)
     items = import_file(f, skip_invalid=True)
@@ -85,12 +115,19 @@ def test_csv(tmp_path):
 
 
 def test_hotpot_records(tmp_path):
-    rec = {"_id": "h1", "question": "Which band did the singer of Song X found?", "answer": "The Birds",
-           "type": "bridge", "level": "hard",
-           "supporting_facts": [["Song X", 1], ["The Birds", 0]],
-           "context": [["Song X", ["Song X is a song.", " It was sung by Ann Lee."]],
-                       ["The Birds", ["The Birds is a band founded by Ann Lee.", " They play rock."]],
-                       ["Noise", ["Unrelated text."]]]}
+    rec = {
+        "_id": "h1",
+        "question": "Which band did the singer of Song X found?",
+        "answer": "The Birds",
+        "type": "bridge",
+        "level": "hard",
+        "supporting_facts": [["Song X", 1], ["The Birds", 0]],
+        "context": [
+            ["Song X", ["Song X is a song.", " It was sung by Ann Lee."]],
+            ["The Birds", ["The Birds is a band founded by Ann Lee.", " They play rock."]],
+            ["Noise", ["Unrelated text."]],
+        ],
+    }
     f = tmp_path / "hotpot.json"
     f.write_text(json.dumps([rec]))
     assert detect_format(f) == "hotpot"
@@ -102,12 +139,18 @@ def test_hotpot_records(tmp_path):
 
 
 def test_raft_rows(tmp_path):
-    row = {"id": "seed_task_0", "type": "general", "question": "What colour is the lighthouse?",
-           "context": {"title": [["placeholder_title", "placeholder_title"]],
-                       "sentences": [["The lighthouse is red.", "The mill is old."]]},
-           "oracle_context": "The lighthouse is red.",
-           "cot_answer": "The context says ##begin_quote##The lighthouse is red.##end_quote## <ANSWER>: red",
-           "instruction": "<DOCUMENT>...</DOCUMENT>"}
+    row = {
+        "id": "seed_task_0",
+        "type": "general",
+        "question": "What colour is the lighthouse?",
+        "context": {
+            "title": [["placeholder_title", "placeholder_title"]],
+            "sentences": [["The lighthouse is red.", "The mill is old."]],
+        },
+        "oracle_context": "The lighthouse is red.",
+        "cot_answer": "The context says ##begin_quote##The lighthouse is red.##end_quote## <ANSWER>: red",
+        "instruction": "<DOCUMENT>...</DOCUMENT>",
+    }
     f = tmp_path / "raft.jsonl"
     f.write_text(json.dumps(row) + "\n")
     assert detect_format(f) == "raft"
@@ -123,8 +166,12 @@ def test_import_to_run_merges_and_replaces_by_id(tmp_path):
     counts = import_to_run(f, run)
     assert counts == {"imported": 2, "answerable": 1, "unanswerable": 1, "rejected": 0, "qa_total": 2}
     g = tmp_path / "more.jsonl"
-    g.write_text(json.dumps({"id": "a1", "question": "Replaced?", "answer": "x", "context": "x"}) + "\n"
-                 + json.dumps({"id": "n1", "question": "New?", "answer": "y", "context": "y"}) + "\n")
+    g.write_text(
+        json.dumps({"id": "a1", "question": "Replaced?", "answer": "x", "context": "x"})
+        + "\n"
+        + json.dumps({"id": "n1", "question": "New?", "answer": "y", "context": "y"})
+        + "\n"
+    )
     import_to_run(g, run)
     rows = {q.id: q for q in read_jsonl(run / "qa.jsonl", QAItem)}
     assert set(rows) == {"u1", "a1", "n1"} and rows["a1"].question == "Replaced?"
@@ -139,8 +186,13 @@ def _env_with_this_checkout() -> dict[str, str]:
 def test_cli_reports_bad_rows_in_one_line(tmp_path):
     f = tmp_path / "qa.jsonl"
     f.write_text(json.dumps({"answer": "x"}) + "\n")
-    p = subprocess.run([sys.executable, "-m", "ragtune", "import", str(f), "--run", str(tmp_path / "r")],
-                       capture_output=True, text=True, timeout=120, env=_env_with_this_checkout())
+    p = subprocess.run(
+        [sys.executable, "-m", "ragtune", "import", str(f), "--run", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env_with_this_checkout(),
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "line 1: missing 'question'" in p.stderr
 
@@ -175,8 +227,13 @@ def test_cli_scores_a_prediction_file(tmp_path):
     f.write_text(json.dumps(SQUAD))
     preds = tmp_path / "preds.json"
     preds.write_text(json.dumps({"a1": "the 10th and 11th centuries", "u1": "Normans"}))
-    p = subprocess.run([sys.executable, "-m", "ragtune", "eval", "--qa", str(f), "--predictions", str(preds)],
-                       capture_output=True, text=True, timeout=120, env=_env_with_this_checkout())
+    p = subprocess.run(
+        [sys.executable, "-m", "ragtune", "eval", "--qa", str(f), "--predictions", str(preds)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env_with_this_checkout(),
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert (s["exact"], s["HasAns_exact"], s["NoAns_exact"], s["total"]) == (50.0, 100.0, 0.0, 2)

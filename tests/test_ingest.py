@@ -49,8 +49,9 @@ def test_pdf_pages_are_recorded(tmp_path: Path) -> None:
     folder = tmp_path / "pdf"
     folder.mkdir()
     make_pdf(folder / "book.pdf", [prose(0, 1)[:200], prose(1, 1)[:200], prose(2, 1)[:200]])
-    chunks = ingest(folder, IngestConfig(chunk_tokens=30, max_chunk_tokens=40, overlap_tokens=0,
-                                         min_chunk_tokens=5)).chunks
+    chunks = ingest(
+        folder, IngestConfig(chunk_tokens=30, max_chunk_tokens=40, overlap_tokens=0, min_chunk_tokens=5)
+    ).chunks
     assert {c.page for c in chunks} == {1, 2, 3}
     first_words = {1: "lighthouse", 2: "glassworks", 3: "Quince"}
     for c in chunks:
@@ -70,7 +71,7 @@ def test_chunks_respect_token_budget_with_real_tokenizer(tmp_path: Path, tokeniz
         assert n == c.n_tokens <= cfg.max_chunk_tokens
     docs = {d.doc_id: d for d in load_documents(folder, cfg)[0]}
     for c in result.chunks:  # offsets index the normalised document text exactly
-        assert docs[c.doc_id].text[c.start:c.end] == c.text
+        assert docs[c.doc_id].text[c.start : c.end] == c.text
     # neighbouring chunks of the long paragraph overlap, and together cover it
     longs = sorted((c for c in result.chunks if c.source == "long.txt"), key=lambda c: c.start)
     assert len(longs) >= 3
@@ -83,8 +84,7 @@ def test_chunks_prefer_paragraph_boundaries(tmp_path: Path, tokenizer) -> None:
     cfg = IngestConfig(chunk_tokens=250, max_chunk_tokens=320, overlap_tokens=0, min_chunk_tokens=20)
     chunks = ingest(folder, cfg, tokenizer=tokenizer).chunks
     docs = {d.doc_id: d.text for d in load_documents(folder, cfg)[0]}
-    ends_at_paragraph = sum(c.end == len(docs[c.doc_id]) or docs[c.doc_id][c.end:c.end + 2] == "\n\n"
-                            for c in chunks)
+    ends_at_paragraph = sum(c.end == len(docs[c.doc_id]) or docs[c.doc_id][c.end : c.end + 2] == "\n\n" for c in chunks)
     assert len(chunks) >= 4 and ends_at_paragraph == len(chunks)
 
 

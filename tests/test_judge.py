@@ -35,8 +35,13 @@ def judge_app(flaky: bool = False) -> FastAPI:
             answer = prompt.split("\n\nAnswer: ", 1)[1].split("\n\n", 1)[0]
             ok = int(answer in context) if not (flaky and body.get("seed") == 1) else 0
             text = "no idea" if answer == "garbage" else f'Sure: {{"claims": 1, "supported": {ok}}}'
-        return {"id": "j", "object": "chat.completion", "created": 0, "model": "judge",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+        return {
+            "id": "j",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "judge",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        }
 
     return app
 
@@ -58,14 +63,13 @@ def test_parsers_and_interval():
     assert parse_correctness('{"correct": false}') == 0.0 and parse_correctness('{"correct": "yes"}') is None
     assert interval([50.0]) == (50.0, 0.0)
     mean, half = interval([40.0, 60.0])
-    assert mean == 50.0 and half == pytest.approx(12.706 * 10 * 2 ** 0.5 / 2 ** 0.5)
+    assert mean == 50.0 and half == pytest.approx(12.706 * 10 * 2**0.5 / 2**0.5)
 
 
 def test_judge_scores_never_see_refusals_and_record_settings():
     app = judge_app()
     with serving(app) as url:
-        cfg = EvalConfig(judge=True, judge_base_url=f"{url}/v1", judge_model="judge", judge_repeats=2,
-                         judge_seed=7)
+        cfg = EvalConfig(judge=True, judge_base_url=f"{url}/v1", judge_model="judge", judge_repeats=2, judge_seed=7)
         out = judge(INPUTS, cfg)
     prompts = [r["messages"][-1]["content"] for r in app.state.requests]
     assert not any("Sorry. I cannot find" in p for p in prompts)  # the refusal was never sent
@@ -94,15 +98,29 @@ def test_judge_rows_and_report_section(tmp_path):
     from ragtune.evaluate.judge import judge_rows
     from ragtune.evaluate.report import report_markdown
 
-    rows = [{"question": "Who?", "answers": ["Ada Moss"], "answerable": True, "models": {
-        "base": {"prediction": "Ada Moss", "answer": "Ada Moss", "refused": False, "f1": 1.0, "em": 1},
-        "tuned": {"prediction": "", "answer": "", "refused": True, "f1": 0.0, "em": 0}}}]
+    rows = [
+        {
+            "question": "Who?",
+            "answers": ["Ada Moss"],
+            "answerable": True,
+            "models": {
+                "base": {"prediction": "Ada Moss", "answer": "Ada Moss", "refused": False, "f1": 1.0, "em": 1},
+                "tuned": {"prediction": "", "answer": "", "refused": True, "f1": 0.0, "em": 0},
+            },
+        }
+    ]
     with serving(judge_app()) as url:
         cfg = EvalConfig(judge=True, judge_base_url=f"{url}/v1", judge_model="judge", judge_repeats=1)
         j = judge_rows(rows, ["Ada Moss painted it."], cfg)
     assert j["models"]["base"]["faithfulness"]["mean"] == 100.0 and j["models"]["tuned"]["refusals_skipped"] == 1
-    agg = {"n": 1, "em": 0, "f1": 0, "has_ans": {"n": 1}, "no_ans": {"n": 0},
-           "abstention": {"answerable": {"answered": 1, "refused": 0}, "unanswerable": {"answered": 0, "refused": 0}}}
+    agg = {
+        "n": 1,
+        "em": 0,
+        "f1": 0,
+        "has_ans": {"n": 1},
+        "no_ans": {"n": 0},
+        "abstention": {"answerable": {"answered": 1, "refused": 0}, "unanswerable": {"answered": 0, "refused": 0}},
+    }
     metrics = {"n": 1, "dataset": "x", "models": {"base": agg, "tuned": agg}, "judge": j}
     md = report_markdown(metrics, rows)
     assert "## LLM judge" in md and "100.0 ± 0.0" in md and "temperature 0.0" in md

@@ -66,8 +66,10 @@ def train_run(root: Path, tiny_model_dir: Path, tokenizer) -> Path:
 
 def test_killed_train_resumes_to_a_bit_exact_adapter(tmp_path, tiny_model_dir, tokenizer):
     rng = random.Random(23)
-    whole, killed = train_run(tmp_path / "w", tiny_model_dir, tokenizer), train_run(tmp_path / "k", tiny_model_dir,
-                                                                                       tokenizer)
+    whole, killed = (
+        train_run(tmp_path / "w", tiny_model_dir, tokenizer),
+        train_run(tmp_path / "k", tiny_model_dir, tokenizer),
+    )
     args = ["--max-steps", "30", "--batch-size", "4", "--lr", "3e-3", "--lora-dropout", "0.1", "--save-steps", "1"]
     finish([sys.executable, "-m", "ragtune", "train", "--run", str(whole), *args])
     cmd = [sys.executable, "-m", "ragtune", "train", "--run", str(killed), *args]
@@ -80,8 +82,10 @@ def test_killed_train_resumes_to_a_bit_exact_adapter(tmp_path, tiny_model_dir, t
     assert (killed / "adapter" / adapter).read_bytes() == (whole / "adapter" / adapter).read_bytes()
 
     def steps(run: Path) -> list[tuple]:
-        return [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, (run / "adapter" / "training_log.jsonl")
-                                                              .read_text().splitlines())]
+        return [
+            (r["step"], r["loss"], r["lr"])
+            for r in map(json.loads, (run / "adapter" / "training_log.jsonl").read_text().splitlines())
+        ]
 
     assert steps(killed) == steps(whole)  # every step once, same losses
     # the same command once more: resumed at its last step, nothing to train, the adapter unchanged
@@ -110,8 +114,11 @@ def test_killed_synth_resumes_to_the_same_rows_paying_only_calls_in_flight(tmp_p
         paid_again = 0
         for t in sorted(rng.sample(range(2, total_rows - 2), KILLS)):
             app.state.log.clear()
-            cached_before = {json.loads(x)["key"] for x in cache.read_text().splitlines() if x.endswith("}")} \
-                if cache.is_file() else set()
+            cached_before = (
+                {json.loads(x)["key"] for x in cache.read_text().splitlines() if x.endswith("}")}
+                if cache.is_file()
+                else set()
+            )
             assert kill_when(cli(killed, url), lambda t=t: lines(killed / "qa.jsonl") >= t, rng)
             made = len(app.state.log)
             cached_after = [x for x in cache.read_text().splitlines() if x.endswith("}")]
@@ -149,15 +156,21 @@ def test_killed_run_resumes_to_the_same_outputs(tmp_path):
     finish([sys.executable, "-m", "ragtune", "run", str(tmp_path / "whole.yaml")])
     cmd = [sys.executable, "-m", "ragtune", "run", str(tmp_path / "killed.yaml")]
     run = tmp_path / "killed"
-    marks = [lambda: (run / "base_model" / "config.json").is_file(), lambda: (run / "qa.jsonl").is_file(),
-             lambda: (run / "dataset").is_dir(), lambda: lines(run / "adapter" / "training_log.jsonl") >= 10,
-             lambda: lines(run / "adapter" / "training_log.jsonl") >= 30]
+    marks = [
+        lambda: (run / "base_model" / "config.json").is_file(),
+        lambda: (run / "qa.jsonl").is_file(),
+        lambda: (run / "dataset").is_dir(),
+        lambda: lines(run / "adapter" / "training_log.jsonl") >= 10,
+        lambda: lines(run / "adapter" / "training_log.jsonl") >= 30,
+    ]
     kills = sum(kill_when(cmd, mark, rng) for mark in marks)
     assert kills >= KILLS - 1  # a fast stage may finish before its kill lands
     finish(cmd)
     for name in ("whole", "killed"):
         r = tmp_path / name
-        outputs[name] = {p: (r / p).read_bytes() for p in ("chunks.jsonl", "qa.jsonl", "dataset/train.jsonl",
-                                                           "adapter/adapter_model.safetensors")}
+        outputs[name] = {
+            p: (r / p).read_bytes()
+            for p in ("chunks.jsonl", "qa.jsonl", "dataset/train.jsonl", "adapter/adapter_model.safetensors")
+        }
         outputs[name]["predictions"] = sorted((r / "eval" / "predictions.jsonl").read_text().splitlines())
     assert outputs["killed"] == outputs["whole"]

@@ -68,12 +68,21 @@ def test_refusal_scores_as_empty_answer():
 
 
 def test_squad_v2_file_scores_by_hand():
-    data = [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "q1", "question": "?", "answers": [{"text": "Denver Broncos"}, {"text": "Broncos"}]},
-        {"id": "q2", "question": "?", "answers": [{"text": "1990"}]},
-        {"id": "q3", "question": "?", "answers": [], "is_impossible": True},
-        {"id": "q4", "question": "?", "answers": [], "is_impossible": True},
-    ]}]}]
+    data = [
+        {
+            "paragraphs": [
+                {
+                    "context": "c",
+                    "qas": [
+                        {"id": "q1", "question": "?", "answers": [{"text": "Denver Broncos"}, {"text": "Broncos"}]},
+                        {"id": "q2", "question": "?", "answers": [{"text": "1990"}]},
+                        {"id": "q3", "question": "?", "answers": [], "is_impossible": True},
+                        {"id": "q4", "question": "?", "answers": [], "is_impossible": True},
+                    ],
+                }
+            ]
+        }
+    ]
     preds = {"q1": "the broncos", "q2": "in the year 1990", "q3": "", "q4": "something"}
     s = m.squad_v2_scores(data, preds)
     # exact: 1, 0, 1, 0; f1: 1, 0.5, 1, 0
@@ -95,8 +104,10 @@ def test_aggregate_split_and_abstention_matrix():
     assert agg["n"] == 4 and agg["em"] == 50.0 and agg["f1"] == 50.0
     assert agg["has_ans"] == {"n": 2, "em": 50.0, "f1": 50.0, "refused": 50.0, "empty": 0.0}
     assert agg["no_ans"] == {"n": 2, "em": 50.0, "refused": 50.0, "empty": 50.0}
-    assert agg["abstention"] == {"answerable": {"answered": 1, "refused": 1},
-                                 "unanswerable": {"answered": 1, "refused": 1}}
+    assert agg["abstention"] == {
+        "answerable": {"answered": 1, "refused": 1},
+        "unanswerable": {"answered": 1, "refused": 1},
+    }
 
 
 def test_extras():
@@ -114,8 +125,9 @@ def test_extras():
     assert m.citation_precision("Paris [1] and [2]", passages, ["Paris"]) == 0.5
     assert m.citation_precision("Paris [3]", passages, ["Paris"]) == 0.0
     assert m.citation_precision("Paris", passages, ["Paris"]) is None
-    cot = m.score_item('##begin_quote##Paris is in France.##end_quote## <ANSWER>: Paris', ["Paris"],
-                       context=passages[0])
+    cot = m.score_item(
+        "##begin_quote##Paris is in France.##end_quote## <ANSWER>: Paris", ["Paris"], context=passages[0]
+    )
     assert (cot.em, cot.quote_validity) == (1, 1.0)
 
 

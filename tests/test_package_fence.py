@@ -17,6 +17,10 @@ def test_the_package_never_imports_the_experiments():
 
 def test_the_package_tells_no_research_history():
     history = re.compile(r"\bround \d+\b", re.I)
-    offenders = [f"{p.relative_to(SRC)}: {m.group(0)}" for p in SRC.rglob("*") if p.suffix in (".py", ".txt")
-                 for m in history.finditer(p.read_text(encoding="utf-8"))]
+    offenders = [
+        f"{p.relative_to(SRC)}: {m.group(0)}"
+        for p in SRC.rglob("*")
+        if p.suffix in (".py", ".txt")
+        for m in history.finditer(p.read_text(encoding="utf-8"))
+    ]
     assert not offenders

@@ -24,8 +24,15 @@ def tiny_run_config(tmp_path: Path) -> Path:
     cfg = {
         "docs": "kb",
         "run_dir": str(tmp_path / "run"),
-        "tiny_model": {"vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 2,
-                       "intermediate_size": 128, "seq_len": 128, "max_steps": 20},
+        "tiny_model": {
+            "vocab_size": 512,
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 128,
+            "seq_len": 128,
+            "max_steps": 20,
+        },
         "ingest": {"chunk_tokens": 96, "max_chunk_tokens": 128, "overlap_tokens": 16},
         "synth": {"questions_per_chunk": 1},
         "build": {"k_distractors": 1},
@@ -42,9 +49,16 @@ def test_run_writes_every_stage_and_resumes_without_redoing_work(tmp_path, capsy
     cfg = load_run_config(tiny_run_config(tmp_path))
     metrics = run_pipeline(cfg)
     run = Path(cfg.run_dir)
-    for path in ["base_model/config.json", "chunks.jsonl", "qa.jsonl", "dataset/dataset_dict.json",
-                 "adapter/adapter_config.json", "adapter/ragtune_prompt.json", "eval/metrics.json",
-                 "eval/report.md"]:
+    for path in [
+        "base_model/config.json",
+        "chunks.jsonl",
+        "qa.jsonl",
+        "dataset/dataset_dict.json",
+        "adapter/adapter_config.json",
+        "adapter/ragtune_prompt.json",
+        "eval/metrics.json",
+        "eval/report.md",
+    ]:
         assert (run / path).exists(), path
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(s in manifest["stages"] for s in STAGES)

@@ -42,8 +42,10 @@ def test_template_round_trips_through_its_file(tmp_path):
     assert PromptTemplate.load(tmp_path) == tpl
 
 
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @pytest.mark.parametrize("chat", [False, True])

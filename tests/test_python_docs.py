@@ -37,8 +37,9 @@ def check_python_docs(docs: Path, tokenizer, workdir: Path, n_files: int = 20) -
                     if p != q.chunk_id:
                         bad_overlap += overlaps(by_id[p], by_id[q.chunk_id])
                         bad_answer += contains_answer(by_id[p].text, q.answer)
-    shared = sum(len(docs_of[a] & docs_of[b]) for a, b in [("train", "validation"), ("train", "test"),
-                                                            ("validation", "test")])
+    shared = sum(
+        len(docs_of[a] & docs_of[b]) for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]
+    )
     return {"stats": res.stats, "overlap": bad_overlap, "answer": bad_answer, "shared": shared}
 
 

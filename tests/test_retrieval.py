@@ -16,8 +16,9 @@ from ragtune.retrieval import HybridRetriever, build_retriever, index_for_run, l
 @pytest.fixture(scope="module")
 def chunks(tmp_path_factory: pytest.TempPathFactory) -> list[Chunk]:
     folder = make_kb(tmp_path_factory.mktemp("kb"), n_docs=10)
-    return ingest(folder, IngestConfig(chunk_tokens=40, max_chunk_tokens=60, overlap_tokens=0,
-                                       min_chunk_tokens=5)).chunks
+    return ingest(
+        folder, IngestConfig(chunk_tokens=40, max_chunk_tokens=60, overlap_tokens=0, min_chunk_tokens=5)
+    ).chunks
 
 
 def _own_chunk_rank(retriever, chunks: list[Chunk]) -> float:

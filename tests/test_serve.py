@@ -41,7 +41,8 @@ def test_models_lists_the_served_model(server):
 
 def test_chat_completion_honours_max_tokens_and_reports_usage(server):
     r = client(server).chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "What is a list?"}], max_tokens=5, temperature=0)
+        model="tiny", messages=[{"role": "user", "content": "What is a list?"}], max_tokens=5, temperature=0
+    )
     assert r.object == "chat.completion"
     assert isinstance(r.choices[0].message.content, str)
     assert 1 <= r.usage.completion_tokens <= 5
@@ -79,16 +80,22 @@ def test_stop_string_cuts_the_reply(server):
     assert stop not in cut.choices[0].message.content
     assert cut.choices[0].finish_reason == "stop"
     assert text.startswith(cut.choices[0].message.content)
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model="tiny", messages=msgs, stop=[stop], stream=True, **sampling))
+    streamed = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(model="tiny", messages=msgs, stop=[stop], stream=True, **sampling)
+    )
     assert streamed.strip() == cut.choices[0].message.content
 
 
 def test_sampling_with_temperature_varies(server):
     c = client(server)
     msgs = [{"role": "user", "content": "Say something."}]
-    replies = {c.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=1.5,
-                                         seed=s).choices[0].message.content for s in range(4)}
+    replies = {
+        c.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=1.5, seed=s)
+        .choices[0]
+        .message.content
+        for s in range(4)
+    }
     assert len(replies) > 1
 
 
@@ -101,19 +108,25 @@ def test_bad_key_gets_401(server):
     assert httpx.get(f"{server}/ragtune/stats").status_code == 401
 
 
-@pytest.mark.parametrize("body", [
-    b"{not json",
-    b"[1, 2]",
-    b'{"model": "tiny"}',
-    b'{"messages": []}',
-    b'{"messages": [{"role": "wizard", "content": "x"}]}',
-    b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
-    b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}',
-    b'{"messages": [{"role": "user", "content": "x"}], "n": 3}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"model": "tiny"}',
+        b'{"messages": []}',
+        b'{"messages": [{"role": "wizard", "content": "x"}]}',
+        b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}',
+        b'{"messages": [{"role": "user", "content": "x"}], "n": 3}',
+    ],
+)
 def test_malformed_request_gets_400_json_error(server, body):
-    r = httpx.post(f"{server}/v1/chat/completions", content=body,
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    r = httpx.post(
+        f"{server}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
 
@@ -130,8 +143,9 @@ def test_concurrent_requests_are_all_served(server):
 
     def ask(i: int) -> None:
         try:
-            r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"q{i}"}],
-                                          max_tokens=4, temperature=0)
+            r = c.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=4, temperature=0
+            )
             results.append(r.choices[0].message.content)
         except Exception as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
@@ -155,8 +169,13 @@ def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer, 
         app.state.engine.executor.submit(time.sleep, 2.0)  # the generation worker is busy for 2 s
         impatient = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.5)
         with pytest.raises(openai.APITimeoutError):
-            impatient.chat.completions.create(model="ragtune", messages=[{"role": "user", "content": "Hi."}],
-                                              max_tokens=50, temperature=1.0, seed=seed)
+            impatient.chat.completions.create(
+                model="ragtune",
+                messages=[{"role": "user", "content": "Hi."}],
+                max_tokens=50,
+                temperature=1.0,
+                seed=seed,
+            )
         time.sleep(2.5)  # the worker is free again; the abandoned request has had its turn
         stats = httpx.get(f"{url}/ragtune/stats").json()
     assert stats["abandoned"] == 1
@@ -209,9 +228,12 @@ def test_cli_serves_an_adapter_with_its_training_template(tiny_model_dir, tmp_pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ragtune", "serve", "--adapter", str(adapter), "--port", str(port)],
-                            env={**os.environ, "PYTHONPATH": str(root / "src")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragtune", "serve", "--adapter", str(adapter), "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -225,8 +247,7 @@ def test_cli_serves_an_adapter_with_its_training_template(tiny_model_dir, tmp_pa
                 time.sleep(0.3)
         tpl = PromptTemplate.load(adapter)
         msgs = tpl.messages("What is a list?", [Passage("Lists", "A list is mutable.")])
-        r = client(url, key="none").chat.completions.create(model="adapter", messages=msgs, max_tokens=4,
-                                                            temperature=0)
+        r = client(url, key="none").chat.completions.create(model="adapter", messages=msgs, max_tokens=4, temperature=0)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -18,8 +18,9 @@ from ragtune.synth.base import get_generator
 @pytest.fixture
 def chunks(tmp_path: Path) -> list[Chunk]:
     folder = make_kb(tmp_path / "kb", n_docs=12, paragraphs=2)
-    return ingest(folder, IngestConfig(chunk_tokens=60, max_chunk_tokens=80, overlap_tokens=0,
-                                       min_chunk_tokens=10)).chunks
+    return ingest(
+        folder, IngestConfig(chunk_tokens=60, max_chunk_tokens=80, overlap_tokens=0, min_chunk_tokens=10)
+    ).chunks
 
 
 def test_answers_are_unique_spans_of_their_chunk(chunks: list[Chunk]) -> None:
@@ -33,7 +34,7 @@ def test_answers_are_unique_spans_of_their_chunk(chunks: list[Chunk]) -> None:
         assert len(re.findall(r"(?<!\w)" + re.escape(item.answer) + r"(?!\w)", text, flags=re.I)) == 1
         assert item.answer.lower() not in item.question.lower()  # the answer is not given away
         assert item.doc_id == by_id[item.chunk_id].doc_id
-        assert text[item.meta["answer_start"]:].startswith(item.answer)
+        assert text[item.meta["answer_start"] :].startswith(item.answer)
 
 
 def test_questions_keep_the_words_around_the_answer(chunks: list[Chunk]) -> None:
@@ -94,11 +95,12 @@ def test_question_styles_are_checked() -> None:
 
 
 def test_apostrophes_do_not_make_quoted_spans() -> None:
-    text = ("This module's import lock isn't held by another thread any more today. "
-            "The option is set with the flag 'strict_mode' in the configuration file.")
+    text = (
+        "This module's import lock isn't held by another thread any more today. "
+        "The option is set with the flag 'strict_mode' in the configuration file."
+    )
     chunk = Chunk(id="q", doc_id="d", source="s", title="t", text=text, start=0, end=len(text))
-    answers = {i.answer for i in synthesize([chunk], SynthConfig(questions_per_chunk=4,
-                                                                 unanswerable_share=0.0)).items}
+    answers = {i.answer for i in synthesize([chunk], SynthConfig(questions_per_chunk=4, unanswerable_share=0.0)).items}
     assert "strict_mode" in answers  # a real quotation is still a candidate
     assert not any("'" in a or a.startswith("s ") for a in answers), answers
 

@@ -52,9 +52,24 @@ def test_synth_openai_against_ragtune_serve_on_python_docs(data_dir, tiny_model_
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SERVE_KEY": "k-123"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "ragtune", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-         "--api-key-env", "SERVE_KEY", "--model-name", "tiny"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "ragtune",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--api-key-env",
+            "SERVE_KEY",
+            "--model-name",
+            "tiny",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -68,10 +83,33 @@ def test_synth_openai_against_ragtune_serve_on_python_docs(data_dir, tiny_model_
             assert time.monotonic() < deadline, "ragtune serve did not start"
             time.sleep(0.3)
         synth = subprocess.run(
-            [sys.executable, "-m", "ragtune", "synth", "--run", str(run), "--backend", "openai",
-             "--base-url", f"{url}/v1", "--api-key-env", "SERVE_KEY", "--limit", "3", "--max-tokens", "24",
-             "--questions-per-chunk", "2", "--concurrency", "4"],
-            env=env, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "ragtune",
+                "synth",
+                "--run",
+                str(run),
+                "--backend",
+                "openai",
+                "--base-url",
+                f"{url}/v1",
+                "--api-key-env",
+                "SERVE_KEY",
+                "--limit",
+                "3",
+                "--max-tokens",
+                "24",
+                "--questions-per-chunk",
+                "2",
+                "--concurrency",
+                "4",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         stats = httpx.get(f"{url}/ragtune/stats", headers={"Authorization": "Bearer k-123"}).json()
     finally:
         server.terminate()

@@ -6,25 +6,42 @@ from ragtune.records import Chunk, QAItem, content_id
 from ragtune.synth.filters import Deduper, RoundTrip, RowFilters, grounding_score, unverified_quotes
 from ragtune.synth.llm import parse_answer, parse_questions
 
-LISTS = ("Lists are mutable sequences, typically used to store collections of homogeneous items.\n"
-         "The list.sort() method sorts the list in place, using only < comparisons between items.")
+LISTS = (
+    "Lists are mutable sequences, typically used to store collections of homogeneous items.\n"
+    "The list.sort() method sorts the list in place, using only < comparisons between items."
+)
 TUPLES = "Tuples are immutable sequences, typically used to store collections of heterogeneous data."
-DICTS = ("A dictionary maps hashable keys to arbitrary objects. Dictionaries preserve insertion order "
-         "since Python 3.7; the popitem() method removes the last inserted pair.")
+DICTS = (
+    "A dictionary maps hashable keys to arbitrary objects. Dictionaries preserve insertion order "
+    "since Python 3.7; the popitem() method removes the last inserted pair."
+)
 SOCKETS = "The socket module provides access to the BSD socket interface for network communication."
 
 
 def chunk(text: str, title: str) -> Chunk:
-    return Chunk(id=content_id(title, text), doc_id=content_id(title), source=f"{title}.rst", title=title,
-                 text=text, start=0, end=len(text))
+    return Chunk(
+        id=content_id(title, text),
+        doc_id=content_id(title),
+        source=f"{title}.rst",
+        title=title,
+        text=text,
+        start=0,
+        end=len(text),
+    )
 
 
 CORPUS = [chunk(LISTS, "lists"), chunk(TUPLES, "tuples"), chunk(DICTS, "dicts"), chunk(SOCKETS, "socket")]
 
 
 def item(question: str, answer: str, c: Chunk, evidence=(), answerable=True) -> QAItem:
-    return QAItem(id=content_id(question), question=question, answer=answer, chunk_id=c.id,
-                  answerable=answerable, evidence=list(evidence))
+    return QAItem(
+        id=content_id(question),
+        question=question,
+        answer=answer,
+        chunk_id=c.id,
+        answerable=answerable,
+        evidence=list(evidence),
+    )
 
 
 def test_quote_verification_accepts_verbatim_modulo_whitespace_and_rejects_paraphrase():
@@ -36,8 +53,10 @@ def test_quote_verification_accepts_verbatim_modulo_whitespace_and_rejects_parap
 
 
 def test_quote_verification_through_the_cot_parser():
-    reply = ("The context says ##begin_quote##Lists are mutable sequences##end_quote## and "
-             "##begin_quote##lists can be frozen##end_quote##.\n<ANSWER>: mutable sequences")
+    reply = (
+        "The context says ##begin_quote##Lists are mutable sequences##end_quote## and "
+        "##begin_quote##lists can be frozen##end_quote##.\n<ANSWER>: mutable sequences"
+    )
     answer, quotes = parse_answer(reply, "cot")
     assert answer == "mutable sequences"
     assert unverified_quotes(quotes, LISTS) == ["lists can be frozen"]
@@ -52,8 +71,10 @@ def test_grounding_accepts_supported_answers_and_rejects_invented_ones():
     assert grounding_score("Lists are implemented as linked red-black trees in CPython", LISTS) < 0.5
     f = RowFilters(CORPUS, {"roundtrip": False, "dedupe": False}, grounding_threshold=0.5)
     assert f.check(item("How does sort work?", "in place, using < comparisons", CORPUS[0])) is None
-    assert f.check(item("How does sort work?", "with a parallel radix algorithm on GPUs", CORPUS[0])) \
+    assert (
+        f.check(item("How does sort work?", "with a parallel radix algorithm on GPUs", CORPUS[0]))
         == "answer_not_grounded"
+    )
     # an unanswerable row has no answer to ground
     assert f.check(item("Can lists be hashed?", "", CORPUS[0], answerable=False)) is None
 
@@ -88,18 +109,24 @@ def test_filters_switch_off_by_name():
 
 def test_question_parser_handles_json_fences_numbering_and_preambles():
     assert parse_questions('{"questions": ["What are lists?", "Why are tuples immutable?"]}', 5)[0] == [
-        "What are lists?", "Why are tuples immutable?"]
+        "What are lists?",
+        "Why are tuples immutable?",
+    ]
     fenced = 'Sure!\n```json\n{"questions": [{"question": "What does popitem() remove?"}]}\n```'
     assert parse_questions(fenced, 5)[0] == ["What does popitem() remove?"]
-    reply = ("Here are 3 questions:\n1. What are lists used for?\n2) Why is sort stable?\n"
-             "- **How are items compared?**\nThese cover the passage well.\nQ4: Which method sorts in place?")
+    reply = (
+        "Here are 3 questions:\n1. What are lists used for?\n2) Why is sort stable?\n"
+        "- **How are items compared?**\nThese cover the passage well.\nQ4: Which method sorts in place?"
+    )
     questions, rejected = parse_questions(reply, 3)
     assert questions == ["What are lists used for?", "Why is sort stable?", "How are items compared?"]
     assert rejected == ["Here are 3 questions:", "These cover the passage well."]
     assert parse_questions("I cannot help with that.", 2) == ([], ["I cannot help with that."])
     # other languages: the Spanish and Japanese question marks count
     assert parse_questions("1. ¿Qué es una lista mutable?\n2. リストとは何ですか？", 2)[0] == [
-        "¿Qué es una lista mutable?", "リストとは何ですか？"]
+        "¿Qué es una lista mutable?",
+        "リストとは何ですか？",
+    ]
 
 
 def test_answer_parser_plain_and_cot():

@@ -37,8 +37,9 @@ def test_concurrent_calls_are_generated_in_batches(tiny_model_dir):
 
 
 def test_hf_generator_yields_rows_or_counted_rejections(tiny_model_dir):
-    cfg = SynthConfig(generator="hf", model=str(tiny_model_dir), max_tokens=16, questions_per_chunk=1,
-                      batch_size=4, concurrency=2)
+    cfg = SynthConfig(
+        generator="hf", model=str(tiny_model_dir), max_tokens=16, questions_per_chunk=1, batch_size=4, concurrency=2
+    )
     gen = make_hf(cfg, CHUNKS[:4])
     rows = list(gen.generate(CHUNKS[:4]))
     assert rows and all(isinstance(r, (QAItem, Rejection)) for r in rows)

@@ -18,8 +18,11 @@ from ragtune.synth import synth_to_run
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
-    ingest_to_run(make_kb(tmp_path / "kb", n_docs=4), run, IngestConfig(chunk_tokens=60, max_chunk_tokens=80,
-                                                                        overlap_tokens=0, min_chunk_tokens=10))
+    ingest_to_run(
+        make_kb(tmp_path / "kb", n_docs=4),
+        run,
+        IngestConfig(chunk_tokens=60, max_chunk_tokens=80, overlap_tokens=0, min_chunk_tokens=10),
+    )
     synth_to_run(run, SynthConfig(), progress=False)
     return run
 

@@ -22,25 +22,34 @@ from ragtune.synth.openai_backend import make_openai
 
 TEXTS = {
     "lists": "Lists are mutable sequences, typically used to store collections of homogeneous items. "
-             "The sort method orders the items in place.",
+    "The sort method orders the items in place.",
     "tuples": "Tuples are immutable sequences, typically used to store collections of heterogeneous data. "
-              "Packing and unpacking assign several names at once.",
+    "Packing and unpacking assign several names at once.",
     "dicts": "Dictionaries map hashable keys to arbitrary values. They preserve insertion order and the "
-             "popitem method removes the most recently inserted pair.",
+    "popitem method removes the most recently inserted pair.",
     "sockets": "The socket module provides access to the BSD socket interface. Servers bind an address, "
-               "listen for connections and accept clients.",
+    "listen for connections and accept clients.",
     "threads": "The threading module constructs higher-level threading interfaces on top of the lower "
-               "level thread module. A lock serialises access to shared state.",
+    "level thread module. A lock serialises access to shared state.",
     "json": "The json module encodes Python objects as JSON text and decodes JSON documents into "
-            "dictionaries, lists, strings, numbers, booleans and None.",
+    "dictionaries, lists, strings, numbers, booleans and None.",
 }
-CHUNKS = [Chunk(id=content_id(t, x), doc_id=content_id(t), source=f"{t}.rst", title=t, text=x, start=0,
-                end=len(x)) for t, x in TEXTS.items()]
+CHUNKS = [
+    Chunk(id=content_id(t, x), doc_id=content_id(t), source=f"{t}.rst", title=t, text=x, start=0, end=len(x))
+    for t, x in TEXTS.items()
+]
 
 
 def cfg(url: str, **kw) -> SynthConfig:
-    base = {"generator": "openai", "base_url": f"{url}/v1", "model": "scripted", "questions_per_chunk": 2,
-            "concurrency": 4, "max_retries": 2, "timeout_s": 30}
+    base = {
+        "generator": "openai",
+        "base_url": f"{url}/v1",
+        "model": "scripted",
+        "questions_per_chunk": 2,
+        "concurrency": 4,
+        "max_retries": 2,
+        "timeout_s": 30,
+    }
     return SynthConfig(**{**base, **kw})
 
 
@@ -215,8 +224,7 @@ def test_call_failed_is_an_exception():
 
 def test_server_without_structured_output_falls_back_to_plain_json_prompting():
     with serving(make_app(no_response_format=True)) as url:
-        gen = make_openai(cfg(url, response_format="json_schema", questions_per_chunk=1, max_retries=0),
-                          CHUNKS[:2])
+        gen = make_openai(cfg(url, response_format="json_schema", questions_per_chunk=1, max_retries=0), CHUNKS[:2])
         items = [r for r in gen.generate(CHUNKS[:2]) if isinstance(r, QAItem)]
     assert len(items) == 2 and gen.stats_dict()["questions"]["failed"] == 0
 

@@ -34,8 +34,17 @@ def pseudo_chunks(n: int, seed: int = 0) -> list[Chunk]:
     for i in range(n):
         sents = [" ".join(word() for _ in range(rng.randint(6, 10))).capitalize() + "." for _ in range(4)]
         text = " ".join(sents)
-        out.append(Chunk(id=content_id(str(i), text), doc_id=content_id(f"doc{i // 2}"), source=f"doc{i // 2}.rst",
-                         title=f"Doc {i}", text=text, start=0, end=len(text)))
+        out.append(
+            Chunk(
+                id=content_id(str(i), text),
+                doc_id=content_id(f"doc{i // 2}"),
+                source=f"doc{i // 2}.rst",
+                title=f"Doc {i}",
+                text=text,
+                start=0,
+                end=len(text),
+            )
+        )
     return out
 
 
@@ -50,8 +59,23 @@ def rows(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def cli(run: Path, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ragtune", "synth", "--run", str(run), "--generator", "openai",
-            "--base-url", f"{url}/v1", "--model", "scripted", "--concurrency", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ragtune",
+        "synth",
+        "--run",
+        str(run),
+        "--generator",
+        "openai",
+        "--base-url",
+        f"{url}/v1",
+        "--model",
+        "scripted",
+        "--concurrency",
+        "2",
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -78,8 +102,9 @@ def test_killed_run_resumes_with_the_rows_of_an_uninterrupted_run_and_no_repeate
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
         before_kill = [p for _, p in app.state.log]
-        cached = [json.loads(x) for x in (killed / "cache" / "llm_calls.jsonl").read_text().splitlines()
-                  if x.endswith("}")]
+        cached = [
+            json.loads(x) for x in (killed / "cache" / "llm_calls.jsonl").read_text().splitlines() if x.endswith("}")
+        ]
         written = qa.read_text().count("\n")
         assert 12 <= written < len(rows(whole)[0])  # really killed midway
         app.state.log.clear()
@@ -135,8 +160,15 @@ def test_dry_run_estimates_and_spends_nothing(tmp_path):
     app = make_app()
     run = make_run(tmp_path / "run", chunks)
     with serving(app) as url:
-        cfg = SynthConfig(generator="openai", model="scripted", base_url=f"{url}/v1", dry_run=True,
-                          questions_per_chunk=3, question_types=["factoid", "explanatory"], limit=4)
+        cfg = SynthConfig(
+            generator="openai",
+            model="scripted",
+            base_url=f"{url}/v1",
+            dry_run=True,
+            questions_per_chunk=3,
+            question_types=["factoid", "explanatory"],
+            limit=4,
+        )
         result = synth_to_run(run, cfg)
     assert app.state.log == []
     assert not (run / "qa.jsonl").exists()
@@ -149,8 +181,11 @@ def test_api_key_never_reaches_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_LLM_KEY", "sk-very-secret-value")
     run = make_run(tmp_path / "run", pseudo_chunks(2))
     with serving(make_app()) as url:
-        synth_to_run(run, SynthConfig(generator="openai", model="scripted", base_url=f"{url}/v1",
-                                      api_key_env="MY_LLM_KEY"), progress=False)
+        synth_to_run(
+            run,
+            SynthConfig(generator="openai", model="scripted", base_url=f"{url}/v1", api_key_env="MY_LLM_KEY"),
+            progress=False,
+        )
     for f in run.rglob("*"):
         if f.is_file():
             assert "sk-very-secret-value" not in f.read_text(encoding="utf-8", errors="replace")
@@ -162,9 +197,18 @@ def test_identical_prompts_in_flight_are_asked_once(tmp_path):
     app = make_app(delay_s=0.2)
     run = make_run(tmp_path / "run", twins)
     with serving(app) as url:
-        result = synth_to_run(run, SynthConfig(generator="openai", model="scripted", base_url=f"{url}/v1",
-                                               concurrency=4, questions_per_chunk=1,
-                                               question_types=["factoid"]), progress=False)
+        result = synth_to_run(
+            run,
+            SynthConfig(
+                generator="openai",
+                model="scripted",
+                base_url=f"{url}/v1",
+                concurrency=4,
+                questions_per_chunk=1,
+                question_types=["factoid"],
+            ),
+            progress=False,
+        )
     prompts = [p for _, p in app.state.log]
     assert len(prompts) == len(set(prompts))  # no prompt paid for twice
     calls = result.summary["calls"]["questions"]

@@ -169,8 +169,6 @@ def test_cli_train_help_and_bad_method(tmp_path):
     assert isinstance(r.exception, (RagtuneError, SystemExit))
 
 
-
-
 @pytest.mark.slow
 def test_accelerate_settings_left_by_another_library_do_not_leak(tiny_model_dir, tokenizer, tmp_path):
     from accelerate import Accelerator
@@ -179,8 +177,9 @@ def test_accelerate_settings_left_by_another_library_do_not_leak(tiny_model_dir,
     from ragtune.train import train
 
     Accelerator(mixed_precision="bf16", cpu=True)  # what an HF / TRL Trainer run earlier leaves behind
-    res = train(rag_dataset(tokenizer, 8, 2), tiny_model_dir, TrainConfig(max_steps=1, batch_size=4,
-                                                                           precision="fp32"), tmp_path)
+    res = train(
+        rag_dataset(tokenizer, 8, 2), tiny_model_dir, TrainConfig(max_steps=1, batch_size=4, precision="fp32"), tmp_path
+    )
     assert res.steps == 1 and res.dtype == "float32"
     assert not AcceleratorState._shared_state  # and ragtune leaves none behind
 

@@ -68,11 +68,16 @@ def test_batch_size_times_accumulation_gives_the_same_update(tiny_model_dir, tok
 
     ds = rag_dataset(tokenizer, 24, 4)
     for bs, acc in [(8, 1), (4, 2), (2, 4)]:
-        train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=bs, grad_accum=acc, micro_batch_tokens=None,
-                                              **EXACT), tmp_path / f"{bs}x{acc}")
+        train(
+            ds,
+            tiny_model_dir,
+            TrainConfig(max_steps=3, batch_size=bs, grad_accum=acc, micro_batch_tokens=None, **EXACT),
+            tmp_path / f"{bs}x{acc}",
+        )
     # a token budget under every row's length: each row is a micro-batch of its own
-    train(ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=8, micro_batch_tokens=1, **EXACT),
-          tmp_path / "capped")
+    train(
+        ds, tiny_model_dir, TrainConfig(max_steps=3, batch_size=8, micro_batch_tokens=1, **EXACT), tmp_path / "capped"
+    )
     assert losses(tmp_path / "8x1") == pytest.approx(losses(tmp_path / "4x2"), abs=1e-4)
     assert losses(tmp_path / "8x1") == pytest.approx(losses(tmp_path / "capped"), abs=1e-4)
     assert_same_adapter(tmp_path / "8x1", tmp_path / "capped", atol=1e-4)
@@ -87,8 +92,12 @@ def test_packing_gives_the_same_update_as_padding(tiny_model_dir, tokenizer, tmp
 
     ds = rag_dataset(tokenizer, 16, 4)
     for packing in (False, True):
-        train(ds, tiny_model_dir, TrainConfig(max_steps=2, batch_size=8, packing=packing, **EXACT),
-              tmp_path / str(packing))
+        train(
+            ds,
+            tiny_model_dir,
+            TrainConfig(max_steps=2, batch_size=8, packing=packing, **EXACT),
+            tmp_path / str(packing),
+        )
     assert_same_adapter(tmp_path / "False", tmp_path / "True", atol=1e-5)
 
 
@@ -121,8 +130,10 @@ def test_resume_gives_the_same_final_loss_as_uninterrupted(tiny_model_dir, token
     assert_same_adapter(tmp_path / "full", tmp_path / "cut", atol=1e-7)
 
 
-CHAT = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-        "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+CHAT = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 
 
 def test_the_chat_template_saved_with_the_adapter_is_the_one_trained_with(tiny_model_dir, tokenizer, tmp_path):
@@ -143,8 +154,9 @@ def test_the_chat_template_saved_with_the_adapter_is_the_one_trained_with(tiny_m
     saved = PromptTemplate.load(tmp_path / "adapter")
     assert saved_tok.chat_template == CHAT and saved == template
     row = ds["train"][0]
-    assert encode_example(saved_tok, row["prompt"], row["completion"], saved) == \
-        encode_example(tok, row["prompt"], row["completion"], template)
+    assert encode_example(saved_tok, row["prompt"], row["completion"], saved) == encode_example(
+        tok, row["prompt"], row["completion"], template
+    )
     # a dataset rendered with a chat template cannot silently train a base without it
     with pytest.raises(RagtuneError, match="chat template"):
         train(ds, tiny_model_dir, TrainConfig(max_steps=1), tmp_path / "x", template=template)
@@ -153,8 +165,7 @@ def test_the_chat_template_saved_with_the_adapter_is_the_one_trained_with(tiny_m
 def test_max_minutes_stops_and_saves(tiny_model_dir, tokenizer, tmp_path):
     from ragtune.train import train
 
-    res = train(rag_dataset(tokenizer, 16, 4), tiny_model_dir, TrainConfig(max_minutes=1e-9, batch_size=4),
-                tmp_path)
+    res = train(rag_dataset(tokenizer, 16, 4), tiny_model_dir, TrainConfig(max_minutes=1e-9, batch_size=4), tmp_path)
     assert res.stop_reason == "max_minutes" and res.steps == 1
     assert (tmp_path / "adapter_model.safetensors").is_file()
 
@@ -163,8 +174,12 @@ def test_eval_checkpoints_and_early_stopping(tiny_model_dir, tokenizer, tmp_path
     from ragtune.train import train
 
     ds = rag_dataset(tokenizer, 16, 4)
-    res = train(ds, tiny_model_dir, TrainConfig(max_steps=12, batch_size=4, lr=0.5, eval_steps=1, save_steps=2,
-                                                early_stopping_patience=2), tmp_path)
+    res = train(
+        ds,
+        tiny_model_dir,
+        TrainConfig(max_steps=12, batch_size=4, lr=0.5, eval_steps=1, save_steps=2, early_stopping_patience=2),
+        tmp_path,
+    )
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert all("eval_loss" in r for r in log)
     assert res.stop_reason == "early_stopping" and res.steps < 12  # lr 0.5 diverges
@@ -180,9 +195,19 @@ def test_full_fine_tuning_and_dora_run(tiny_model_dir, tokenizer, tmp_path):
     ds = rag_dataset(tokenizer, 8, 2)
     full = train(ds, tiny_model_dir, TrainConfig(method="full", max_steps=2, batch_size=4), tmp_path / "full")
     assert full.trainable_params == full.total_params and (tmp_path / "full" / "config.json").is_file()
-    dora = train(ds, tiny_model_dir, TrainConfig(max_steps=2, batch_size=4, use_dora=True, use_rslora=True,
-                                                 target_modules=["q_proj", "v_proj"], gradient_checkpointing=True),
-                 tmp_path / "dora")
+    dora = train(
+        ds,
+        tiny_model_dir,
+        TrainConfig(
+            max_steps=2,
+            batch_size=4,
+            use_dora=True,
+            use_rslora=True,
+            target_modules=["q_proj", "v_proj"],
+            gradient_checkpointing=True,
+        ),
+        tmp_path / "dora",
+    )
     cfg = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
     assert cfg["use_dora"] and cfg["use_rslora"] and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
     assert dora.trainable_params < full.trainable_params
@@ -222,8 +247,9 @@ def test_a_rerun_resumes_by_default_and_restart_starts_over(tiny_model_dir, toke
     resumed = train(ds, tiny_model_dir, TrainConfig(**cfg), tmp_path / "cut")  # same command, no flag
     assert resumed.steps == 4 and "resuming from" in capsys.readouterr().err
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
-    assert (tmp_path / "cut" / "adapter_model.safetensors").read_bytes() == \
-        (tmp_path / "full" / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "full" / "adapter_model.safetensors"
+    ).read_bytes()
     assert not list((tmp_path / "cut").glob(".save-*"))
 
     # other settings: the checkpoint is not resumed

@@ -21,8 +21,15 @@ def test_the_schedule_warms_up_then_holds_or_decays_to_zero():
 def _step(micro_batches: list[torch.Tensor], max_grad_norm: float | None = None) -> OptimizerStep:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
-    core = OptimizerStep(model.parameters(), lr=0.1, weight_decay=0.0, schedule=lr_schedule("constant", 0),
-                         max_grad_norm=max_grad_norm, device=torch.device("cpu"), dtype=torch.float32)
+    core = OptimizerStep(
+        model.parameters(),
+        lr=0.1,
+        weight_decay=0.0,
+        schedule=lr_schedule("constant", 0),
+        max_grad_norm=max_grad_norm,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     n = sum(len(m) for m in micro_batches)
 
     def loss_of(x: torch.Tensor) -> tuple[torch.Tensor, int]:

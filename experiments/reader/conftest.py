@@ -1,6 +1,6 @@
 """Fixtures for the reader experiment's tests (run apart from the product's suite):
 
-    PYTHONPATH=src python -m pytest experiments/reader
+PYTHONPATH=src python -m pytest experiments/reader
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from ragtune.config import TinyModelConfig  # noqa: E402
 
 # The product suite's test model (tests/conftest.py): 40 steps of plain causal LM, no copying.
 TEST_MODEL = TinyModelConfig(
-    vocab_size=512, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-    seq_len=128, batch_size=8, max_steps=40, minutes=2.0,
+    vocab_size=512,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=128,
+    seq_len=128,
+    batch_size=8,
+    max_steps=40,
+    minutes=2.0,
 )
 
 

@@ -92,8 +92,7 @@ class ReaderConfig(TinyModelConfig):
     threads: int | None = None  # CPU threads; None: 1 when the CPU is already busy, else torch's default
     # mixed-phase task weights (copy 0.05 until round 12); also available: echo, recall_ids, scatter, lookup, continue
     task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"copy": 0.15, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15,
-                                 "text": 0.05}
+        default_factory=lambda: {"copy": 0.15, "recall": 0.4, "find": 0.1, "rag": 0.25, "locate": 0.15, "text": 0.05}
     )
 
     @field_validator("find_spread", mode="before")
@@ -106,13 +105,27 @@ class ReaderConfig(TinyModelConfig):
 # Measured on 2 CPU cores (NOTES.md): small vocabulary and FFN, three layers
 # (a cloze answer is three hops away: the words before the blank, their place, what follows).
 READER_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 512, "hidden_size": 128, "num_layers": 3, "num_heads": 4,
-    "intermediate_size": 256, "seq_len": 336, "batch_size": 16, "lr": 3e-3, "minutes": 15.0,
+    "vocab_size": 512,
+    "hidden_size": 128,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 256,
+    "seq_len": 336,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "minutes": 15.0,
 }
 # Untested preset for a GPU: same recipe, bigger model and batches.
 READER_GPU_DEFAULTS: dict[str, Any] = {
-    **READER_DEFAULTS, "vocab_size": 2048, "hidden_size": 512, "num_layers": 4, "num_heads": 8,
-    "intermediate_size": 1024, "batch_size": 64, "lr": 1e-3, "minutes": 15.0,
+    **READER_DEFAULTS,
+    "vocab_size": 2048,
+    "hidden_size": 512,
+    "num_layers": 4,
+    "num_heads": 8,
+    "intermediate_size": 1024,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "minutes": 15.0,
 }
 TASKS = ("copy", "echo", "recall", "recall_ids", "find", "scatter", "lookup", "continue", "rag", "locate", "text")
 PLAIN_LOSS = ("copy", "echo", "recall", "recall_ids", "text")  # no question: no first answer token to weigh
@@ -164,6 +177,7 @@ def reader_llama(cfg: ReaderConfig, tokenizer: Any, trained_length: int | None =
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)
 
+
 # ---------------------------------------------------------------- corpus
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(])")
 _PLAIN = re.compile(r"[A-Za-z][a-z]{1,14}")
@@ -191,8 +205,10 @@ class Corpus:
         counts = Counter(w for _, text, _ in self.paragraphs for w in text.split() if _PLAIN.fullmatch(w))
         self.words = [w for w, _ in counts.most_common(4000)] or ["word"]
         if len(self.paragraphs) < 3:
-            raise RagtuneError("the corpus for the reader recipe needs at least 3 paragraphs of "
-                               "12-160 words; point --corpus at more documents")
+            raise RagtuneError(
+                "the corpus for the reader recipe needs at least 3 paragraphs of "
+                "12-160 words; point --corpus at more documents"
+            )
 
     def pick(self, rng: random.Random, max_words: int = 160, near: int | None = None) -> int:
         """Index of a random paragraph of at most `max_words` words; with `near` (a paragraph
@@ -230,7 +246,7 @@ class Tasks:
 
     def enc_mid(self, text: str) -> list[int]:
         """The ids of `text` where it follows other text (no space is put before it)."""
-        return self.enc("x" + text)[len(self.enc("x")):]
+        return self.enc("x" + text)[len(self.enc("x")) :]
 
     def rand(self, rng: random.Random, n: int) -> list[int]:
         return [rng.randrange(self.lo, self.vocab) for _ in range(n)]
@@ -282,7 +298,8 @@ class Tasks:
             span = window[i : i + rng.randint(4, 32)]
             ids += [*self.a_ids, *span]
             mask += [0] * (len(self.a_ids) + 1) + [
-                weight if len(followers.get(prev, ())) > 1 else 1 for prev in span[:-1]]
+                weight if len(followers.get(prev, ())) > 1 else 1 for prev in span[:-1]
+            ]
         return ids, mask
 
     def twice(self, span: list[int]) -> tuple[list[int], list[int]]:
@@ -321,6 +338,7 @@ class Tasks:
         marker and the answer's next id. The anchor also occurs in 1-3 other sentences, so
         only the sentence sharing the question's other ids says which occurrence the answer
         (the 1-2 ids after it) follows: what a paraphrased question (SQuAD's) asks of a reader."""
+
         def words(n: int) -> list[int]:  # random ids but the full stop, which ends a sentence
             return [x + (x >= self.stop) for x in (rng.randrange(self.lo, self.vocab - 1) for _ in range(n))]
 
@@ -332,8 +350,12 @@ class Tasks:
         for other in rng.sample([i for i in range(len(sents)) if i != t], rng.randint(1, min(3, len(sents) - 1))):
             j = rng.randint(0, len(sents[other]) - a - 2)
             sents[other][j : j + a] = anchor  # a decoy: the same anchor followed by other ids
-        if any(x[j : j + a] == anchor and x[j + a : j + a + n] == answer
-               for i, x in enumerate(sents) for j in range(len(x)) if (i, j) != (t, s - a)):
+        if any(
+            x[j : j + a] == anchor and x[j + a : j + a + n] == answer
+            for i, x in enumerate(sents)
+            for j in range(len(x))
+            if (i, j) != (t, s - a)
+        ):
             return self.scatter(rng, max_len)  # the answer must follow the anchor in one place only
         rest = [x for i, x in enumerate(sent[:-1]) if not s - a <= i <= s + n]
         bag = [x for x in rest if rng.random() < 0.7]
@@ -379,19 +401,24 @@ class Tasks:
 
         def passage() -> tuple[str, str, list[str]]:  # the oracle first, then distractors
             return corpus.paragraphs[first.pop() if first else corpus.pick(rng, 45, near)]
+
         return self.cloze(rng, passage, max_len, follow_ups=self.cfg.rag_follow_ups)
 
     def locate(self, rng: random.Random, max_len: int) -> tuple[list[int], list[int]]:
         """`rag` over passages of random corpus words: no language prior can guess the
         answer, only finding the question's words in a passage and copying what follows."""
+
         def passage() -> tuple[str, str, list[str]]:
-            sents = [" ".join(rng.choices(self.corpus.words, k=rng.randint(6, 14))) + "."
-                     for _ in range(rng.randint(1, 3))]
+            sents = [
+                " ".join(rng.choices(self.corpus.words, k=rng.randint(6, 14))) + "." for _ in range(rng.randint(1, 3))
+            ]
             return " ".join(rng.choices(self.corpus.words, k=2)).title(), " ".join(sents), sents
+
         return self.cloze(rng, passage, max_len, follow_ups=self.cfg.locate_follow_ups)
 
-    def cloze(self, rng: random.Random, passage: Callable[[], tuple[str, str, list[str]]],
-              max_len: int, follow_ups: int = 0) -> tuple[list[int], list[int]]:
+    def cloze(
+        self, rng: random.Random, passage: Callable[[], tuple[str, str, list[str]]], max_len: int, follow_ups: int = 0
+    ) -> tuple[list[int], list[int]]:
         """The question blanks a span of a sentence of the first of three passages (the
         oracle); a `refusal_share` of the time the oracle is swapped for another passage
         and the target is the refusal, as build does when it drops the oracle.
@@ -453,9 +480,19 @@ class Tasks:
     def row(self, task: str, rng: random.Random, seq_len: int, max_span: int) -> tuple[list[int], list[int]]:
         """Examples of one task packed into `seq_len` tokens; an example that would be cut
         keeps its prompt and loses its targets, so no target is ever truncated."""
-        make = {"copy": self.copy, "echo": self.echo, "recall": self.recall, "recall_ids": self.recall_ids,
-                "find": self.find, "scatter": self.scatter, "lookup": self.lookup, "continue": self.cont,
-                "rag": self.rag, "locate": self.locate, "text": self.text}[task]
+        make = {
+            "copy": self.copy,
+            "echo": self.echo,
+            "recall": self.recall,
+            "recall_ids": self.recall_ids,
+            "find": self.find,
+            "scatter": self.scatter,
+            "lookup": self.lookup,
+            "continue": self.cont,
+            "rag": self.rag,
+            "locate": self.locate,
+            "text": self.text,
+        }[task]
         ids: list[int] = []
         mask: list[int] = []
         while len(ids) < seq_len:
@@ -474,8 +511,9 @@ def batch_of(rows: list[tuple[list[int], list[int]]], device: torch.device) -> t
     return ids, mask
 
 
-def masked_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                first_only: bool = False, first_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_loss(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, first_only: bool = False, first_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted mean next-token loss over target tokens (each answer's first token, which
     follows an untrained token, weighs `first_weight`), and argmax hits (for the self-paced
     levels) over every target token, or with `first_only` over each answer's first token."""
@@ -538,8 +576,10 @@ def unformed_advice(phase: str, cfg: ReaderConfig) -> str:
     if phase == "find" and cfg.vocab_size > READER_DEFAULTS["vocab_size"]:
         # Round 13: with 1,024 ids find did not form in two runs, nor with 1.4x the find steps.
         fix += f", or --vocab-size {READER_DEFAULTS['vocab_size']}, where find has formed"
-    return f"the {phase} phase ended before its circuit formed; this model will not {skill}. {fix} " \
-           "(experiments/reader/NOTES.md)."
+    return (
+        f"the {phase} phase ended before its circuit formed; this model will not {skill}. {fix} "
+        "(experiments/reader/NOTES.md)."
+    )
 
 
 def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: ReaderConfig, out: Path) -> dict:
@@ -560,13 +600,16 @@ def train_reader(model: Any, tokenizer: Any, tasks: Tasks, cfg: ReaderConfig, ou
         while True:
             seed = cfg.seed + 1000 * len(restarts)
             may_restart = len(restarts) < cfg.max_restarts
-            stats = _train_loop(model, tasks, cfg, out, device, dtype, seed, t_end,
-                                restart_until if may_restart else 0.0)
+            stats = _train_loop(
+                model, tasks, cfg, out, device, dtype, seed, t_end, restart_until if may_restart else 0.0
+            )
             if "stalled" not in stats:
                 return stats | {"threads": threads, "restarts": restarts}
             restarts.append(stats["stalled"])
-            console.print(f"reader: the {stats['stalled']['phase']} phase stalled at step "
-                          f"{stats['stalled']['steps']}; starting over from new weights")
+            console.print(
+                f"reader: the {stats['stalled']['phase']} phase stalled at step "
+                f"{stats['stalled']['steps']}; starting over from new weights"
+            )
             fresh = reader_llama(cfg.model_copy(update={"seed": seed + 1000}), tokenizer, cfg.late_seq_len)
             model.load_state_dict(fresh.state_dict())
     finally:
@@ -584,8 +627,17 @@ def cpu_threads(cfg: ReaderConfig, device: torch.device) -> int:
     return n
 
 
-def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: torch.device,
-                dtype: torch.dtype, seed: int, t_end: float, restart_until: float) -> dict:
+def _train_loop(
+    model: Any,
+    tasks: Tasks,
+    cfg: ReaderConfig,
+    out: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    t_end: float,
+    restart_until: float,
+) -> dict:
     """Phases until `t_end`; returns early with a "stalled" entry where a phase stalls before
     `restart_until` (a perf_counter time)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -621,13 +673,30 @@ def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: 
             else:  # find: contexts grow to ~400 tokens; recall: windows of up to late_seq_len / 2
                 row_len, n_rows = cfg.late_seq_len, late_batch
             task = _recall_phase_task(rng, cfg) if phase == "recall" else phase
-            rows = [tasks.row(task, rng, row_len, level if task == phase else
-                              top["copy"] if task == "copy" else _find_level(top, cfg, rng, in_mix=False))
-                    for _ in range(n_rows)]
+            rows = [
+                tasks.row(
+                    task,
+                    rng,
+                    row_len,
+                    level
+                    if task == phase
+                    else top["copy"]
+                    if task == "copy"
+                    else _find_level(top, cfg, rng, in_mix=False),
+                )
+                for _ in range(n_rows)
+            ]
         else:
             task = rng.choices(names, weights)[0]
-            rows = [tasks.row(task, rng, cfg.late_seq_len, _find_level(top, cfg, rng, in_mix=True) if task == "find"
-                              else top.get(task, 0)) for _ in range(late_batch)]
+            rows = [
+                tasks.row(
+                    task,
+                    rng,
+                    cfg.late_seq_len,
+                    _find_level(top, cfg, rng, in_mix=True) if task == "find" else top.get(task, 0),
+                )
+                for _ in range(late_batch)
+            ]
         ids, mask = batch_of(rows, device)
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         if mix_s is not None:  # linear decay to 10% over the mixed phase sharpens the copies
@@ -635,8 +704,13 @@ def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: 
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, hits = masked_loss(model(input_ids=ids).logits, ids, mask, first_only=task == "find",
-                                     first_weight=1.0 if task in PLAIN_LOSS else cfg.first_token_weight)
+            loss, hits = masked_loss(
+                model(input_ids=ids).logits,
+                ids,
+                mask,
+                first_only=task == "find",
+                first_weight=1.0 if task in PLAIN_LOSS else cfg.first_token_weight,
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -650,10 +724,16 @@ def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: 
             if _stalled(phase, step - phase_step, level, cfg, at_cap) and time.perf_counter() < restart_until:
                 return _stall_record(phase, step, level, acc_avg, seed, t0)
             if (level >= last and acc_avg >= cfg.copy_switch_acc) or at_cap:
-                ended[phase] = {"steps": step, "seconds": round(time.perf_counter() - t0, 1),
-                                "level": level, "train_acc": round(acc_avg, 3)}
-                console.print(f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
-                              f"training answers {acc_avg:.0%} exact at level {level}")
+                ended[phase] = {
+                    "steps": step,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "level": level,
+                    "train_acc": round(acc_avg, 3),
+                }
+                console.print(
+                    f"reader: {phase} phase done at step {step} ({ended[phase]['seconds']:.0f} s): "
+                    f"training answers {acc_avg:.0%} exact at level {level}"
+                )
                 if phase != "recall":  # recall's verdict is its loss at the end of the mix, where it forms
                     ended[phase]["formed"] = _formed(phase, level, acc_avg, last, cfg)
                 if not ended[phase].get("formed", True):
@@ -668,8 +748,16 @@ def _train_loop(model: Any, tasks: Tasks, cfg: ReaderConfig, out: Path, device: 
         if step % 50 == 0:
             if step % 500 == 0:
                 console.print(f"reader: step {step}, {elapsed:.0f}/{budget:.0f} s, {task} loss {loss.item():.3f}")
-            log.append({"step": step, "s": round(elapsed, 1), "task": task, "loss": round(loss.item(), 3),
-                        "acc": round(hits.item(), 3), "level": level})
+            log.append(
+                {
+                    "step": step,
+                    "s": round(elapsed, 1),
+                    "task": task,
+                    "loss": round(loss.item(), 3),
+                    "acc": round(hits.item(), 3),
+                    "level": level,
+                }
+            )
         if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
             model.save_pretrained(str(out))
             last_save = time.perf_counter()
@@ -733,15 +821,25 @@ def _recall_record(losses: list[float]) -> dict:
     loss = sum(losses[-20:]) / len(losses[-20:])
     formed = loss < RECALL_FORMED_LOSS
     if not formed:
-        console.print(f"[yellow]reader: recall loss {loss:.2f} at the end (formed: < {RECALL_FORMED_LOSS}); this "
-                      "model copies the first piece of an answer but rarely the rest. Another --seed may form "
-                      "it (experiments/reader/NOTES.md).[/yellow]")
+        console.print(
+            f"[yellow]reader: recall loss {loss:.2f} at the end (formed: < {RECALL_FORMED_LOSS}); this "
+            "model copies the first piece of an answer but rarely the rest. Another --seed may form "
+            "it (experiments/reader/NOTES.md).[/yellow]"
+        )
     return {"recall_loss": round(loss, 3), "formed": formed}
 
 
 def _stall_record(phase: str, step: int, level: int, acc: float, seed: int, t0: float) -> dict:
-    return {"stalled": {"phase": phase, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-                        "level": level, "train_acc": round(acc, 3), "seed": seed}}
+    return {
+        "stalled": {
+            "phase": phase,
+            "steps": step,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "level": level,
+            "train_acc": round(acc, 3),
+            "seed": seed,
+        }
+    }
 
 
 # ---------------------------------------------------------------- probe
@@ -838,16 +936,21 @@ def print_probe(results: dict[str, dict[str, float]]) -> None:
     for col in ("span", "1st-copy loss", "2nd-copy loss", "ratio", "next-token acc", "greedy acc"):
         table.add_column(col, justify="right")
     for n, r in results.items():
-        table.add_row(n, f"{r['first_loss']:.3f}", f"{r['second_loss']:.3f}", f"{r['ratio']:.3f}",
-                      f"{r['next_token_acc']:.1%}", f"{r['greedy_acc']:.1%}")
+        table.add_row(
+            n,
+            f"{r['first_loss']:.3f}",
+            f"{r['second_loss']:.3f}",
+            f"{r['ratio']:.3f}",
+            f"{r['next_token_acc']:.1%}",
+            f"{r['greedy_acc']:.1%}",
+        )
     Console().print(table)
 
 
 def copies(results: dict[str, dict[str, float]], lengths: Sequence[int] = (32, 128)) -> bool:
     """The issue's bar: second-copy loss below a quarter of the first, greedy >= 80%."""
     return all(
-        results[str(n)]["ratio"] < 0.25 and results[str(n)]["greedy_acc"] >= 0.8
-        for n in lengths if str(n) in results
+        results[str(n)]["ratio"] < 0.25 and results[str(n)]["greedy_acc"] >= 0.8 for n in lengths if str(n) in results
     ) and not math.isnan(sum(r["ratio"] for r in results.values()))
 
 
@@ -889,8 +992,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     except ValueError:
-        raise RagtuneError(f"--lengths '{args.lengths}' is not a comma-separated list of integers; e.g. 8,32,128") \
-            from None
+        raise RagtuneError(
+            f"--lengths '{args.lengths}' is not a comma-separated list of integers; e.g. 8,32,128"
+        ) from None
     if args.rows < 1:
         raise RagtuneError("--rows must be at least 1")
     probe_model(args.model, lengths, rows=args.rows)

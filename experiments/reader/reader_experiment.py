@@ -21,9 +21,13 @@ import time
 from pathlib import Path
 
 _HERE = Path(__file__).resolve()
-DOCS = Path(os.environ.get("RAGTUNE_DOCS") or next(
-    (p / "shared" / "data" / "python-docs" for p in _HERE.parents if (p / "shared" / "data").is_dir()),
-    _HERE.parents[2].parent / "shared" / "data" / "python-docs"))
+DOCS = Path(
+    os.environ.get("RAGTUNE_DOCS")
+    or next(
+        (p / "shared" / "data" / "python-docs" for p in _HERE.parents if (p / "shared" / "data").is_dir()),
+        _HERE.parents[2].parent / "shared" / "data" / "python-docs",
+    )
+)
 
 
 def load_texts(root: Path) -> list[str]:
@@ -49,8 +53,7 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
 
     model, tok = load_model(model_dir, precision="fp32")
     saved = PromptTemplate.find(model_dir)  # how the reader's rag rows asked
-    cfg = reader_config(ReaderConfig(refusal_share=1 / 3,
-                                        question_first=saved is not None and saved.question_first))
+    cfg = reader_config(ReaderConfig(refusal_share=1 / 3, question_first=saved is not None and saved.question_first))
     tasks = Tasks(tok, Corpus(texts), torch.zeros(10, dtype=torch.long), cfg)
     rng = random.Random(123)
     prompts, answers = [], []
@@ -70,7 +73,8 @@ def heldout_cloze_em(model_dir: Path, texts: list[str], n: int = 100) -> dict:
         "answerable_em": share(has, lambda i: outs[i] == answers[i]),
         "answerable_refused": share(has, lambda i: outs[i] == REFUSAL),
         "missing_refused": share(no, lambda i: outs[i] == REFUSAL),
-        "n": n, "n_answerable": len(has),
+        "n": n,
+        "n_answerable": len(has),
         "examples": list(zip(outs[:6], answers[:6], strict=True)),
     }
 
@@ -153,10 +157,13 @@ def copy_errors(model_dir: Path, n: int = 128, rows: int = 96) -> dict:
     with torch.no_grad():
         wrong = (model(input_ids=ids).logits[:, :-1].argmax(-1) != ids[:, 1:])[:, n + 1 : 2 * n]
         greedy = greedy_continuation(model, ids[:, : n + 2], n - 1) == ids[:, n + 2 :]
-    return {"rows": rows, "wrong_at_x2": round(wrong[:, 0].float().mean().item(), 3),
-            "wrong_later": round(wrong[:, 1:].any(1).float().mean().item(), 3),
-            "next_token_acc": round(1 - wrong.float().mean().item(), 4),
-            "greedy_acc": round(greedy.float().mean().item(), 4)}
+    return {
+        "rows": rows,
+        "wrong_at_x2": round(wrong[:, 0].float().mean().item(), 3),
+        "wrong_later": round(wrong[:, 1:].any(1).float().mean().item(), 3),
+        "next_token_acc": round(1 - wrong.float().mean().item(), 4),
+        "greedy_acc": round(greedy.float().mean().item(), 4),
+    }
 
 
 def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
@@ -186,8 +193,10 @@ def answer_token_acc(model_dir: Path, dataset_jsonl: Path) -> dict:
             c[3] += end
             c[4] += body and end
     names = ("first_token", "every_token", "end_token", "whole")
-    return {k: {"n": c[0], **{n: round(x / c[0], 3) for n, x in zip(names, c[1:], strict=True)}}
-            for k, c in sorted(counts.items())}
+    return {
+        k: {"n": c[0], **{n: round(x / c[0], 3) for n, x in zip(names, c[1:], strict=True)}}
+        for k, c in sorted(counts.items())
+    }
 
 
 def main() -> None:
@@ -215,7 +224,6 @@ def main() -> None:
         except json.JSONDecodeError:
             overrides[k] = v
     from reader import ReaderConfig, make_reader_model, print_probe
-
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]

@@ -39,8 +39,9 @@ def rewrite(question: dict, context: str, form: str, rng: random.Random) -> dict
     gold = question["answers"][0]
     before, after = around_answer(context, gold["answer_start"], gold["text"])
     end = len(before) + len(gold["text"])
-    answer = Candidate(before + gold["text"] + after, gold["answer_start"] - len(before), len(before), end,
-                       kind="squad", score=0.0)
+    answer = Candidate(
+        before + gold["text"] + after, gold["answer_start"] - len(before), len(before), end, kind="squad", score=0.0
+    )
     return {**question, "question": ExtractiveGenerator.question(answer, form, rng)}
 
 
@@ -64,8 +65,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for form in FORMS:
         rng = random.Random(0)
-        data = [{**art, "paragraphs": [q for p in art["paragraphs"] for q in paragraphs(p, form, rng)]}
-                for art in src["data"]]
+        data = [
+            {**art, "paragraphs": [q for p in art["paragraphs"] for q in paragraphs(p, form, rng)]}
+            for art in src["data"]
+        ]
         (out / f"{form}.json").write_text(json.dumps({"version": "v2.0", "data": data}), encoding="utf-8")
         n = sum(len(p["qas"]) for art in data for p in art["paragraphs"])
         print(f"{form}: {n} answerable questions -> {out / form}.json")

@@ -66,15 +66,17 @@ def typed(question: str, context: str) -> str:
     return " ".join(max(rest, key=len)) if rest else ""
 
 
-RULES: dict[str, Callable[[str, str], str]] = {"sentence": best_sentence, "minus-question": minus_question,
-                                               "typed": typed}
+RULES: dict[str, Callable[[str, str], str]] = {
+    "sentence": best_sentence,
+    "minus-question": minus_question,
+    "typed": typed,
+}
 
 
 def main() -> None:
     data = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))["data"]
     rule = RULES[sys.argv[3] if len(sys.argv) > 3 else "sentence"]
-    preds = {qa["id"]: rule(qa["question"], p["context"])
-             for art in data for p in art["paragraphs"] for qa in p["qas"]}
+    preds = {qa["id"]: rule(qa["question"], p["context"]) for art in data for p in art["paragraphs"] for qa in p["qas"]}
     Path(sys.argv[2]).write_text(json.dumps(preds, indent=1), encoding="utf-8")
 
 

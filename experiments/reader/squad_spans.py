@@ -21,16 +21,21 @@ from pathlib import Path
 
 import torch
 
-SQUAD = Path(os.environ.get("RAGTUNE_SQUAD") or Path(__file__).resolve().parents[3] / "shared" / "data"
-             / "squad2-sample" / "dev-sample-v2.0.json")
+SQUAD = Path(
+    os.environ.get("RAGTUNE_SQUAD")
+    or Path(__file__).resolve().parents[3] / "shared" / "data" / "squad2-sample" / "dev-sample-v2.0.json"
+)
 _WORD = re.compile(r"\S+")
 
 
 def candidates(context: str, max_words: int) -> list[str]:
     """Every run of 1..max_words words of the context, outer punctuation stripped."""
     words = _WORD.findall(context)
-    spans = {" ".join(words[i : i + n]).strip(".,;:()\"'") for n in range(1, max_words + 1)
-             for i in range(len(words) - n + 1)}
+    spans = {
+        " ".join(words[i : i + n]).strip(".,;:()\"'")
+        for n in range(1, max_words + 1)
+        for i in range(len(words) - n + 1)
+    }
     return sorted(spans - {""})
 
 
@@ -82,7 +87,7 @@ def main() -> None:
     for ex in items:
         spans = candidates(ex.passage_texts[0], max_words)
         prompt = prompt_ids(tok, ex.prompt, template)
-        answers = [encode_example(tok, ex.prompt, s, template)["input_ids"][len(prompt):] for s in spans]
+        answers = [encode_example(tok, ex.prompt, s, template)["input_ids"][len(prompt) :] for s in spans]
         scores = span_scores(model, prompt, answers)
         order = sorted(range(len(spans)), key=lambda i: -scores[i])
         f1s.append(max(f1(spans[order[0]], g) for g in ex.answers))
@@ -92,9 +97,11 @@ def main() -> None:
             ranks.append((rank, len(spans)))
     print(f"{len(items)} answerable items, {time.perf_counter() - t0:.0f} s; spans of 1-{max_words} words")
     print(f"F1 of the best-scored span: {100 * statistics.mean(f1s):.1f}")
-    print(f"gold among the spans for {len(ranks)}: median rank share {statistics.median(r / n for r, n in ranks):.3f}; "
-          f"top 1 {sum(r == 0 for r, _ in ranks)}, top 5 {sum(r < 5 for r, _ in ranks)}, "
-          f"top 20 {sum(r < 20 for r, _ in ranks)}")
+    print(
+        f"gold among the spans for {len(ranks)}: median rank share {statistics.median(r / n for r, n in ranks):.3f}; "
+        f"top 1 {sum(r == 0 for r, _ in ranks)}, top 5 {sum(r < 5 for r, _ in ranks)}, "
+        f"top 20 {sum(r < 20 for r, _ in ranks)}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def gold_sentences(squad: Path) -> dict[str, dict]:
                     continue
                 at = qa["answers"][0]["answer_start"]
                 gold = next((s for a, b, s in spans if a <= at < b), "")
-                out[qa["id"]] = {"context": ctx, "gold_sentence": gold,
-                                 "heuristic": best_sentence(qa["question"], ctx)}
+                out[qa["id"]] = {"context": ctx, "gold_sentence": gold, "heuristic": best_sentence(qa["question"], ctx)}
     return out
 
 
@@ -74,13 +73,17 @@ def summary(s: dict[str, float], trained_length: int | None) -> str:
         return f"{100 * s[key] / max(s[of], 1):.0f}%"
 
     a = max(s["answered"], 1)
-    out = (f"n {s['n']:.0f}, F1 {100 * s['f1'] / s['n']:.1f}, refused {pct('refused', 'n')}; of the answered: "
-           f"{s['words'] / a:.1f} words, in the gold sentence {pct('in_gold_sentence')} (a random span of the context "
-           f"as long: {pct('chance')}), in the heuristic's "
-           f"{pct('in_heuristic_sentence')}, sharing a gold word {pct('shares_gold_word')}")
+    out = (
+        f"n {s['n']:.0f}, F1 {100 * s['f1'] / s['n']:.1f}, refused {pct('refused', 'n')}; of the answered: "
+        f"{s['words'] / a:.1f} words, in the gold sentence {pct('in_gold_sentence')} (a random span of the context "
+        f"as long: {pct('chance')}), in the heuristic's "
+        f"{pct('in_heuristic_sentence')}, sharing a gold word {pct('shares_gold_word')}"
+    )
     if trained_length:
-        out += (f"; F1 prompts <= {trained_length} tokens {100 * s['f1_short'] / max(s['n_short'], 1):.1f} "
-                f"({s['n_short']:.0f}), longer {100 * s['f1_long'] / max(s['n_long'], 1):.1f} ({s['n_long']:.0f})")
+        out += (
+            f"; F1 prompts <= {trained_length} tokens {100 * s['f1_short'] / max(s['n_short'], 1):.1f} "
+            f"({s['n_short']:.0f}), longer {100 * s['f1_long'] / max(s['n_long'], 1):.1f} ({s['n_long']:.0f})"
+        )
     return out
 
 

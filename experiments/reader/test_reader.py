@@ -53,9 +53,21 @@ class InductionCopier(torch.nn.Module):
 
 def small_reader(**overrides):
     """A reader config small enough to train a few steps in seconds."""
-    return ReaderConfig(**{"scale": "cpu", "vocab_size": 400, "hidden_size": 64,
-                              "num_heads": 2, "intermediate_size": 64, "seq_len": 64, "max_span": 16,
-                              "late_seq_len": 128, "batch_size": 4, "warmup_steps": 2, **overrides})
+    return ReaderConfig(
+        **{
+            "scale": "cpu",
+            "vocab_size": 400,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "seq_len": 64,
+            "max_span": 16,
+            "late_seq_len": 128,
+            "batch_size": 4,
+            "warmup_steps": 2,
+            **overrides,
+        }
+    )
 
 
 def small_reader_tasks(cfg, tmp_path):
@@ -105,8 +117,11 @@ def test_cli_probe(tiny_model_dir, capsys):
 def test_cli_build_settings_are_parsed_as_json_where_they_parse():
     from reader import _overrides
 
-    assert _overrides(["seed=4", "task_mix={\"recall\": 1}", "find_spread=mix"]) == {
-        "seed": 4, "task_mix": {"recall": 1}, "find_spread": "mix"}
+    assert _overrides(["seed=4", 'task_mix={"recall": 1}', "find_spread=mix"]) == {
+        "seed": 4,
+        "task_mix": {"recall": 1},
+        "find_spread": "mix",
+    }
     with pytest.raises(RagtuneError, match="key=value"):
         _overrides(["seed"])
 
@@ -223,8 +238,10 @@ def test_rag_rows_look_like_the_prompt_and_answer_from_the_context(tasks, tokeni
 
 
 def test_question_first_rag_rows_ask_before_the_context_too(tasks, tokenizer):
-    first, last = (Tasks(tokenizer, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"question_first": q}))
-                   for q in (True, False))
+    first, last = (
+        Tasks(tokenizer, tasks.corpus, tasks.stream, tasks.cfg.model_copy(update={"question_first": q}))
+        for q in (True, False)
+    )
     rng, seen = random.Random(3), 0
     for _ in range(10):
         ids, mask = first.rag(rng, 0)
@@ -304,11 +321,11 @@ def test_locate_rows_ask_many_questions_answered_from_random_word_passages(token
             i = words.index(marker)
             if answer == REFUSAL:  # the question's sentence is in no passage
                 seen["refused"] += 1
-                assert " ".join(words[max(0, i - 3):i]) not in context or i == 0
+                assert " ".join(words[max(0, i - 3) : i]) not in context or i == 0
             else:
                 seen["answered"] += 1
                 # the answer follows the question's words before the blank, in a passage
-                assert " ".join([*words[max(0, i - 3):i], answer]) in " ".join(context.split())
+                assert " ".join([*words[max(0, i - 3) : i], answer]) in " ".join(context.split())
     assert seen["answered"] > 2 * seen["refused"] > 0
     assert seen["answered"] + seen["refused"] > 1.5 * seen["contexts"]  # follow-up questions
 
@@ -316,8 +333,7 @@ def test_locate_rows_ask_many_questions_answered_from_random_word_passages(token
 def test_loose_question_share_asks_in_the_synth_loose_form(tokenizer):
     corpus, forms = Corpus(corpus_texts()), {}
     for share in (0.0, 1.0):
-        cfg = reader_config(ReaderConfig(scale="cpu", loose_question_share=share,
-                                            late_seq_len=640))
+        cfg = reader_config(ReaderConfig(scale="cpu", loose_question_share=share, late_seq_len=640))
         tasks, rng = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(4)
         qas = [qa for _ in range(10) for qa in answered_questions(tokenizer, *tasks.row("rag", rng, 640, 0))]
         forms[share] = {"loose" if q.startswith("What ") else "cloze" if "____" in q else "wh" for _, q, _ in qas}
@@ -346,8 +362,7 @@ def test_rag_follow_ups_ask_more_questions_on_the_same_passages(tokenizer):
     corpus = Corpus(corpus_texts())
     counts = {}
     for follow_ups in (0, 3):
-        cfg = reader_config(ReaderConfig(scale="cpu", rag_follow_ups=follow_ups,
-                                            late_seq_len=640))
+        cfg = reader_config(ReaderConfig(scale="cpu", rag_follow_ups=follow_ups, late_seq_len=640))
         tasks, rng, n = Tasks(tokenizer, corpus, torch.arange(5, 50), cfg), random.Random(9), 0
         for _ in range(20):
             ids, mask = tasks.row("rag", rng, 640, 0)
@@ -387,9 +402,9 @@ def test_scatter_answers_follow_the_anchor_in_the_sentence_sharing_the_question_
         s = mask.index(1)
         answer, body = ids[s:-1], ids[: s - len(tasks.a_ids)]
         q = max(i for i in range(len(body)) if body[i : i + len(tasks.q_ids)] == tasks.q_ids)
-        question = body[q + len(tasks.q_ids):]
+        question = body[q + len(tasks.q_ids) :]
         start = 1 + (len(body) - q if question_first else 0)  # the question asked first, then the context
-        assert not question_first or body[1 : start] == body[q:]
+        assert not question_first or body[1:start] == body[q:]
         context = body[start:q]
         marker = next(len(m) for m in (tasks.blank_ids, tasks.what_ids) if question[-1 - len(m) : -1] == m)
         before = question[: -1 - marker]  # the bag, then the anchor
@@ -401,8 +416,13 @@ def test_scatter_answers_follow_the_anchor_in_the_sentence_sharing_the_question_
                 cur = []
         best = max(sentences, key=lambda x: len(set(x) & set(before)))
         # the anchor: the longest tail of `before` found in the best sentence right before the answer
-        hits = [k for k in (2, 1) if any(best[j : j + k] == before[-k:] and best[j + k : j + k + len(answer)] == answer
-                                         for j in range(len(best)))]
+        hits = [
+            k
+            for k in (2, 1)
+            if any(
+                best[j : j + k] == before[-k:] and best[j + k : j + k + len(answer)] == answer for j in range(len(best))
+            )
+        ]
         assert hits, (before, answer, best)
         k = hits[0]
         decoys += sum(x[j : j + k] == before[-k:] for x in sentences if x is not best for j in range(len(x)))
@@ -429,8 +449,16 @@ def test_mix_steps_whose_rows_lost_every_target_are_not_judged(tmp_path):
     # 32-token rows cut every recall example (a window of 8-16 ids, then 3-6 spans of 5 ids or
     # more, each after the answer marker), so every recall step's loss is 0 over no targets:
     # before round 12 that read as "recall formed"
-    cfg = reader_config(small_reader(max_steps=6, copy_phase_max=0.0, find_phase_max=0.0, recall_phase_max=0.0,
-                                     late_seq_len=32, task_mix={"recall": 1.0}))
+    cfg = reader_config(
+        small_reader(
+            max_steps=6,
+            copy_phase_max=0.0,
+            find_phase_max=0.0,
+            recall_phase_max=0.0,
+            late_seq_len=32,
+            task_mix={"recall": 1.0},
+        )
+    )
     tok, tasks = small_reader_tasks(cfg, tmp_path)
     rng = random.Random(0)
     assert not any(any(tasks.row("recall", rng, cfg.late_seq_len, 0)[1]) for _ in range(20))
@@ -446,8 +474,14 @@ def test_make_reader_model_saves_a_loadable_model(tmp_path, capsys):
 
     # rows long enough for a recall example (a window and its spans) to keep its targets, and
     # recall alone in the mix, so the mix's verdict on recall has steps to judge
-    cfg = small_reader(max_steps=12, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1e-9,
-                       late_seq_len=640, task_mix={"recall": 1.0})
+    cfg = small_reader(
+        max_steps=12,
+        copy_phase_max=0.0,
+        find_phase_max=1e-9,
+        recall_phase_max=1e-9,
+        late_seq_len=640,
+        task_mix={"recall": 1.0},
+    )
     info = make_reader_model(corpus_texts(), tmp_path, cfg)
     assert info["recipe"] == "reader" and info["steps"] == 12 and set(info["probe"]) == {"8", "32", "128"}
     saved = json.loads((tmp_path / "ragtune_tiny_model.json").read_text())
@@ -489,12 +523,15 @@ def test_dynamic_rope_changes_only_prompts_longer_than_the_trained_length(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stall", "phase", "at_step"), [
-    ({"copy_patience_steps": 3}, "copy", 4),
-    ({"copy_phase_max": 0.0, "find_patience_steps": 2}, "find", 4),
-    # at its cap after one step: half the patience (0) has passed, the full one (1) not
-    ({"copy_phase_max": 0.0, "find_phase_max": 1e-9, "find_patience_steps": 1}, "find", 2),
-])
+@pytest.mark.parametrize(
+    ("stall", "phase", "at_step"),
+    [
+        ({"copy_patience_steps": 3}, "copy", 4),
+        ({"copy_phase_max": 0.0, "find_patience_steps": 2}, "find", 4),
+        # at its cap after one step: half the patience (0) has passed, the full one (1) not
+        ({"copy_phase_max": 0.0, "find_phase_max": 1e-9, "find_patience_steps": 1}, "find", 2),
+    ],
+)
 def test_a_stalled_phase_starts_over_from_new_weights_once_per_allowed_restart(tmp_path, stall, phase, at_step):
     from reader import reader_llama, train_reader
 
@@ -518,10 +555,16 @@ def test_recall_counts_as_formed_by_its_last_losses(losses, formed, capsys):
     assert ("rarely the rest" in " ".join(capsys.readouterr().err.split())) is not formed
 
 
-@pytest.mark.parametrize(("phase", "level", "acc", "formed"), [
-    ("copy", 160, 0.93, True), ("copy", 160, 0.85, False), ("copy", 144, 0.95, False),
-    ("find", 1, 0.5, True), ("find", 0, 0.8, False),
-])
+@pytest.mark.parametrize(
+    ("phase", "level", "acc", "formed"),
+    [
+        ("copy", 160, 0.93, True),
+        ("copy", 160, 0.85, False),
+        ("copy", 144, 0.95, False),
+        ("find", 1, 0.5, True),
+        ("find", 0, 0.8, False),
+    ],
+)
 def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
     from reader import _formed
 
@@ -534,8 +577,16 @@ def test_a_phase_counts_as_formed_only_at_its_goal(phase, level, acc, formed):
 def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(tmp_path, copy_share):
     from reader import reader_llama, train_reader
 
-    cfg = reader_config(small_reader(max_steps=24, copy_phase_max=0.0, find_phase_max=1e-9, recall_phase_max=1.0,
-                                     recall_phase_find=0.5, recall_phase_copy=copy_share))
+    cfg = reader_config(
+        small_reader(
+            max_steps=24,
+            copy_phase_max=0.0,
+            find_phase_max=1e-9,
+            recall_phase_max=1.0,
+            recall_phase_find=0.5,
+            recall_phase_copy=copy_share,
+        )
+    )
     tok, tasks = small_reader_tasks(cfg, tmp_path)
     drawn: list[tuple[str, int, int]] = []
     row = tasks.row
@@ -550,10 +601,15 @@ def test_the_recall_phase_follows_find_and_keeps_a_share_of_find_and_copy_rows(t
     assert {(n, span) for t, n, span in recall_phase if t == "copy"} <= {(cfg.late_seq_len, cfg.max_span)}
 
 
-@pytest.mark.parametrize(("spread", "recall_phase", "mix"), [
-    ("off", {6}, {6}), ("mix", {6}, set(range(7))), ("after_find", set(range(7)), set(range(7))),
-    (True, set(range(7)), set(range(7))),  # round 8's boolean
-])
+@pytest.mark.parametrize(
+    ("spread", "recall_phase", "mix"),
+    [
+        ("off", {6}, {6}),
+        ("mix", {6}, set(range(7))),
+        ("after_find", set(range(7)), set(range(7))),
+        (True, set(range(7)), set(range(7))),  # round 8's boolean
+    ],
+)
 def test_find_rows_after_the_find_phase_take_the_level_reached_or_any_below(spread, recall_phase, mix):
     from reader import _find_level
 

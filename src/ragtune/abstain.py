@@ -53,7 +53,12 @@ class RefusalRule:
 
 
 def answer_with_rule(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], rule: RefusalRule | None, refusal: str, **kw: Any,
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    rule: RefusalRule | None,
+    refusal: str,
+    **kw: Any,
 ) -> list[str]:
     """Greedy answers, each replaced by the refusal where `rule` says the model is unsure."""
     from ragtune.generation import generate, generate_scored
@@ -65,8 +70,13 @@ def answer_with_rule(
 
 
 def calibrate(
-    model: Any, tokenizer: Any, template: PromptTemplate, rows: Any, max_new_tokens: int = 32,
-    batch_size: int = 16, max_answerable_refused: float = 1.0,
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    rows: Any,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    max_answerable_refused: float = 1.0,
 ) -> RefusalRule | None:
     """The rule that maximises SQuAD-v2 F1 on `rows` (dataset rows with prompt, completion,
     answers) refusing at most `max_answerable_refused` of the rows whose target is an answer;
@@ -91,7 +101,10 @@ def calibrate(
 
 
 def best_threshold(
-    confidence: Sequence[float], wants_refusal: Sequence[bool], answer_f1: Sequence[float], refused: Sequence[bool],
+    confidence: Sequence[float],
+    wants_refusal: Sequence[bool],
+    answer_f1: Sequence[float],
+    refused: Sequence[bool],
     max_answerable_refused: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
     """The threshold t (refuse an answer whose confidence is below t) with the highest F1 over
@@ -118,14 +131,17 @@ def best_threshold(
 
     cuts = sorted({c for c, _, _, r in items if not r})
     candidates = [-float("inf")] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)]
-    best = max(candidates, key=lambda t: (-round(max(0.0, answerable_refused(t) - max_answerable_refused), 9),
-                                          round(total(t), 9), -t))
+    best = max(
+        candidates,
+        key=lambda t: (-round(max(0.0, answerable_refused(t) - max_answerable_refused), 9), round(total(t), 9), -t),
+    )
     n = len(items)
     return round(best, 4) if best != -float("inf") else -1e9, {
         "f1_without_rule": round(100 * total(-float("inf")) / n, 2),
         "f1_with_rule": round(100 * total(best) / n, 2),
         "refused": round(100 * sum(refuses(it, best) for it in items) / n, 2),
         "answerable_refused": round(100 * answerable_refused(best), 2),
-        "refusal_targets_refused": round(100 * sum(refuses(it, best) for it in items if it[1])
-                                         / max(1, n - len(answerable)), 2),
+        "refusal_targets_refused": round(
+            100 * sum(refuses(it, best) for it in items if it[1]) / max(1, n - len(answerable)), 2
+        ),
     }

@@ -83,8 +83,13 @@ def _shape_problem(shapes: dict[str, list[int]], config: dict[str, Any]) -> str 
     if not hidden or not heads:
         return None
     head_dim = cfg.get("head_dim") or hidden // heads
-    widths = {hidden, cfg.get("intermediate_size"), heads * head_dim,
-              (cfg.get("num_key_value_heads") or heads) * head_dim, cfg.get("vocab_size")}
+    widths = {
+        hidden,
+        cfg.get("intermediate_size"),
+        heads * head_dim,
+        (cfg.get("num_key_value_heads") or heads) * head_dim,
+        cfg.get("vocab_size"),
+    }
     layers = cfg.get("num_hidden_layers")
     for key, shape in sorted(shapes.items()):
         layer = _LAYER.search(key)
@@ -94,8 +99,7 @@ def _shape_problem(shapes: dict[str, list[int]], config: dict[str, Any]) -> str 
             continue
         width = shape[1] if ".lora_A." in key else shape[0] if ".lora_B." in key else None
         if width is not None and width not in widths:
-            return (f"its tensor {key} has shape {shape}, the base's layers are "
-                    f"{sorted(w for w in widths if w)} wide")
+            return f"its tensor {key} has shape {shape}, the base's layers are {sorted(w for w in widths if w)} wide"
     return None
 
 

@@ -57,8 +57,9 @@ def context_passages(path: str | Path) -> list[Passage]:
 ChunkDocuments = Callable[[Path, str | None], list[Chunk]]
 
 
-def knowledge_base_chunks(docs: str | Path, tokenizer_source: str | None = None,
-                          chunk_documents: ChunkDocuments | None = None) -> list[Chunk]:
+def knowledge_base_chunks(
+    docs: str | Path, tokenizer_source: str | None = None, chunk_documents: ChunkDocuments | None = None
+) -> list[Chunk]:
     """Chunks of a run folder (chunks.jsonl), of a chunks file, or of a documents folder chunked
     by `chunk_documents(folder, tokenizer_source)`."""
     d = Path(docs)
@@ -98,7 +99,7 @@ def ask(
     from ragtune.prompts import prompt_ids
 
     if not question.strip():
-        raise RagtuneError("the question is empty; pass --question \"...\"")
+        raise RagtuneError('the question is empty; pass --question "..."')
     if (context is None) == (docs is None):
         raise RagtuneError("pass exactly one of --context FILE or --docs DIR (a run or documents folder)")
     if context is not None:
@@ -112,7 +113,17 @@ def ask(
     ids = prompt_ids(tok, template.render(tok, question, passages), template)
     limit = getattr(tok, "model_max_length", None)
     if isinstance(limit, int) and limit < 1_000_000 and len(ids) + max_new_tokens > limit:
-        raise RagtuneError(f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
-                           "context file or use --docs with a smaller --k")
-    return answer_with_rule(model, tok, [ids], rule, template.refusal,
-                            max_new_tokens=max_new_tokens, batch_size=1, stop_strings=stop_strings(template))[0]
+        raise RagtuneError(
+            f"the prompt is {len(ids)} tokens, over the model's {limit}; shorten the "
+            "context file or use --docs with a smaller --k"
+        )
+    return answer_with_rule(
+        model,
+        tok,
+        [ids],
+        rule,
+        template.refusal,
+        max_new_tokens=max_new_tokens,
+        batch_size=1,
+        stop_strings=stop_strings(template),
+    )[0]

@@ -29,8 +29,14 @@ def _kept(_item: Any) -> bool:
 class MicroBatcher(Generic[Item, Result]):
     """Items submitted from the event loop, run in batches by `run` on `executor`."""
 
-    def __init__(self, run: Callable[[list[Item]], Sequence[Result]], batch_size: int, executor: Executor,
-                 key: Callable[[Item], Hashable] = _same_key, dropped: Callable[[Item], bool] = _kept) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Sequence[Result]],
+        batch_size: int,
+        executor: Executor,
+        key: Callable[[Item], Hashable] = _same_key,
+        dropped: Callable[[Item], bool] = _kept,
+    ) -> None:
         self.run, self.batch_size, self.executor = run, max(1, batch_size), executor
         self.key, self.dropped = key, dropped
         self.pending: list[tuple[Item, asyncio.Future]] = []

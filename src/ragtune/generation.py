@@ -80,34 +80,56 @@ def pad_token_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int = 48,
-             batch_size: int = 16, stop_strings: Sequence[str] = (), progress: Any = None) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    progress: Any = None,
+) -> list[str]:
     """Greedy continuations of tokenised prompts, in the order given."""
-    done = generate_all(model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size,
-                        progress=progress)
+    done = generate_all(
+        model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size, progress=progress
+    )
     return [c.text for c in done]
 
 
-def generate_scored(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int = 48,
-                    batch_size: int = 16, stop_strings: Sequence[str] = (), progress: Any = None,
-                    with_confidence: bool = True) -> tuple[list[str], list[float]]:
+def generate_scored(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    stop_strings: Sequence[str] = (),
+    progress: Any = None,
+    with_confidence: bool = True,
+) -> tuple[list[str], list[float]]:
     """Greedy continuations, and with `with_confidence` each one's mean log-probability per
     token (up to its stop token): how sure the model is of what it wrote."""
-    done = generate_all(model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size,
-                        with_confidence, progress)
+    done = generate_all(
+        model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size, with_confidence, progress
+    )
     return [c.text for c in done], [c.confidence for c in done] if with_confidence else []  # type: ignore[misc]
 
 
-def generate_all(model: Any, tokenizer: Any, prompts: Sequence[list[int]], decoding: Decoding,
-                 batch_size: int = 16, with_confidence: bool = False, progress: Any = None) -> list[Completion]:
+def generate_all(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    decoding: Decoding,
+    batch_size: int = 16,
+    with_confidence: bool = False,
+    progress: Any = None,
+) -> list[Completion]:
     """Every prompt's completion, in the order given, generated longest first in batches."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out: list[Completion | None] = [None] * len(prompts)
     stop_ids = stop_token_ids(tokenizer, model)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        done = generate_batch(model, tokenizer, [prompts[i] for i in idx], decoding, with_confidence,
-                              stop_ids=stop_ids)
+        done = generate_batch(model, tokenizer, [prompts[i] for i in idx], decoding, with_confidence, stop_ids=stop_ids)
         for i, completion in zip(idx, done, strict=True):
             out[i] = completion
         if progress is not None:
@@ -116,9 +138,15 @@ def generate_all(model: Any, tokenizer: Any, prompts: Sequence[list[int]], decod
 
 
 @torch.no_grad()
-def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], decoding: Decoding,
-                   with_confidence: bool = False, halt: Halt | None = None,
-                   stop_ids: Sequence[int] | None = None) -> list[Completion]:
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    decoding: Decoding,
+    with_confidence: bool = False,
+    halt: Halt | None = None,
+    stop_ids: Sequence[int] | None = None,
+) -> list[Completion]:
     """One left-padded batch of prompts continued together. `stop_ids` default to
     `stop_token_ids`; `with_confidence` scores each row (`mean_logprobs`)."""
     stop_ids = list(stop_ids if stop_ids is not None else stop_token_ids(tokenizer, model))
@@ -130,16 +158,21 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], dec
         ids[r, width - len(p) :] = torch.tensor(p)
         mask[r, width - len(p) :] = 1
     device = next(model.parameters()).device
-    res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         **_generate_kwargs(decoding, stop_ids, pad, halt),
-                         output_logits=with_confidence, return_dict_in_generate=True)
+    res = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        **_generate_kwargs(decoding, stop_ids, pad, halt),
+        output_logits=with_confidence,
+        return_dict_in_generate=True,
+    )
     gen = res.sequences[:, width:]
     sure = mean_logprobs(res.logits, gen, stop_ids) if with_confidence else [None] * len(prompts)
     return [_finished(tokenizer, gen[r].tolist(), stop_ids, decoding, sure[r]) for r in range(len(prompts))]
 
 
-def _finished(tokenizer: Any, tokens: list[int], stop_ids: Sequence[int], decoding: Decoding,
-              confidence: float | None) -> Completion:
+def _finished(
+    tokenizer: Any, tokens: list[int], stop_ids: Sequence[int], decoding: Decoding, confidence: float | None
+) -> Completion:
     """A row's text up to its stop token, cut at the first stop string, with its counts."""
     finish = "length"
     for k, t in enumerate(tokens):
@@ -158,9 +191,14 @@ def _generate_kwargs(decoding: Decoding, stop_ids: list[int], pad: int, halt: Ha
     """`model.generate` settings; top_k is off so sampling is exactly temperature + top_p (OpenAI's)."""
     sample = decoding.sampled
     kwargs: dict[str, Any] = {
-        "max_new_tokens": decoding.max_new_tokens, "do_sample": sample,
-        "temperature": decoding.temperature if sample else None, "top_p": decoding.top_p if sample else None,
-        "top_k": None, "eos_token_id": stop_ids, "pad_token_id": pad, "use_cache": True,
+        "max_new_tokens": decoding.max_new_tokens,
+        "do_sample": sample,
+        "temperature": decoding.temperature if sample else None,
+        "top_p": decoding.top_p if sample else None,
+        "top_k": None,
+        "eos_token_id": stop_ids,
+        "pad_token_id": pad,
+        "use_cache": True,
     }
     if halt is not None:
         kwargs["stopping_criteria"] = _stopping(halt)
@@ -189,9 +227,16 @@ class _Stream:
 
 
 @torch.no_grad()
-def generate_stream(model: Any, tokenizer: Any, prompt: list[int], decoding: Decoding,
-                    on_text: Callable[[str, bool], None] | None = None, halt: Callable[[], bool] | None = None,
-                    seed: int | None = None, stop_ids: Sequence[int] | None = None) -> Completion:
+def generate_stream(
+    model: Any,
+    tokenizer: Any,
+    prompt: list[int],
+    decoding: Decoding,
+    on_text: Callable[[str, bool], None] | None = None,
+    halt: Callable[[], bool] | None = None,
+    seed: int | None = None,
+    stop_ids: Sequence[int] | None = None,
+) -> Completion:
     """One prompt continued as `generate_batch` would, calling `on_text(text so far, final)`
     whenever decoded text is complete; `final` once a stop string has cut it. The text is not
     stripped (its pieces may already be sent). `seed` seeds torch first, so a sample repeats."""
@@ -201,15 +246,24 @@ def generate_stream(model: Any, tokenizer: Any, prompt: list[int], decoding: Dec
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     if seed is not None:
         torch.manual_seed(seed)
-    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                   streamer=_streamer(tokenizer, state, stop_ids, decoding.stop_strings, on_text),
-                   **_generate_kwargs(decoding, stop_ids, pad_token_id(tokenizer, stop_ids),
-                                      lambda: [state.cut or (halt is not None and halt())]))
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        streamer=_streamer(tokenizer, state, stop_ids, decoding.stop_strings, on_text),
+        **_generate_kwargs(
+            decoding, stop_ids, pad_token_id(tokenizer, stop_ids), lambda: [state.cut or (halt is not None and halt())]
+        ),
+    )
     return Completion(state.text, state.n_tokens, state.finish_reason)
 
 
-def _streamer(tokenizer: Any, state: _Stream, stop_ids: list[int], stops: Sequence[str],
-              on_text: Callable[[str, bool], None] | None) -> Any:
+def _streamer(
+    tokenizer: Any,
+    state: _Stream,
+    stop_ids: list[int],
+    stops: Sequence[str],
+    on_text: Callable[[str, bool], None] | None,
+) -> Any:
     from transformers import TextStreamer
 
     class _Streamer(TextStreamer):

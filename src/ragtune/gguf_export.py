@@ -33,8 +33,14 @@ SUPPORTED = {"llama": "llama", "qwen2": "qwen2"}
 Q8_BLOCK = 32  # q8_0 quantises rows in blocks of 32 values
 
 
-def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf_type: str = "f16",
-                          template: PromptTemplate | None = None, rule: RefusalRule | None = None) -> Path:
+def write_gguf_from_model(
+    model: Any,
+    tokenizer: Any,
+    out_path: str | Path,
+    gguf_type: str = "f16",
+    template: PromptTemplate | None = None,
+    rule: RefusalRule | None = None,
+) -> Path:
     """Write an in-memory Hugging Face causal LM (merged, no adapter) and its tokenizer as GGUF,
     with ragtune's prompt template and abstention rule as metadata for ragtune's GGUF import."""
     import gguf
@@ -45,8 +51,10 @@ def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf
     arch = _arch_of(config)
     n_vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_vocab:
-        raise RagtuneError(f"the tokenizer has {len(tokenizer)} tokens but the model {n_vocab} embeddings; "
-                           "resize the model's embeddings to the tokenizer before exporting")
+        raise RagtuneError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model {n_vocab} embeddings; "
+            "resize the model's embeddings to the tokenizer before exporting"
+        )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Tensors spill to a temporary file past 256 MB, so a 7B export does not hold a second copy in memory.
@@ -70,8 +78,10 @@ def write_gguf_from_model(model: Any, tokenizer: Any, out_path: str | Path, gguf
 def _arch_of(config: Any) -> str:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED:
-        raise RagtuneError(f"GGUF export supports {', '.join(SUPPORTED)} models (SmolLM2, Llama, Qwen2, ragtune's "
-                           f"tiny models), not '{model_type}'; export a merged safetensors folder instead")
+        raise RagtuneError(
+            f"GGUF export supports {', '.join(SUPPORTED)} models (SmolLM2, Llama, Qwen2, ragtune's "
+            f"tiny models), not '{model_type}'; export a merged safetensors folder instead"
+        )
     return SUPPORTED[model_type]
 
 
@@ -89,11 +99,14 @@ def _add_hparams(writer: Any, config: Any, arch: str, n_vocab: int, gguf_type: s
     if rope_type == "dynamic":
         # Dynamic NTK only changes positions past max_position_embeddings; llama.cpp has no such
         # mode, so the file states that length as the context and behaves identically within it.
-        log.warning("dynamic RoPE scaling is not in GGUF: the export is exact up to %d tokens",
-                    config.max_position_embeddings)
+        log.warning(
+            "dynamic RoPE scaling is not in GGUF: the export is exact up to %d tokens", config.max_position_embeddings
+        )
     elif rope_type != "default":
-        raise RagtuneError(f"RoPE scaling '{rope_type}' is not exported to GGUF yet; export a merged "
-                           "safetensors folder (ragtune export --out) and convert it with llama.cpp")
+        raise RagtuneError(
+            f"RoPE scaling '{rope_type}' is not exported to GGUF yet; export a merged "
+            "safetensors folder (ragtune export --out) and convert it with llama.cpp"
+        )
     heads = config.num_attention_heads
     writer.add_name(Path(str(getattr(config, "_name_or_path", "") or "ragtune")).name or "ragtune")
     writer.add_context_length(config.max_position_embeddings)
@@ -107,8 +120,11 @@ def _add_hparams(writer: Any, config: Any, arch: str, n_vocab: int, gguf_type: s
     writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(n_vocab)
-    file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    file_types = {
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
     writer.add_file_type(file_types[gguf_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -166,16 +182,22 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
     pre_tokenizers = _pre_tokenizers(spec)
     byte_level = [p for p in pre_tokenizers if p.get("type") == "ByteLevel"]
     if spec["model"].get("type") != "BPE" or not byte_level:
-        raise RagtuneError("GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3 and "
-                           "Qwen2 use); this tokenizer is not one, so export a merged safetensors folder instead")
+        raise RagtuneError(
+            "GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3 and "
+            "Qwen2 use); this tokenizer is not one, so export a merged safetensors folder instead"
+        )
     tokens, types = vocab_tokens(tokenizer, n_vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer_name(pre_tokenizers))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])])
-    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                     ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
+    for key, add in (
+        ("bos_token_id", writer.add_bos_token_id),
+        ("eos_token_id", writer.add_eos_token_id),
+        ("unk_token_id", writer.add_unk_token_id),
+        ("pad_token_id", writer.add_pad_token_id),
+    ):
         if getattr(tokenizer, key, None) is not None:
             add(getattr(tokenizer, key))
     add_bos, add_eos = _adds_special(tokenizer)
@@ -185,8 +207,10 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
     if prefix_space:
         # llama.cpp's BPE ignores this flag and transformers' GGUF tokenizer drops it: text is then
         # split without the leading space. Recorded so ragtune's own import can restore it.
-        log.warning("the tokenizer adds a prefix space, which llama.cpp's BPE does not: the Modelfile's TEMPLATE "
-                    "starts with one, and a prompt given to llama.cpp directly needs a leading space")
+        log.warning(
+            "the tokenizer adds a prefix space, which llama.cpp's BPE does not: the Modelfile's TEMPLATE "
+            "starts with one, and a prompt given to llama.cpp directly needs a leading space"
+        )
     writer.add_add_space_prefix(prefix_space)
     if isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
@@ -238,8 +262,9 @@ def vocab_tokens(tokenizer: Any, n_vocab: int) -> tuple[list[str], list[int]]:
         else:
             tokens.append(token)
             special = token in added and (added[token] or token in tokenizer.all_special_tokens)
-            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED if token in added
-                         else TokenType.NORMAL)
+            types.append(
+                TokenType.CONTROL if special else TokenType.USER_DEFINED if token in added else TokenType.NORMAL
+            )
     return tokens, [int(t) for t in types]
 
 
@@ -253,8 +278,13 @@ def _adds_special(tokenizer: Any) -> tuple[bool, bool]:
 
 
 # ---------------------------------------------------------------- from a folder
-def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type: str = "f16", ollama: bool = False,
-               base_model: str | None = None) -> Path:
+def write_gguf(
+    model_dir_or_adapter: str | Path,
+    out_path: str | Path,
+    gguf_type: str = "f16",
+    ollama: bool = False,
+    base_model: str | None = None,
+) -> Path:
     """Export an adapter (merged into its base first) or a full model folder as one GGUF;
     with `ollama`, also a `Modelfile` beside it. Returns the GGUF's path."""
     if gguf_type not in GGUF_TYPES:
@@ -266,8 +296,7 @@ def write_gguf(model_dir_or_adapter: str | Path, out_path: str | Path, gguf_type
     return path
 
 
-def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate,
-                                                                         RefusalRule | None]:
+def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, Any, PromptTemplate, RefusalRule | None]:
     """The model, its tokenizer, the training prompt template and the abstention rule, from an
     adapter or a model folder.
 
@@ -279,8 +308,10 @@ def load_for_export(source: Path, base_model: str | None = None) -> tuple[Any, A
 
     is_adapter = (source / "adapter_config.json").is_file()
     if not is_adapter and not (source / "config.json").is_file():
-        raise RagtuneError(f"{source} holds neither adapter_config.json nor config.json; pass the adapter "
-                           "`ragtune train` wrote or a model folder")
+        raise RagtuneError(
+            f"{source} holds neither adapter_config.json nor config.json; pass the adapter "
+            "`ragtune train` wrote or a model folder"
+        )
     base = resolve_model(base_model or base_model_of(source)) if is_adapter else str(source)
     try:
         _arch_of(AutoConfig.from_pretrained(base))  # refuse unsupported models before loading weights
@@ -315,10 +346,14 @@ def prompt_frame(tokenizer: Any, template: PromptTemplate) -> tuple[str, str]:
     if template.style == "chat":
         text = tokenizer.apply_chat_template(
             [{"role": "system", "content": SYSTEM_MARK}, {"role": "user", "content": PROMPT_MARK}],
-            tokenize=False, add_generation_prompt=True)
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         if SYSTEM_MARK not in text or text.count(PROMPT_MARK) != 1:
-            raise RagtuneError("the chat template drops the system or user message; an Ollama TEMPLATE cannot "
-                               "reproduce it, so export without --ollama")
+            raise RagtuneError(
+                "the chat template drops the system or user message; an Ollama TEMPLATE cannot "
+                "reproduce it, so export without --ollama"
+            )
         before, after = text.split(PROMPT_MARK)
         return before, after
     marked = PromptTemplate(**{**asdict(template), "instruction": SYSTEM_MARK})
@@ -335,7 +370,7 @@ def ollama_prompt(tokenizer: Any, template: PromptTemplate, question: str, conte
     before, after = prompt_frame(tokenizer, template)
     full = template.render_context(tokenizer, question, context)
     head = before.replace(SYSTEM_MARK, template.system)
-    return full[len(head): len(full) - len(after)]
+    return full[len(head) : len(full) - len(after)]
 
 
 def ollama_template(tokenizer: Any, template: PromptTemplate) -> str:

@@ -24,9 +24,16 @@ def import_to_run(path: str | Path, run: str | Path, fmt: str | None = None, ski
     if rejected:
         old = list(read_jsonl(folder.qa_rejected)) if folder.qa_rejected.is_file() else []
         write_jsonl(folder.qa_rejected, [*old, *rejected])
-    counts = {"imported": len(items), "answerable": sum(q.answerable for q in items),
-              "unanswerable": sum(not q.answerable for q in items), "rejected": len(rejected), "qa_total": total}
+    counts = {
+        "imported": len(items),
+        "answerable": sum(q.answerable for q in items),
+        "unanswerable": sum(not q.answerable for q in items),
+        "rejected": len(rejected),
+        "qa_total": total,
+    }
     folder.record_stage("import", inputs=[Path(path)], source=str(path), **counts)
-    print(f"imported {counts['imported']} QA rows ({counts['answerable']} answerable, "
-          f"{counts['unanswerable']} unanswerable, {counts['rejected']} rejected) into {folder.qa}")
+    print(
+        f"imported {counts['imported']} QA rows ({counts['answerable']} answerable, "
+        f"{counts['unanswerable']} unanswerable, {counts['rejected']} rejected) into {folder.qa}"
+    )
     return counts

@@ -80,20 +80,79 @@ def _decode(data: bytes) -> str:
 _RST_UNDERLINE = re.compile(r"^([=\-~^\"'`*#+<>:._])\1{2,}\s*$")
 # directives whose indented body is prose worth keeping
 _RST_KEEP = {
-    "function", "method", "class", "attribute", "data", "exception", "decorator",
-    "decoratormethod", "classmethod", "staticmethod", "module", "describe", "opcode",
-    "cmdoption", "option", "envvar", "note", "warning", "seealso", "tip", "important",
-    "caution", "attention", "danger", "hint", "admonition", "topic", "sidebar", "rubric",
-    "deprecated", "versionadded", "versionchanged", "impl-detail", "glossary", "pdbcommand",
-    "c:function", "c:type", "c:member", "c:macro", "c:var", "abstractmethod", "coroutinefunction",
-    "coroutinemethod", "awaitablefunction", "awaitablemethod", "availability",
+    "function",
+    "method",
+    "class",
+    "attribute",
+    "data",
+    "exception",
+    "decorator",
+    "decoratormethod",
+    "classmethod",
+    "staticmethod",
+    "module",
+    "describe",
+    "opcode",
+    "cmdoption",
+    "option",
+    "envvar",
+    "note",
+    "warning",
+    "seealso",
+    "tip",
+    "important",
+    "caution",
+    "attention",
+    "danger",
+    "hint",
+    "admonition",
+    "topic",
+    "sidebar",
+    "rubric",
+    "deprecated",
+    "versionadded",
+    "versionchanged",
+    "impl-detail",
+    "glossary",
+    "pdbcommand",
+    "c:function",
+    "c:type",
+    "c:member",
+    "c:macro",
+    "c:var",
+    "abstractmethod",
+    "coroutinefunction",
+    "coroutinemethod",
+    "awaitablefunction",
+    "awaitablemethod",
+    "availability",
 }
 # directives whose signature line reads as a heading of the description
 _RST_SIGNATURE = {
-    "function", "method", "class", "attribute", "data", "exception", "decorator",
-    "decoratormethod", "classmethod", "staticmethod", "abstractmethod", "coroutinefunction",
-    "coroutinemethod", "c:function", "c:type", "c:macro", "c:member", "c:var", "opcode",
-    "pdbcommand", "describe", "cmdoption", "option", "envvar",
+    "function",
+    "method",
+    "class",
+    "attribute",
+    "data",
+    "exception",
+    "decorator",
+    "decoratormethod",
+    "classmethod",
+    "staticmethod",
+    "abstractmethod",
+    "coroutinefunction",
+    "coroutinemethod",
+    "c:function",
+    "c:type",
+    "c:macro",
+    "c:member",
+    "c:var",
+    "opcode",
+    "pdbcommand",
+    "describe",
+    "cmdoption",
+    "option",
+    "envvar",
 }
 _RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::\s*(.*)$")
 _ROLE = re.compile(r":[\w:+-]+:`([^`]*)`")
@@ -213,8 +272,11 @@ class _RstReader:
         elif arg and name not in _RST_VERSION_NOTES:
             self.para.append(arg)
         i += 1
-        while i < len(self.lines) and self.lines[i].strip() and _indent(self.lines[i]) > base and (
-            self.lines[i].strip().startswith(":") or name in _RST_SIGNATURE
+        while (
+            i < len(self.lines)
+            and self.lines[i].strip()
+            and _indent(self.lines[i]) > base
+            and (self.lines[i].strip().startswith(":") or name in _RST_SIGNATURE)
         ):
             i += 1  # directive options (:noindex:) and further signature lines
         return i
@@ -281,8 +343,30 @@ def _drop_empty(blocks: list[str], headings: set[int]) -> tuple[list[str], set[i
 
 
 # ------------------------------------------------------------------ HTML, PDF, plain
-_HTML_BLOCKS = ["p", "div", "li", "td", "th", "br", "tr", "section", "article", "blockquote",
-                "dd", "dt", "h1", "h2", "h3", "h4", "h5", "h6", "title", "table", "ul", "ol"]
+_HTML_BLOCKS = [
+    "p",
+    "div",
+    "li",
+    "td",
+    "th",
+    "br",
+    "tr",
+    "section",
+    "article",
+    "blockquote",
+    "dd",
+    "dt",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "title",
+    "table",
+    "ul",
+    "ol",
+]
 
 
 def html_blocks(text: str) -> tuple[list[str], set[int], str]:
@@ -336,8 +420,9 @@ def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".rst.txt") or name.endswith(".rst"):
         return "rst"
-    return {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".pdf": "pdf",
-            ".jsonl": "jsonl"}.get(path.suffix.lower(), "txt")
+    return {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".pdf": "pdf", ".jsonl": "jsonl"}.get(
+        path.suffix.lower(), "txt"
+    )
 
 
 def _title_from(blocks: list[str], headings: set[int], fallback: str) -> str:
@@ -527,8 +612,9 @@ def chunk_spans(lay: _Layout, cfg: IngestConfig) -> list[tuple[int, int]]:
         if rest <= target or (rest <= hi and rest - target < lo):
             out.append((s, n_text))
             break
-        end = (_best_cut(lay.block_starts, lay, s, lo, target, hi)
-               or _best_cut(lay.sentence_starts, lay, s, lo, target, hi))
+        end = _best_cut(lay.block_starts, lay, s, lo, target, hi) or _best_cut(
+            lay.sentence_starts, lay, s, lo, target, hi
+        )
         if end is None:
             end = _word_start(lay.text, lay.pos_after_tokens(s, target), s)
             if end <= s:
@@ -564,7 +650,9 @@ def _trim(text: str, s: int, e: int) -> tuple[int, int]:
 
 
 def chunk_document(
-    doc: Document, cfg: IngestConfig, spans: Callable[[str], list[tuple[int, int]]],
+    doc: Document,
+    cfg: IngestConfig,
+    spans: Callable[[str], list[tuple[int, int]]],
     count: Callable[[str], int],
 ) -> list[Chunk]:
     lay = _layout(doc, spans)
@@ -584,17 +672,19 @@ def chunk_document(
             text = lay.text[s:e]
             n = count(text)
         block = bisect.bisect_right(lay.block_starts, s) - 1
-        chunks.append(Chunk(
-            id=content_id(doc.source, text),
-            doc_id=doc.doc_id,
-            source=doc.source,
-            title=_section_title(doc, heads, block),
-            text=text,
-            start=s,
-            end=e,
-            page=doc.block_pages[block] if doc.block_pages else None,
-            n_tokens=n,
-        ))
+        chunks.append(
+            Chunk(
+                id=content_id(doc.source, text),
+                doc_id=doc.doc_id,
+                source=doc.source,
+                title=_section_title(doc, heads, block),
+                text=text,
+                start=s,
+                end=e,
+                page=doc.block_pages[block] if doc.block_pages else None,
+                n_tokens=n,
+            )
+        )
     return chunks
 
 
@@ -673,12 +763,18 @@ def ingest_to_run(docs_dir: Path, run_dir: Path, cfg: IngestConfig) -> IngestRes
     write_jsonl(run.chunks, result.chunks)
     run.ingest_report.write_text(json.dumps(result.report, indent=2), encoding="utf-8")
     run.record_stage(
-        "ingest", config=cfg, chunks=len(result.chunks), documents=result.report["documents"],
-        files_skipped=result.report["files_skipped"], seconds=result.report["seconds"],
+        "ingest",
+        config=cfg,
+        chunks=len(result.chunks),
+        documents=result.report["documents"],
+        files_skipped=result.report["files_skipped"],
+        seconds=result.report["seconds"],
     )
     r = result.report
-    msg = (f"ingest: {r['documents']} documents from {r['files_read']} files -> {r['chunks']} chunks "
-           f"(median {r['chunk_tokens']['median']} tokens) in {r['seconds']} s")
+    msg = (
+        f"ingest: {r['documents']} documents from {r['files_read']} files -> {r['chunks']} chunks "
+        f"(median {r['chunk_tokens']['median']} tokens) in {r['seconds']} s"
+    )
     if r["files_skipped"]:
         msg += f"; skipped {r['files_skipped']} files: {r['skipped_by_reason']}"
     Console(stderr=True).print(msg)

@@ -97,8 +97,9 @@ class OpenAIComplete:
 
         self.cfg, self.model = cfg, model
         self.schema = schema  # the response_format sent in `json_schema` mode
-        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=api_key(cfg), max_retries=0,
-                                         timeout=cfg.timeout_s)
+        self.client = openai.AsyncOpenAI(
+            base_url=cfg.base_url, api_key=api_key(cfg), max_retries=0, timeout=cfg.timeout_s
+        )
         self.semaphore = asyncio.Semaphore(max(1, cfg.concurrency))
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         self.response_format: str = cfg.response_format
@@ -121,11 +122,15 @@ class OpenAIComplete:
             except openai.APIStatusError as e:
                 last = f"HTTP {e.status_code}: {e.message}"
                 if e.status_code in (401, 403):
-                    raise RagtuneError(f"the endpoint refused the API key from ${self.cfg.api_key_env} "
-                                       f"(HTTP {e.status_code}); export a valid key") from None
+                    raise RagtuneError(
+                        f"the endpoint refused the API key from ${self.cfg.api_key_env} "
+                        f"(HTTP {e.status_code}); export a valid key"
+                    ) from None
                 if e.status_code == 404:
-                    raise RagtuneError(f"the endpoint has no model '{self.model}' or no chat-completions route "
-                                       f"(HTTP 404); check --model and --base-url") from None
+                    raise RagtuneError(
+                        f"the endpoint has no model '{self.model}' or no chat-completions route "
+                        f"(HTTP 404); check --model and --base-url"
+                    ) from None
                 if e.status_code == 400 and "response_format" in request and "response_format" in str(e.message):
                     self.response_format = "none"  # this server does not do structured output
                     continue  # not a failed attempt: the same call again, without it
@@ -140,8 +145,12 @@ class OpenAIComplete:
         raise CallFailed(f"gave up after {self.cfg.max_retries + 1} attempts; last error: {last}")
 
     def request(self, messages: list[dict[str, str]], json_mode: bool) -> dict[str, Any]:
-        req: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.cfg.temperature,
-                               "max_tokens": self.cfg.max_tokens}
+        req: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        }
         if json_mode and self.response_format == "json_schema" and self.schema is not None:
             req["response_format"] = self.schema
         elif json_mode and self.response_format in ("json_object", "json_schema"):
@@ -170,11 +179,13 @@ def resolve_model(cfg: SynthConfig) -> str:
     import openai
 
     try:
-        models = openai.OpenAI(base_url=cfg.base_url, api_key=api_key(cfg), max_retries=2,
-                               timeout=cfg.timeout_s).models.list()
+        models = openai.OpenAI(
+            base_url=cfg.base_url, api_key=api_key(cfg), max_retries=2, timeout=cfg.timeout_s
+        ).models.list()
         return next(iter(models)).id
     except openai.AuthenticationError:
-        raise RagtuneError(f"the endpoint refused the API key from ${cfg.api_key_env} (HTTP 401); "
-                           "export a valid key") from None
+        raise RagtuneError(
+            f"the endpoint refused the API key from ${cfg.api_key_env} (HTTP 401); export a valid key"
+        ) from None
     except (openai.OpenAIError, StopIteration) as e:
         raise RagtuneError(f"cannot list models at {cfg.base_url} ({type(e).__name__}); pass --model") from None

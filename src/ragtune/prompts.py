@@ -22,7 +22,8 @@ IGNORE_INDEX = -100
 # A user message that carries RAG context (what `PromptTemplate.messages` sends); the question
 # may come first too (a `question_first` template's messages).
 _CONTEXT_MESSAGE = re.compile(
-    r"\A(?:Question: [^\n]*\n\n)?Context:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S)
+    r"\A(?:Question: [^\n]*\n\n)?Context:\n(?P<context>.*)\n\nQuestion: (?P<question>.*)\Z", re.S
+)
 
 DEFAULT_INSTRUCTION = (
     "Answer the question using only the passages in the context. Give a short answer "
@@ -62,8 +63,7 @@ class PromptTemplate:
 
     def context_block(self, passages: Sequence[Passage]) -> str:
         return "\n\n".join(
-            self.passage_format.format(n=i + 1, title=p.title, text=p.text, id=p.id)
-            for i, p in enumerate(passages)
+            self.passage_format.format(n=i + 1, title=p.title, text=p.text, id=p.id) for i, p in enumerate(passages)
         )
 
     def messages(self, question: str, passages: Sequence[Passage]) -> list[dict[str, str]]:
@@ -130,9 +130,7 @@ def end_of_answer(tokenizer: Any, template: PromptTemplate) -> str:
     return tail.rstrip() or eos
 
 
-def encode_example(
-    tokenizer: Any, prompt: str, completion: str, template: PromptTemplate
-) -> dict[str, list[int]]:
+def encode_example(tokenizer: Any, prompt: str, completion: str, template: PromptTemplate) -> dict[str, list[int]]:
     """Token ids and labels: the prompt masked with -100, the answer and its end token trained.
 
     Prompt and completion are tokenised separately and concatenated, so the prompt is an
@@ -158,7 +156,9 @@ def prompt_ids(tokenizer: Any, prompt: str, template: PromptTemplate) -> list[in
 
 
 def render_messages(
-    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    template: PromptTemplate | None,
     passages: list[Passage] | None = None,
 ) -> list[int]:
     """Prompt token ids for chat messages (serve's requests, the `hf` generator's calls).

@@ -76,8 +76,7 @@ def detect_format(path: Path) -> str:
             if isinstance(row, dict):
                 return _record_format(row)
         return "jsonl"
-    raise RagtuneError(f"{path}: unknown QA file type '{suffix}'; use .json (SQuAD v2, HotpotQA, RAFT), "
-                       ".jsonl or .csv")
+    raise RagtuneError(f"{path}: unknown QA file type '{suffix}'; use .json (SQuAD v2, HotpotQA, RAFT), .jsonl or .csv")
 
 
 def _record_format(row: dict[str, Any]) -> str:
@@ -149,14 +148,29 @@ def plain_item(row: Any, origin: str) -> QAItem:
     return _item(row.get("id"), question, answers, contexts, answerable, origin, meta)
 
 
-def _item(qid: Any, question: str, answers: list[str], contexts: list[str], answerable: bool, origin: str,
-          meta: dict[str, Any], evidence: list[str] | None = None) -> QAItem:
+def _item(
+    qid: Any,
+    question: str,
+    answers: list[str],
+    contexts: list[str],
+    answerable: bool,
+    origin: str,
+    meta: dict[str, Any],
+    evidence: list[str] | None = None,
+) -> QAItem:
     answers = list(dict.fromkeys(answers))  # unique, in order
     ident = str(qid) if qid not in (None, "") else content_id(question, "\x1f".join(answers), *contexts)
     return QAItem(
-        id=ident, question=question, answer=answers[0] if answers else "", answers=answers,
-        contexts=contexts, answerable=answerable, kind="human" if answerable else "unanswerable",
-        origin=origin, evidence=evidence or [], meta=meta,
+        id=ident,
+        question=question,
+        answer=answers[0] if answers else "",
+        answers=answers,
+        contexts=contexts,
+        answerable=answerable,
+        kind="human" if answerable else "unanswerable",
+        origin=origin,
+        evidence=evidence or [],
+        meta=meta,
         doc_id=content_id(meta.get("title") or contexts[0]) if contexts else None,
     )
 
@@ -218,8 +232,16 @@ def hotpot_item(row: Any, origin: str) -> QAItem:
             if isinstance(sents, list) and isinstance(f[1], int) and 0 <= f[1] < len(sents):
                 evidence.append(str(sents[f[1]]).strip())
     meta = {"titles": titles, "supporting_titles": sup_titles, "type": row.get("type"), "level": row.get("level")}
-    item = _item(row.get("_id", row.get("id")), question, [answer], contexts, True, origin,
-                 {k: v for k, v in meta.items() if v is not None}, evidence)
+    item = _item(
+        row.get("_id", row.get("id")),
+        question,
+        [answer],
+        contexts,
+        True,
+        origin,
+        {k: v for k, v in meta.items() if v is not None},
+        evidence,
+    )
     item.kind = "multi_hop"
     return item
 
@@ -238,8 +260,16 @@ def raft_item(row: Any, origin: str) -> QAItem:
     oracle = _text(row.get("oracle_context"), "oracle_context", required=False)
     answer = extract_final_answer(cot)
     meta = {"cot_answer": cot, "oracle_in_context": bool(oracle) and oracle in contexts, "type": row.get("type")}
-    return _item(row.get("id"), question, [answer], contexts, True, origin,
-                 {k: v for k, v in meta.items() if v is not None}, quoted_spans(cot))
+    return _item(
+        row.get("id"),
+        question,
+        [answer],
+        contexts,
+        True,
+        origin,
+        {k: v for k, v in meta.items() if v is not None},
+        quoted_spans(cot),
+    )
 
 
 def _records(path: Path, fmt: str) -> tuple[Iterable[Row], Callable[[Any, str], QAItem]]:

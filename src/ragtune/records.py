@@ -98,8 +98,9 @@ def read_text_file(path: str | Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise RagtuneError(f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); "
-                           "save the file as UTF-8 and retry") from None
+        raise RagtuneError(
+            f"{path} line {line}: not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8 and retry"
+        ) from None
 
 
 def jsonl_lines(path: str | Path, repair: bool = False) -> Iterator[tuple[int, Any]]:
@@ -141,8 +142,9 @@ def read_jsonl(path: str | Path, cls: type[T] | None = None, repair: bool = Fals
         if cls is None:
             yield row
         elif not isinstance(row, dict):
-            raise RagtuneError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}; "
-                               "fix or delete that line")
+            raise RagtuneError(
+                f"{path} line {n}: expected a JSON object, got {type(row).__name__}; fix or delete that line"
+            )
         else:
             yield from_dict(cls, row)
 

@@ -99,8 +99,7 @@ class BM25Retriever:
         rows = [i for i, q in enumerate(known) if q]  # a query of unknown words matches nothing
         if rows:
             weights = None if mask is None else mask.astype(np.float32)
-            docs, scores = self.index.retrieve([known[i] for i in rows], k=k, show_progress=False,
-                                               weight_mask=weights)
+            docs, scores = self.index.retrieve([known[i] for i in rows], k=k, show_progress=False, weight_mask=weights)
             for r, d_row, s_row in zip(rows, docs, scores, strict=True):
                 out[r] = [(self.ids[int(d)], float(s)) for d, s in zip(d_row, s_row, strict=True) if s > 0]
         return out
@@ -123,8 +122,10 @@ def load_encoder(name: str | None) -> Any:
     try:
         return SentenceTransformer(name or default_dense_model(), device="cpu")
     except (OSError, ValueError) as e:
-        raise RagtuneError(f"cannot load the embedding model '{name}' ({type(e).__name__}); pass a local "
-                           "sentence-transformers folder or a hub id reachable from here") from None
+        raise RagtuneError(
+            f"cannot load the embedding model '{name}' ({type(e).__name__}); pass a local "
+            "sentence-transformers folder or a hub id reachable from here"
+        ) from None
 
 
 class DenseRetriever:
@@ -146,8 +147,13 @@ class DenseRetriever:
     def build(cls, chunks: Sequence[Chunk], options: dict[str, Any]) -> DenseRetriever:
         name = options.get("dense_model") or default_dense_model()
         encoder = load_encoder(name)
-        vectors = encoder.encode([_text(c) for c in chunks], batch_size=64, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        vectors = encoder.encode(
+            [_text(c) for c in chunks],
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return cls([c.id for c in chunks], vectors.astype(np.float32), name, encoder)
 
     @classmethod
@@ -160,8 +166,9 @@ class DenseRetriever:
     def search_many(self, queries: Sequence[str], k: int, mask: np.ndarray | None = None) -> list[list[Hit]]:
         if not queries:
             return []
-        q = self.encoder.encode(list(queries), batch_size=64, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+        q = self.encoder.encode(
+            list(queries), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         scores = q @ self.vectors.T
         if mask is not None:
             scores[:, ~mask] = -np.inf
@@ -201,8 +208,9 @@ class HybridRetriever:
     def search_many(self, queries: Sequence[str], k: int, mask: np.ndarray | None = None) -> list[list[Hit]]:
         depth = max(k * 4, 50)
         out = []
-        for a, b in zip(self.bm25.search_many(queries, depth, mask), self.dense.search_many(queries, depth, mask),
-                        strict=True):
+        for a, b in zip(
+            self.bm25.search_many(queries, depth, mask), self.dense.search_many(queries, depth, mask), strict=True
+        ):
             fused: dict[str, float] = {}
             for hits in (a, b):
                 for rank, (cid, _) in enumerate(hits):
@@ -229,9 +237,13 @@ def save_retriever(retriever: Retriever, directory: str | Path, dense_model: str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     retriever.save(directory)
-    meta = {"kind": retriever.kind, "ids": list(retriever.ids), "key": content_id(*retriever.ids),
-            "model": getattr(retriever, "model_name", None) or getattr(getattr(retriever, "dense", None),
-                                                                        "model_name", None)}
+    meta = {
+        "kind": retriever.kind,
+        "ids": list(retriever.ids),
+        "key": content_id(*retriever.ids),
+        "model": getattr(retriever, "model_name", None)
+        or getattr(getattr(retriever, "dense", None), "model_name", None),
+    }
     (directory / INDEX_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return directory
 
@@ -245,8 +257,9 @@ def load_retriever(directory: str | Path) -> Retriever:
     return _LOADERS[meta["kind"]](directory, meta)
 
 
-def index_for_run(run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk],
-                  dense_model: str | None = None) -> Retriever:
+def index_for_run(
+    run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk], dense_model: str | None = None
+) -> Retriever:
     """The run's saved index of this kind when it covers exactly these chunks, else a new one (saved)."""
     directory = Path(run_index_dir) / kind
     meta_file = directory / INDEX_FILE
@@ -260,8 +273,7 @@ def index_for_run(run_index_dir: str | Path, kind: str, chunks: Sequence[Chunk],
     return retriever
 
 
-def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int,
-             index_dir: Path | None = None) -> list[list[int]]:
+def retrieve(chunks: Sequence[Chunk], queries: Sequence[str], k: int, index_dir: Path | None = None) -> list[list[int]]:
     """Indices into `chunks` of the BM25 top-k chunks for each query; with `index_dir` (a run's
     index/ folder) the run's saved index is reused when it covers these chunks."""
     retriever = index_for_run(index_dir, "bm25", chunks) if index_dir else build_retriever("bm25", chunks)

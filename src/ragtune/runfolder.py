@@ -58,8 +58,10 @@ class RunFolder:
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise RagtuneError(f"cannot write the run folder {self.root} ({e.strerror or type(e).__name__}); "
-                               "pass a --run folder you can create and write") from None
+            raise RagtuneError(
+                f"cannot write the run folder {self.root} ({e.strerror or type(e).__name__}); "
+                "pass a --run folder you can create and write"
+            ) from None
         return self
 
     manifest = property(lambda self: self.root / "manifest.json")
@@ -80,8 +82,9 @@ class RunFolder:
             try:
                 return json.loads(self.manifest.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RagtuneError(f"{self.manifest} is not valid JSON; restore it or delete it (the run's "
-                                   "stages then re-run)") from None
+                raise RagtuneError(
+                    f"{self.manifest} is not valid JSON; restore it or delete it (the run's stages then re-run)"
+                ) from None
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
     def record_stage(

@@ -119,8 +119,9 @@ class Engine:
     Generation itself is `ragtune.generation`'s, as for eval and ask.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, rule: RefusalRule | None = None,
-                 refusal: str = REFUSAL) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, batch_size: int = 8, rule: RefusalRule | None = None, refusal: str = REFUSAL
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         # The adapter's calibrated abstention rule; it needs a whole answer, so streamed
         # replies (sent token by token) go out without it.
@@ -129,9 +130,17 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-generate")
         self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-tokenize")
         self.batcher: MicroBatcher[_Job, _Job] = MicroBatcher(
-            self._run_jobs, batch_size, self.executor, key=_Job.decoding, dropped=lambda j: j.cancelled.is_set())
-        self.stats = {"requests": 0, "completions": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "batches": 0, "max_batch": 0, "abandoned": 0}
+            self._run_jobs, batch_size, self.executor, key=_Job.decoding, dropped=lambda j: j.cancelled.is_set()
+        )
+        self.stats = {
+            "requests": 0,
+            "completions": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "batches": 0,
+            "max_batch": 0,
+            "abandoned": 0,
+        }
         self._stats_lock = threading.Lock()
 
     async def run_batched(self, job: _Job) -> _Job:
@@ -150,8 +159,15 @@ class Engine:
             return
         decoding = jobs[0].decoding()
         ruled = self.rule is not None and not decoding.sampled
-        done = generate_batch(self.model, self.tokenizer, [j.ids for j in jobs], decoding, with_confidence=ruled,
-                              halt=lambda: _halted(jobs), stop_ids=self.stop_ids)
+        done = generate_batch(
+            self.model,
+            self.tokenizer,
+            [j.ids for j in jobs],
+            decoding,
+            with_confidence=ruled,
+            halt=lambda: _halted(jobs),
+            stop_ids=self.stop_ids,
+        )
         for job, completion in zip(jobs, done, strict=True):
             job.text, job.n_tokens, job.finish_reason = completion.text, completion.n_tokens, completion.finish_reason
             if ruled:
@@ -179,8 +195,16 @@ class Engine:
             if on_text is not None:
                 on_text(job, final)
 
-        done = generate_stream(self.model, self.tokenizer, job.ids, job.decoding(), grown,
-                               halt=lambda: _halted([job])[0], seed=job.seed, stop_ids=self.stop_ids)
+        done = generate_stream(
+            self.model,
+            self.tokenizer,
+            job.ids,
+            job.decoding(),
+            grown,
+            halt=lambda: _halted([job])[0],
+            seed=job.seed,
+            stop_ids=self.stop_ids,
+        )
         job.n_tokens, job.finish_reason = done.n_tokens, done.finish_reason
         job.text = done.text.strip() if on_text is None else done.text
         self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
@@ -206,8 +230,9 @@ class _BadKey(Exception):
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "param": None, "code": code}}
+    )
 
 
 @dataclass
@@ -239,16 +264,23 @@ def create_app(
     engine = Engine(model, tokenizer, batch_size, rule, template.refusal if template else REFUSAL)
     positions = context_positions(model, tokenizer)
 
-    app = FastAPI(title="ragtune", docs_url=None, redoc_url=None, openapi_url=None if api_key else "/openapi.json",
-                  dependencies=[Depends(_key_check(api_key))])
+    app = FastAPI(
+        title="ragtune",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None if api_key else "/openapi.json",
+        dependencies=[Depends(_key_check(api_key))],
+    )
     app.state.engine = engine
     _error_handlers(app)
     created = int(time.time())
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list",
-                "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "ragtune"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "ragtune"}],
+        }
 
     @app.get("/ragtune/stats")
     async def stats() -> dict:
@@ -291,11 +323,23 @@ def _key_check(api_key: str | None) -> Any:
 
 def _completion(cid: str, model_name: str, job: _Job) -> dict[str, Any]:
     return {
-        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": job.text},
-                     "finish_reason": job.finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
-                  "total_tokens": len(job.ids) + job.n_tokens},
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": job.text},
+                "finish_reason": job.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": len(job.ids),
+            "completion_tokens": job.n_tokens,
+            "total_tokens": len(job.ids) + job.n_tokens,
+        },
     }
 
 
@@ -310,8 +354,11 @@ def _error_handlers(app: Any) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else
-                      "invalid_request_error")
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            kind="not_found_error" if exc.status_code == 404 else "invalid_request_error",
+        )
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: still JSON
@@ -320,8 +367,10 @@ def _error_handlers(app: Any) -> None:
 
 def context_positions(model: Any, tokenizer: Any) -> int | None:
     """How many positions (prompt + answer) the model reads: its config's, capped by the tokenizer's."""
-    found = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
-             getattr(tokenizer, "model_max_length", None)]
+    found = [
+        getattr(getattr(model, "config", None), "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     valid = [n for n in found if isinstance(n, int) and 0 < n < 10_000_000]
     return min(valid) if valid else None
 
@@ -339,8 +388,14 @@ async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
     return bytes(body)
 
 
-async def _prepare(request: Request, engine: Engine, template: PromptTemplate | None, model_name: str,
-                   limits: Limits, positions: int | None) -> tuple[ChatRequest, _Job] | JSONResponse:
+async def _prepare(
+    request: Request,
+    engine: Engine,
+    template: PromptTemplate | None,
+    model_name: str,
+    limits: Limits,
+    positions: int | None,
+) -> tuple[ChatRequest, _Job] | JSONResponse:
     """The validated request and its job, or the JSON error that answers it."""
     deadline = time.monotonic() + limits.request_timeout_s
     body = await _read_body(request, limits.max_body_bytes)
@@ -357,29 +412,48 @@ async def _prepare(request: Request, engine: Engine, template: PromptTemplate | 
     except ValidationError as e:
         return _error(400, _validation_message(e.errors()))
     if req.model and req.model != model_name:
-        return _error(404, f"model '{req.model}' does not exist; this server serves '{model_name}' (GET /v1/models)",
-                      kind="not_found_error", code="model_not_found")
+        return _error(
+            404,
+            f"model '{req.model}' does not exist; this server serves '{model_name}' (GET /v1/models)",
+            kind="not_found_error",
+            code="model_not_found",
+        )
     messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
     passages = None
     if req.passages is not None:
-        passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text)
-                    for p in req.passages]
+        passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text) for p in req.passages]
     # tokenising a long prompt takes a while: off the event loop, so other clients are not held
     ids = await asyncio.get_running_loop().run_in_executor(
-        engine.prep, render_messages, engine.tokenizer, messages, template, passages)
+        engine.prep, render_messages, engine.tokenizer, messages, template, passages
+    )
     budget = min(req.budget(limits.default_max_tokens), limits.max_tokens)
     if positions is not None:
         if len(ids) >= positions:
-            return _error(400, f"the prompt is {len(ids)} tokens; this model reads at most {positions} positions; "
-                          "send shorter messages or fewer passages", code="context_length_exceeded")
+            return _error(
+                400,
+                f"the prompt is {len(ids)} tokens; this model reads at most {positions} positions; "
+                "send shorter messages or fewer passages",
+                code="context_length_exceeded",
+            )
         budget = min(budget, positions - len(ids))
-    return req, _Job(ids=ids, max_new_tokens=budget, temperature=req.temperature, top_p=req.top_p,
-                     stops=req.stops(), seed=req.seed, deadline=deadline)
+    return req, _Job(
+        ids=ids,
+        max_new_tokens=budget,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stops=req.stops(),
+        seed=req.seed,
+        deadline=deadline,
+    )
 
 
 def _busy(limits: Limits) -> JSONResponse:
-    return _error(429, f"the server was busy past this request's time limit ({limits.request_timeout_s:g} s); "
-                  "retry later", kind="rate_limit_error", code="timeout")
+    return _error(
+        429,
+        f"the server was busy past this request's time limit ({limits.request_timeout_s:g} s); retry later",
+        kind="rate_limit_error",
+        code="timeout",
+    )
 
 
 async def _unless_disconnected(work: Any, request: Request, job: _Job) -> bool:
@@ -421,7 +495,7 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
     def on_text(j: _Job, final: bool) -> None:
         end = len(j.text) if final or j.cancelled.is_set() else max(state["sent"], len(j.text) - hold)
         if end > state["sent"]:
-            piece, state["sent"] = j.text[state["sent"]:end], end
+            piece, state["sent"] = j.text[state["sent"] : end], end
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
     def run() -> None:
@@ -432,8 +506,13 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
@@ -444,8 +523,11 @@ async def _stream(engine: Engine, job: _Job, cid: str, model_name: str) -> Any:
         while (piece := await queue.get()) is not None:
             yield chunk({"content": piece})
         await future
-        usage = {"prompt_tokens": len(job.ids), "completion_tokens": job.n_tokens,
-                 "total_tokens": len(job.ids) + job.n_tokens}
+        usage = {
+            "prompt_tokens": len(job.ids),
+            "completion_tokens": job.n_tokens,
+            "total_tokens": len(job.ids) + job.n_tokens,
+        }
         yield chunk({}, job.finish_reason, usage)
         yield "data: [DONE]\n\n"
     finally:
@@ -475,16 +557,26 @@ def serve(
     if api_key_env:
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise RagtuneError(f"environment variable {api_key_env} is empty; export the API key "
-                               "clients must send, or drop --api-key-env")
+            raise RagtuneError(
+                f"environment variable {api_key_env} is empty; export the API key "
+                "clients must send, or drop --api-key-env"
+            )
     _check_port_free(host, port)
     if adapter is not None:
         check_adapter_fits(adapter, model)
     lm, tok = load_model(model, adapter=adapter)
     template = PromptTemplate.find(adapter, local_folder(model))
     name = model_name or (Path(adapter).name if adapter else Path(model).name) or "ragtune"
-    app = create_app(lm, tok, template, api_key=api_key, model_name=name, batch_size=batch_size, limits=limits,
-                     rule=RefusalRule.find(adapter, local_folder(model)))
+    app = create_app(
+        lm,
+        tok,
+        template,
+        api_key=api_key,
+        model_name=name,
+        batch_size=batch_size,
+        limits=limits,
+        rule=RefusalRule.find(adapter, local_folder(model)),
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {host} without an API key; anyone who can reach it can use it")
     uvicorn.run(app, host=host, port=port, log_level="info")
@@ -500,8 +592,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise RagtuneError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or stop "
-                               "what uses it") from None
+            raise RagtuneError(
+                f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or stop what uses it"
+            ) from None
 
 
 class serving:  # noqa: N801 - used as a context manager, reads like a function
@@ -515,8 +608,7 @@ class serving:  # noqa: N801 - used as a context manager, reads like a function
         import uvicorn
 
         self.host = host
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off"))
         self.thread: threading.Thread | None = None
 
     def __enter__(self) -> str:

@@ -52,8 +52,15 @@ class OptimizerStep:
     """
 
     def __init__(
-        self, params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float, schedule: Schedule,
-        max_grad_norm: float | None, device: torch.device, dtype: torch.dtype,
+        self,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        lr: float,
+        weight_decay: float,
+        schedule: Schedule,
+        max_grad_norm: float | None,
+        device: torch.device,
+        dtype: torch.dtype,
         betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         self.params = [p for p in params if p.requires_grad]

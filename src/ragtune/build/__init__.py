@@ -75,6 +75,7 @@ def _check(cfg: BuildConfig) -> None:
 def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Plan]:
     """Reach the unanswerable share: keep a seeded subset of unanswerable items when there are
     too many, or turn answerable ones into unanswerable (their oracle removed) when too few."""
+
     def order(p: Plan) -> str:
         return content_id(str(seed), p.item.id)
 
@@ -87,14 +88,18 @@ def _balance_unanswerable(plans: list[Plan], share: float, seed: int) -> list[Pl
     out = []
     for p in plans:
         if p.item.id in convert:
-            p = Plan(p.item, [], banned=p.oracles, hidden_answers=p.hidden_answers, answerable=False,
-                     kind="unanswerable")
+            p = Plan(
+                p.item, [], banned=p.oracles, hidden_answers=p.hidden_answers, answerable=False, kind="unanswerable"
+            )
         out.append(p)
     return out
 
 
 def assemble_examples(
-    qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig, tokenizer: Any,
+    qa: Sequence[QAItem],
+    chunks: Sequence[Chunk],
+    cfg: BuildConfig,
+    tokenizer: Any,
     retriever: Any = None,
 ) -> BuildResult:
     """Examples per split, and the figures the dataset card reports."""
@@ -135,8 +140,10 @@ def _plans(qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig) -> t
         else:
             plans.append(plan)
     if not plans:
-        raise RagtuneError("no QA item has a known oracle chunk or its own contexts; run `ragtune synth` "
-                           "(or `ragtune import`) on the same run's chunks.jsonl")
+        raise RagtuneError(
+            "no QA item has a known oracle chunk or its own contexts; run `ragtune synth` "
+            "(or `ragtune import`) on the same run's chunks.jsonl"
+        )
     return _balance_unanswerable(plans, cfg.unanswerable_share, cfg.seed), unknown
 
 
@@ -195,7 +202,7 @@ class _Encoder:
         add = self.template.style == "plain"
         out: list[int] = []
         for i in range(0, len(prompts), 256):  # batches run in parallel in the Rust tokenizer
-            enc = self.tok(list(prompts[i:i + 256]), add_special_tokens=add, verbose=False)["input_ids"]
+            enc = self.tok(list(prompts[i : i + 256]), add_special_tokens=add, verbose=False)["input_ids"]
             out.extend(len(x) for x in enc)
         return out
 
@@ -256,11 +263,19 @@ class _ExampleMaker:
 
         def target(shown: Sequence[Chunk]) -> str:
             idx = _oracle_index(shown, oracle_ids)
-            return target_text(gold[0] if answered else None, cfg.refusal,
-                               shown[idx].text if idx is not None else None, idx, item.evidence, cfg.cot, cfg.cite)
+            return target_text(
+                gold[0] if answered else None,
+                cfg.refusal,
+                shown[idx].text if idx is not None else None,
+                idx,
+                item.evidence,
+                cfg.cot,
+                cfg.cite,
+            )
 
-        passages = self._fit(a, item.question, gold[0] if answered else "", oracle_ids,
-                             enc.n_target(target(a.passages)), exact)
+        passages = self._fit(
+            a, item.question, gold[0] if answered else "", oracle_ids, enc.n_target(target(a.passages)), exact
+        )
         if passages is None:
             return None
         completion = target(passages)  # the quote comes from the passage as shown
@@ -283,17 +298,21 @@ class _ExampleMaker:
             meta=_example_meta(plan, a, passages, gold, oracle_index, cfg),
         )
 
-    def _fit(self, a: Assembled, question: str, answer: str, oracle_ids: set[str], n_target: int,
-             exact: bool) -> list[Chunk] | None:
+    def _fit(
+        self, a: Assembled, question: str, answer: str, oracle_ids: set[str], n_target: int, exact: bool
+    ) -> list[Chunk] | None:
         """The assembled passages within the budget the target leaves (distractors dropped, then
         passages shortened around the answer); None, counted, when even that does not fit."""
         enc = self.enc
         if exact:
+
             def count(ps: Sequence[Chunk]) -> int:
                 return enc.n_prompt(enc.prompt(question, ps))
         else:
+
             def count(ps: Sequence[Chunk]) -> int:
                 return enc.estimate(question, ps)
+
         distractor_ids = [p.id for p in a.passages if p.id not in oracle_ids]
         fitted = fit_passages(a.passages, distractor_ids, answer, oracle_ids, count, self.max_length - n_target)
         if fitted.passages is None:
@@ -307,8 +326,9 @@ class _ExampleMaker:
         return fitted.passages
 
 
-def _example_meta(plan: Plan, a: Assembled, passages: list[Chunk], gold: list[str], oracle_index: int | None,
-                  cfg: BuildConfig) -> dict[str, Any]:
+def _example_meta(
+    plan: Plan, a: Assembled, passages: list[Chunk], gold: list[str], oracle_index: int | None, cfg: BuildConfig
+) -> dict[str, Any]:
     """How an example was made, for `ragtune inspect` and the dataset card."""
     return {
         "kind": plan.kind,
@@ -331,26 +351,38 @@ def _lengths(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
     v = sorted(values)
-    return {"min": v[0], "mean": round(statistics.fmean(v), 1), "p50": v[len(v) // 2],
-            "p95": v[min(len(v) - 1, int(len(v) * 0.95))], "max": v[-1]}
+    return {
+        "min": v[0],
+        "mean": round(statistics.fmean(v), 1),
+        "p50": v[len(v) // 2],
+        "p95": v[min(len(v) - 1, int(len(v) * 0.95))],
+        "max": v[-1],
+    }
 
 
-def _stats(splits: dict[str, list[Example]], counters: Counter[str], cfg: BuildConfig, max_length: int,
-           unknown: int, seconds: float, split_of: dict[str, str]) -> dict[str, Any]:
+def _stats(
+    splits: dict[str, list[Example]],
+    counters: Counter[str],
+    cfg: BuildConfig,
+    max_length: int,
+    unknown: int,
+    seconds: float,
+    split_of: dict[str, str],
+) -> dict[str, Any]:
     rows = [e for s in SPLITS for e in splits[s]]
     qa_answerable = [e for e in rows if e.meta["question_answerable"]]
-    docs_per_split = {s: sorted({d for e in splits[s] for d in [e.doc_id, *e.meta["passage_docs"]]})
-                      for s in SPLITS}
+    docs_per_split = {s: sorted({d for e in splits[s] for d in [e.doc_id, *e.meta["passage_docs"]]}) for s in SPLITS}
     shared = set()
     for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
+        for b in SPLITS[i + 1 :]:
             shared |= set(docs_per_split[a]) & set(docs_per_split[b])
     return {
         "examples": {s: len(splits[s]) for s in SPLITS},
         "total": len(rows),
         "documents": {s: len({e.doc_id for e in splits[s]}) for s in SPLITS},
         "oracle_share_answerable": round(
-            sum(e.oracle_in_context for e in qa_answerable) / max(len(qa_answerable), 1), 4),
+            sum(e.oracle_in_context for e in qa_answerable) / max(len(qa_answerable), 1), 4
+        ),
         "refusal_share": round(sum(not e.answerable for e in rows) / max(len(rows), 1), 4),
         "unanswerable_share": round(sum(not e.meta["question_answerable"] for e in rows) / max(len(rows), 1), 4),
         "by_kind": dict(Counter(e.meta["kind"] for e in rows)),
@@ -361,9 +393,18 @@ def _stats(splits: dict[str, list[Example]], counters: Counter[str], cfg: BuildC
         "max_length": max_length,
         "items_without_oracle_chunk": unknown,
         "documents_shared_between_splits": len(shared),
-        **{k: counters.get(k, 0) for k in ("dropped_too_long", "examples_fitted", "distractors_dropped_for_length",
-                                            "passages_shortened", "hard_distractors", "random_distractors",
-                                            "refitted_exactly")},
+        **{
+            k: counters.get(k, 0)
+            for k in (
+                "dropped_too_long",
+                "examples_fitted",
+                "distractors_dropped_for_length",
+                "passages_shortened",
+                "hard_distractors",
+                "random_distractors",
+                "refitted_exactly",
+            )
+        },
         "seconds": round(seconds, 2),
         "examples_per_s": round(len(rows) / max(seconds, 1e-9), 1),
     }
@@ -383,8 +424,9 @@ def to_dataset_dict(splits: dict[str, list[Example]]) -> Any:
     return DatasetDict(out)
 
 
-def build(qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig, tokenizer: Any,
-          retriever: Any = None) -> Any:
+def build(
+    qa: Sequence[QAItem], chunks: Sequence[Chunk], cfg: BuildConfig, tokenizer: Any, retriever: Any = None
+) -> Any:
     """The dataset as a `datasets.DatasetDict` (train / validation / test of `Example` rows)."""
     return to_dataset_dict(assemble_examples(qa, chunks, cfg, tokenizer, retriever).splits)
 
@@ -406,8 +448,9 @@ def build_to_run(run_dir: Path, cfg: BuildConfig, tokenizer: Any = None) -> Buil
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         source = tokenizer or run.base_model
         if not tokenizer and not Path(source).is_dir():
-            raise RagtuneError(f"no tokenizer given and {run.base_model} does not exist; pass --tokenizer "
-                               "(a model folder or hub id)")
+            raise RagtuneError(
+                f"no tokenizer given and {run.base_model} does not exist; pass --tokenizer (a model folder or hub id)"
+            )
         tokenizer = load_tokenizer(source)
     retriever = None
     if chunks and cfg.distractors != "random":
@@ -416,9 +459,22 @@ def build_to_run(run_dir: Path, cfg: BuildConfig, tokenizer: Any = None) -> Buil
     write_dataset(result, run.dataset, cfg)
     if cfg.push_to_hub:  # only when asked: it publishes the data
         to_dataset_dict(result.splits).push_to_hub(cfg.push_to_hub, private=True)
-    run.record_stage("build", config=cfg, inputs=[run.qa, run.chunks], **{
-        k: result.stats[k] for k in ("examples", "oracle_share_answerable", "unanswerable_share",
-                                     "dropped_too_long", "documents_shared_between_splits", "seconds")})
+    run.record_stage(
+        "build",
+        config=cfg,
+        inputs=[run.qa, run.chunks],
+        **{
+            k: result.stats[k]
+            for k in (
+                "examples",
+                "oracle_share_answerable",
+                "unanswerable_share",
+                "dropped_too_long",
+                "documents_shared_between_splits",
+                "seconds",
+            )
+        },
+    )
     s = result.stats
     Console(stderr=True).print(
         f"build: {s['examples']} examples, oracle in context for {s['oracle_share_answerable']:.1%} of "
@@ -448,8 +504,9 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
     result.template.save(tmp)
     (tmp / RunFolder.BUILD_REPORT).write_text(json.dumps(result.stats, indent=2), encoding="utf-8")
     first = next((to_dict(result.splits[s][0]) for s in SPLITS if result.splits[s]), None)
-    card = dataset_card(result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")),
-                        first)
+    card = dataset_card(
+        result.stats, cfg, result.template.style, str(result.template.extra.get("tokenizer", "")), first
+    )
     (tmp / "README.md").write_text(card, encoding="utf-8")
     if cfg.formats:
         from ragtune.build.exports import export_dataset
@@ -461,13 +518,24 @@ def write_dataset(result: BuildResult, out_dir: Path, cfg: BuildConfig) -> Path:
     return out_dir
 
 
-def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train",
-                    console: Any = None) -> dict[str, Any]:
+def inspect_dataset(
+    dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train", console: Any = None
+) -> dict[str, Any]:
     """`ragtune inspect`: see build/inspect.py."""
     from ragtune.build.inspect import inspect_dataset as _inspect
 
     return _inspect(dataset, n=n, tokenizer=tokenizer, split=split, console=console)
 
 
-__all__ = ["BuildResult", "assemble_examples", "build", "build_to_run", "contains_answer", "inspect_dataset",
-           "load_examples", "overlaps", "to_dataset_dict", "write_dataset"]
+__all__ = [
+    "BuildResult",
+    "assemble_examples",
+    "build",
+    "build_to_run",
+    "contains_answer",
+    "inspect_dataset",
+    "load_examples",
+    "overlaps",
+    "to_dataset_dict",
+    "write_dataset",
+]

@@ -38,7 +38,7 @@ def contains_answer(passage: str, answer: str) -> bool:
     words = ans.split()
     if len(words) < 8:
         return False
-    grams = {" ".join(words[i:i + 4]) for i in range(len(words) - 3)}
+    grams = {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}
     return sum(f" {g} " in text for g in grams) / len(grams) >= 0.5
 
 
@@ -62,8 +62,10 @@ class Plan:
 def context_chunks(item: QAItem) -> list[Chunk]:
     """Imported items carry their passages as text: make chunks of them (one pseudo-document)."""
     doc = item.doc_id or content_id(*item.contexts)
-    return [Chunk(id=content_id(doc, t), doc_id=doc, source="(imported)", title="", text=t, start=0,
-                  end=len(t)) for t in item.contexts]
+    return [
+        Chunk(id=content_id(doc, t), doc_id=doc, source="(imported)", title="", text=t, start=0, end=len(t))
+        for t in item.contexts
+    ]
 
 
 def plan_item(item: QAItem, by_id: dict[str, Chunk]) -> Plan | None:
@@ -143,8 +145,13 @@ class Assembled:
 
 
 def pick_distractors(
-    plan: Plan, ranked: Sequence[str], pool: Sequence[Chunk], by_id: dict[str, Chunk],
-    n: int, mode: str, rng: random.Random,
+    plan: Plan,
+    ranked: Sequence[str],
+    pool: Sequence[Chunk],
+    by_id: dict[str, Chunk],
+    n: int,
+    mode: str,
+    rng: random.Random,
 ) -> tuple[list[Chunk], int, int]:
     """n distractors: from the retrieval ranking (hard), the split's pool (random), or both."""
     avoid = plan.oracles + plan.banned
@@ -172,8 +179,14 @@ def pick_distractors(
     return chosen, hard, len(chosen) - hard
 
 
-def assemble(plan: Plan, ranked: Sequence[str], pool: Sequence[Chunk], by_id: dict[str, Chunk],
-             cfg: BuildConfig, rng: random.Random) -> Assembled:
+def assemble(
+    plan: Plan,
+    ranked: Sequence[str],
+    pool: Sequence[Chunk],
+    by_id: dict[str, Chunk],
+    cfg: BuildConfig,
+    rng: random.Random,
+) -> Assembled:
     """The passages of one example, shuffled; the oracle is kept with probability oracle_p."""
     keep_oracle = plan.answerable and rng.random() < cfg.oracle_p
     # every example shows about k + 1 passages, so their number does not give the answer away

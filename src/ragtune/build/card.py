@@ -36,77 +36,104 @@ _FILES = (
 )
 
 
-def dataset_card(stats: dict[str, Any], cfg: BuildConfig, template_style: str, tokenizer_name: str,
-                 example: dict[str, Any] | None = None) -> str:
+def dataset_card(
+    stats: dict[str, Any],
+    cfg: BuildConfig,
+    template_style: str,
+    tokenizer_name: str,
+    example: dict[str, Any] | None = None,
+) -> str:
     """README.md of a built dataset: Hub metadata, how it was made, its counts and token lengths,
     its files, and one training example when given."""
     parts = [
         _front_matter(stats["examples"]),
-        "# RAG training set built by ragtune", _ABOUT,
-        "## Recipe", _recipe(stats, cfg, template_style, tokenizer_name),
-        "## Counts", _counts(stats),
-        "## Token lengths", _length_table(stats),
-        "## Files", _FILES,
+        "# RAG training set built by ragtune",
+        _ABOUT,
+        "## Recipe",
+        _recipe(stats, cfg, template_style, tokenizer_name),
+        "## Counts",
+        _counts(stats),
+        "## Token lengths",
+        _length_table(stats),
+        "## Files",
+        _FILES,
     ]
     if example:
         shown = {k: example[k] for k in ("question", "completion", "oracle_in_context", "passages")}
-        parts += ["## An example (train)", "```json\n" + json.dumps(shown, indent=1, ensure_ascii=False)
-                  + "\n```", "Prompt:", "```\n" + example["prompt"] + "\n```"]
+        parts += [
+            "## An example (train)",
+            "```json\n" + json.dumps(shown, indent=1, ensure_ascii=False) + "\n```",
+            "Prompt:",
+            "```\n" + example["prompt"] + "\n```",
+        ]
     parts.append(f"Built in {stats['seconds']} s ({stats['examples_per_s']} examples/s).")
     return "\n\n".join(parts) + "\n"
 
 
 def _front_matter(examples: dict[str, int]) -> str:
     """The Hub's YAML header: one data file per non-empty split."""
-    return "\n".join([
-        "---",
-        "tags: [ragtune, rag, retrieval-augmented-generation, raft]",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        *(f"  - split: {s}\n    path: {s}.jsonl" for s in _SPLITS if examples.get(s)),
-        "---",
-    ])
+    return "\n".join(
+        [
+            "---",
+            "tags: [ragtune, rag, retrieval-augmented-generation, raft]",
+            "configs:",
+            "- config_name: default",
+            "  data_files:",
+            *(f"  - split: {s}\n    path: {s}.jsonl" for s in _SPLITS if examples.get(s)),
+            "---",
+        ]
+    )
 
 
 def _recipe(stats: dict[str, Any], cfg: BuildConfig, template_style: str, tokenizer_name: str) -> str:
-    return _table([
-        ("oracle kept with probability (oracle_p)", cfg.oracle_p),
-        ("distractors per example (k)", cfg.k_distractors),
-        ("distractor mode", cfg.distractors),
-        ("retriever", cfg.retriever + (f" ({cfg.dense_model})" if cfg.dense_model else "")),
-        ("target unanswerable share", cfg.unanswerable_share),
-        ("refusal text", f"`{cfg.refusal}`"),
-        ("split shares (train / validation / test), by document", " / ".join(str(x) for x in cfg.split)),
-        ("token budget (prompt + target)", stats["max_length"]),
-        ("chain-of-thought targets / citations", f"{cfg.cot} / {cfg.cite}"),
-        ("prompt template", f"{template_style} (`ragtune_prompt.json`)"),
-        ("tokenizer", tokenizer_name),
-        ("seed", cfg.seed),
-    ])
+    return _table(
+        [
+            ("oracle kept with probability (oracle_p)", cfg.oracle_p),
+            ("distractors per example (k)", cfg.k_distractors),
+            ("distractor mode", cfg.distractors),
+            ("retriever", cfg.retriever + (f" ({cfg.dense_model})" if cfg.dense_model else "")),
+            ("target unanswerable share", cfg.unanswerable_share),
+            ("refusal text", f"`{cfg.refusal}`"),
+            ("split shares (train / validation / test), by document", " / ".join(str(x) for x in cfg.split)),
+            ("token budget (prompt + target)", stats["max_length"]),
+            ("chain-of-thought targets / citations", f"{cfg.cot} / {cfg.cite}"),
+            ("prompt template", f"{template_style} (`ragtune_prompt.json`)"),
+            ("tokenizer", tokenizer_name),
+            ("seed", cfg.seed),
+        ]
+    )
 
 
 def _counts(stats: dict[str, Any]) -> str:
     ex = stats["examples"]
-    return _table([
-        ("examples (train / validation / test)", f"{ex['train']} / {ex['validation']} / {ex['test']}"),
-        ("documents (train / validation / test)", " / ".join(str(stats["documents"][s]) for s in _SPLITS)),
-        ("oracle in context, among answerable questions", f"{stats['oracle_share_answerable']:.1%}"),
-        ("oracle-free examples (target: refusal), all kinds", f"{stats['refusal_share']:.1%}"),
-        ("unanswerable questions", f"{stats['unanswerable_share']:.1%}"),
-        ("examples by kind", ", ".join(f"{k}: {v}" for k, v in sorted(stats["by_kind"].items()))),
-        ("hard / random distractors", f"{stats['hard_distractors']} / {stats['random_distractors']}"),
-        ("documents shared between splits", stats["documents_shared_between_splits"]),
-        ("examples fitted to the budget (distractors dropped / passages shortened)",
-         f"{stats['examples_fitted']} ({stats['distractors_dropped_for_length']} / {stats['passages_shortened']})"),
-        ("examples dropped: too long even when shortened", stats["dropped_too_long"]),
-        ("QA items without a known oracle chunk (skipped)", stats["items_without_oracle_chunk"]),
-    ])
+    return _table(
+        [
+            ("examples (train / validation / test)", f"{ex['train']} / {ex['validation']} / {ex['test']}"),
+            ("documents (train / validation / test)", " / ".join(str(stats["documents"][s]) for s in _SPLITS)),
+            ("oracle in context, among answerable questions", f"{stats['oracle_share_answerable']:.1%}"),
+            ("oracle-free examples (target: refusal), all kinds", f"{stats['refusal_share']:.1%}"),
+            ("unanswerable questions", f"{stats['unanswerable_share']:.1%}"),
+            ("examples by kind", ", ".join(f"{k}: {v}" for k, v in sorted(stats["by_kind"].items()))),
+            ("hard / random distractors", f"{stats['hard_distractors']} / {stats['random_distractors']}"),
+            ("documents shared between splits", stats["documents_shared_between_splits"]),
+            (
+                "examples fitted to the budget (distractors dropped / passages shortened)",
+                f"{stats['examples_fitted']} "
+                f"({stats['distractors_dropped_for_length']} / {stats['passages_shortened']})",
+            ),
+            ("examples dropped: too long even when shortened", stats["dropped_too_long"]),
+            ("QA items without a known oracle chunk (skipped)", stats["items_without_oracle_chunk"]),
+        ]
+    )
 
 
 def _length_table(stats: dict[str, Any]) -> str:
-    return "\n".join([
-        "| tokens | min | mean | p50 | p95 | max |", "|---|---|---|---|---|---|",
-        _lengths("prompt", stats["prompt_tokens"]), _lengths("target", stats["target_tokens"]),
-        _lengths("prompt + target", stats["total_tokens"]),
-    ])
+    return "\n".join(
+        [
+            "| tokens | min | mean | p50 | p95 | max |",
+            "|---|---|---|---|---|---|",
+            _lengths("prompt", stats["prompt_tokens"]),
+            _lengths("target", stats["target_tokens"]),
+            _lengths("prompt + target", stats["total_tokens"]),
+        ]
+    )

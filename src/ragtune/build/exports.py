@@ -56,18 +56,23 @@ def alpaca(ex: Example, t: PromptTemplate, eos: str) -> dict[str, Any]:
 
 def sharegpt(ex: Example, t: PromptTemplate, eos: str) -> dict[str, Any]:
     user = t.messages(ex.question, _passages(ex))[1]["content"]
-    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": ex.completion}],
-            "system": t.system}
+    return {
+        "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": ex.completion}],
+        "system": t.system,
+    }
 
 
 def raft(ex: Example, t: PromptTemplate, eos: str) -> dict[str, Any]:
     docs = "".join(f"<DOCUMENT>{x}</DOCUMENT>\n" for x in ex.passage_texts)
     idx = ex.meta.get("oracle_index")
     return {
-        "id": ex.id, "type": "general", "question": ex.question,
+        "id": ex.id,
+        "type": "general",
+        "question": ex.question,
         "context": {"title": [ex.meta.get("passage_titles") or []], "sentences": [ex.passage_texts]},
         "oracle_context": ex.passage_texts[idx] if idx is not None else "",
-        "cot_answer": ex.completion, "answer": ex.answers[0] if ex.answers else t.refusal,
+        "cot_answer": ex.completion,
+        "answer": ex.answers[0] if ex.answers else t.refusal,
         "instruction": docs + ex.question,
     }
 
@@ -92,9 +97,11 @@ def _dataset_info(fmt: str, out: Path, splits: list[str]) -> None:
         if fmt == "llamafactory-alpaca":
             entry["columns"] = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
         else:
-            entry.update(formatting="sharegpt", columns={"messages": "conversations", "system": "system"},
-                         tags={"role_tag": "from", "content_tag": "value", "user_tag": "human",
-                               "assistant_tag": "gpt"})
+            entry.update(
+                formatting="sharegpt",
+                columns={"messages": "conversations", "system": "system"},
+                tags={"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+            )
         entries[f"ragtune_{s}"] = entry
     (out / "dataset_info.json").write_text(json.dumps(entries, indent=2), encoding="utf-8")
 
@@ -105,8 +112,9 @@ def check_formats(formats: list[str]) -> None:
         raise RagtuneError(f"unknown export format(s) {', '.join(unknown)}; choose from: {', '.join(ALL_FORMATS)}")
 
 
-def export_dataset(splits: dict[str, list[Example]], template: PromptTemplate, dataset_dir: Path,
-                   formats: list[str], eos: str) -> dict[str, Path]:
+def export_dataset(
+    splits: dict[str, list[Example]], template: PromptTemplate, dataset_dir: Path, formats: list[str], eos: str
+) -> dict[str, Path]:
     """Write each requested format; returns format -> folder."""
     check_formats(formats)
     written = {}

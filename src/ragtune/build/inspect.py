@@ -24,9 +24,11 @@ def example_warnings(tokenizer: Any, template: PromptTemplate, prompt: str, comp
     joint = tokenizer(prompt + completion, add_special_tokens=template.style == "plain")["input_ids"]
     out = []
     if joint[: len(p_ids)] != p_ids:
-        out.append("the tokenised prompt is not a prefix of the tokenised prompt + answer (a token "
-                   "merges across the boundary); training and inference still agree because both "
-                   "tokenise the prompt alone")
+        out.append(
+            "the tokenised prompt is not a prefix of the tokenised prompt + answer (a token "
+            "merges across the boundary); training and inference still agree because both "
+            "tokenise the prompt alone"
+        )
     if not trained:
         out.append("no trained tokens: every label is -100")
     if tokenizer.eos_token_id is None or tokenizer.eos_token_id not in trained:
@@ -48,8 +50,9 @@ def load_examples(dataset_dir: str | Path, split: str) -> list[Example]:
     return list(read_jsonl(path, Example))
 
 
-def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train",
-                    console: Any = None) -> dict[str, Any]:
+def inspect_dataset(
+    dataset: str | Path, n: int = 3, tokenizer: Any = None, split: str = "train", console: Any = None
+) -> dict[str, Any]:
     """Print `n` examples with their labels shown; return counts and warnings (for scripts and tests)."""
     from rich.console import Console
     from rich.text import Text
@@ -82,8 +85,9 @@ def inspect_dataset(dataset: str | Path, n: int = 3, tokenizer: Any = None, spli
         n_trained = len(enc["labels"]) - n_prompt
         console.rule(f"{ex.id}  oracle_in_context={ex.oracle_in_context}")
         console.print(text)
-        console.print(f"tokens: prompt {n_prompt} (masked), answer + end {n_trained} (trained), "
-                      f"total {len(enc['input_ids'])}")
+        console.print(
+            f"tokens: prompt {n_prompt} (masked), answer + end {n_trained} (trained), total {len(enc['input_ids'])}"
+        )
         ex_warn = example_warnings(tokenizer, template, ex.prompt, ex.completion)
         for w in ex_warn:
             warnings[w] = warnings.get(w, 0) + 1

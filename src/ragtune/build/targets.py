@@ -20,8 +20,9 @@ def pick_quote(passage: str, answer: str, evidence: list[str]) -> str:
     return min(holding, key=len) if holding else answer
 
 
-def target_text(answer: str | None, refusal: str, passage: str | None, index: int | None,
-                evidence: list[str], cot: bool, cite: bool) -> str:
+def target_text(
+    answer: str | None, refusal: str, passage: str | None, index: int | None, evidence: list[str], cot: bool, cite: bool
+) -> str:
     """`answer` None: the example's target is the refusal."""
     if answer is None or passage is None or index is None:
         if not cot:
@@ -31,8 +32,10 @@ def target_text(answer: str | None, refusal: str, passage: str | None, index: in
     if not cot:
         return answer + citation
     quote = pick_quote(passage, answer, evidence)
-    return (f"Passage [{index + 1}] says: {QUOTE_OPEN}{quote}{QUOTE_CLOSE} So the answer is {answer}.\n"
-            f"{ANSWER_MARKER} {answer}{citation}")
+    return (
+        f"Passage [{index + 1}] says: {QUOTE_OPEN}{quote}{QUOTE_CLOSE} So the answer is {answer}.\n"
+        f"{ANSWER_MARKER} {answer}{citation}"
+    )
 
 
 def final_answer(completion: str) -> str:

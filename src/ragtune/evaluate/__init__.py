@@ -27,9 +27,22 @@ from ragtune.records import Example, QAItem, from_dict, read_text_file, write_js
 from ragtune.runfolder import RunFolder
 
 __all__ = [
-    "EvalResult", "ModelSpec", "ModelOutput", "PredictionCache", "answer_nll", "comparison_table",
-    "evaluate", "evaluate_run", "format_table", "markdown_table", "predict", "print_table", "qa_examples",
-    "model_specs", "resolve_base_model", "score_prediction_file",
+    "EvalResult",
+    "ModelSpec",
+    "ModelOutput",
+    "PredictionCache",
+    "answer_nll",
+    "comparison_table",
+    "evaluate",
+    "evaluate_run",
+    "format_table",
+    "markdown_table",
+    "predict",
+    "print_table",
+    "qa_examples",
+    "model_specs",
+    "resolve_base_model",
+    "score_prediction_file",
 ]
 
 
@@ -65,13 +78,11 @@ def evaluate(
     for spec in models:
         bar = _progress_bar(len(items), spec.name) if show_progress else None
         try:
-            outputs[spec.name] = run_model(spec, items, template, cfg, cache,
-                                           progress=bar.update if bar else None)
+            outputs[spec.name] = run_model(spec, items, template, cfg, cache, progress=bar.update if bar else None)
         finally:
             if bar is not None:
                 bar.close()
-    metrics = {"dataset": dataset, "n": len(items),
-               "models": {name: out.metrics for name, out in outputs.items()}}
+    metrics = {"dataset": dataset, "n": len(items), "models": {name: out.metrics for name, out in outputs.items()}}
     return EvalResult(metrics, item_rows(items, outputs), outputs)
 
 
@@ -83,20 +94,36 @@ def item_rows(items: Sequence[Example], outputs: dict[str, ModelOutput]) -> list
             s = out.scores[i]
             tokens = out.n_tokens[i] if out.n_tokens else 0
             per_model[name] = {
-                "prediction": out.predictions[i], "answer": s.answer, "refused": s.refused,
-                "em": s.em, "f1": round(s.f1, 4), "contains": s.contains, "rouge_l": round(s.rouge_l, 4),
-                "quote_validity": s.quote_validity, "citation_precision": s.citation_precision,
+                "prediction": out.predictions[i],
+                "answer": s.answer,
+                "refused": s.refused,
+                "em": s.em,
+                "f1": round(s.f1, 4),
+                "contains": s.contains,
+                "rouge_l": round(s.rouge_l, 4),
+                "quote_validity": s.quote_validity,
+                "citation_precision": s.citation_precision,
                 "nll": round(out.nll[i] / tokens, 4) if tokens else None,
             }
-        rows.append({"id": ex.id, "qa_id": ex.qa_id, "question": ex.question, "answers": ex.answers,
-                     "answerable": ex.answerable, "oracle_in_context": ex.oracle_in_context,
-                     "passages": ex.passages, "models": per_model})
+        rows.append(
+            {
+                "id": ex.id,
+                "qa_id": ex.qa_id,
+                "question": ex.question,
+                "answers": ex.answers,
+                "answerable": ex.answerable,
+                "oracle_in_context": ex.oracle_in_context,
+                "passages": ex.passages,
+                "models": per_model,
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------- finding items and models
-def tuned_and_base(run: RunFolder, adapters: Sequence[str | Path] | None,
-                   base_model: str | None) -> tuple[list[Path], str]:
+def tuned_and_base(
+    run: RunFolder, adapters: Sequence[str | Path] | None, base_model: str | None
+) -> tuple[list[Path], str]:
     """The adapters to score (RUN/adapter by default) and the base they go on, each checked to fit."""
     adapter_dirs = [Path(a) for a in adapters] if adapters else ([run.adapter] if is_tuned_dir(run.adapter) else [])
     for a in adapter_dirs:
@@ -159,13 +186,22 @@ def qa_examples(qa: Sequence[QAItem], tokenizer: Any, template: PromptTemplate) 
         title = str(q.meta.get("title", "")) if q.meta else ""
         passages = [Passage(title=title or f"Passage {j + 1}", text=c) for j, c in enumerate(q.contexts)]
         answers = [a for a in (q.answers or [q.answer]) if a] if q.answerable else []
-        out.append(Example(
-            id=q.id, qa_id=q.id, doc_id=q.doc_id or "", question=q.question,
-            prompt=template.render(tokenizer, q.question, passages),
-            completion=answers[0] if answers else template.refusal, answers=answers,
-            passages=[], passage_texts=list(q.contexts), oracle_in_context=q.answerable,
-            answerable=q.answerable and bool(answers), meta={"origin": q.origin},
-        ))
+        out.append(
+            Example(
+                id=q.id,
+                qa_id=q.id,
+                doc_id=q.doc_id or "",
+                question=q.question,
+                prompt=template.render(tokenizer, q.question, passages),
+                completion=answers[0] if answers else template.refusal,
+                answers=answers,
+                passages=[],
+                passage_texts=list(q.contexts),
+                oracle_in_context=q.answerable,
+                answerable=q.answerable and bool(answers),
+                meta={"origin": q.origin},
+            )
+        )
     return out
 
 
@@ -193,8 +229,10 @@ def score_prediction_file(
         try:
             preds = json.loads(read_text_file(predictions))
         except (OSError, json.JSONDecodeError) as e:
-            raise RagtuneError(f"cannot read predictions {predictions} ({type(e).__name__}); pass a JSON "
-                               "object mapping question id to answer text") from None
+            raise RagtuneError(
+                f"cannot read predictions {predictions} ({type(e).__name__}); pass a JSON "
+                "object mapping question id to answer text"
+            ) from None
         if not isinstance(preds, dict):
             raise RagtuneError(f"{predictions}: expected a JSON object mapping question id to answer text")
     items = import_file(qa)
@@ -207,8 +245,11 @@ def score_prediction_file(
         exact[q.id], f1s[q.id], has[q.id] = max_over(exact_match, pred, golds), max_over(f1, pred, golds), bool(golds)
 
     def block(ids: list[str]) -> dict[str, float]:
-        return {"exact": 100.0 * sum(exact[i] for i in ids) / len(ids),
-                "f1": 100.0 * sum(f1s[i] for i in ids) / len(ids), "total": len(ids)}
+        return {
+            "exact": 100.0 * sum(exact[i] for i in ids) / len(ids),
+            "f1": 100.0 * sum(f1s[i] for i in ids) / len(ids),
+            "total": len(ids),
+        }
 
     out = block(list(exact))
     for prefix, ids in (("HasAns", [i for i in exact if has[i]]), ("NoAns", [i for i in exact if not has[i]])):
@@ -237,8 +278,9 @@ def evaluate_run(
     t0 = time.perf_counter()
     adapter_dirs, base = tuned_and_base(run, adapters, base_model)
     specs = model_specs(base, adapter_dirs)
-    tok_source = str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() \
-        else base
+    tok_source = (
+        str(adapter_dirs[0]) if adapter_dirs and (adapter_dirs[0] / "tokenizer_config.json").is_file() else base
+    )
     # Templates are looked for with the adapters, then beside the base's weights (an export's).
     model_dirs = [*adapter_dirs, local_folder(base)]
     items, template, source = eval_items(run, cfg, qa, model_dirs, tok_source)
@@ -247,8 +289,7 @@ def evaluate_run(
     if cfg.refusal == REFUSAL and template.refusal != REFUSAL:
         # The dataset was built with its own refusal sentence: detect that one.
         cfg = cfg.model_copy(update={"refusal": template.refusal})
-    result = evaluate(items, specs, cfg, template, cache_path=run.eval_cache,
-                      dataset=source, show_progress=show)
+    result = evaluate(items, specs, cfg, template, cache_path=run.eval_cache, dataset=source, show_progress=show)
     metrics = result.metrics
     metrics["models_evaluated"] = {s.name: {"base_model": s.base_model, "adapter": s.adapter} for s in specs}
     if cfg.judge:
@@ -262,16 +303,30 @@ def evaluate_run(
         if rob:
             metrics["robustness"] = rob
     write_outputs(out, metrics, result.rows, cfg)
-    inputs = [Path(qa)] if qa is not None else [run.dataset / RunFolder.DATASET_DICT,
-                                                RunFolder.split_file(run.dataset, cfg.split)]
+    inputs = (
+        [Path(qa)]
+        if qa is not None
+        else [run.dataset / RunFolder.DATASET_DICT, RunFolder.split_file(run.dataset, cfg.split)]
+    )
     inputs += [a / "adapter_model.safetensors" for a in adapter_dirs]
-    run.record_stage("eval", config=cfg, inputs=inputs, seconds=round(time.perf_counter() - t0, 1),
-                     n=metrics["n"], models=list(metrics["models"]), dataset=source)
+    run.record_stage(
+        "eval",
+        config=cfg,
+        inputs=inputs,
+        seconds=round(time.perf_counter() - t0, 1),
+        n=metrics["n"],
+        models=list(metrics["models"]),
+        dataset=source,
+    )
     return metrics
 
 
 def eval_items(
-    run: RunFolder, cfg: EvalConfig, qa: str | Path | None, model_dirs: Sequence[Path | None], tok_source: str,
+    run: RunFolder,
+    cfg: EvalConfig,
+    qa: str | Path | None,
+    model_dirs: Sequence[Path | None],
+    tok_source: str,
 ) -> tuple[list[Example], PromptTemplate, str]:
     """The items to score, the template they are asked with, and a name for their source.
     `model_dirs`: adapter and model folders that may hold a saved template, in order."""

@@ -91,8 +91,14 @@ def cache_key(spec: ModelSpec, prompt: str, cfg: EvalConfig, template: PromptTem
     # The adapter's fingerprint covers its rule file; `ruled` (the rule is applied) is part of
     # the key only where there is a rule, so a base model's answers serve both settings.
     return content_id(
-        "eval-v1", model_fingerprint(spec.base_model), model_fingerprint(spec.adapter), prompt,
-        str(cfg.max_new_tokens), cfg.precision, json.dumps(stop_strings(template)), "rule" if ruled else "",
+        "eval-v1",
+        model_fingerprint(spec.base_model),
+        model_fingerprint(spec.adapter),
+        prompt,
+        str(cfg.max_new_tokens),
+        cfg.precision,
+        json.dumps(stop_strings(template)),
+        "rule" if ruled else "",
     )
 
 
@@ -119,9 +125,16 @@ def predict(
     t0 = time.perf_counter()
     for b in range(0, len(todo), cfg.batch_size):
         batch = todo[b : b + cfg.batch_size]
-        texts = answer_with_rule(model, tokenizer, [ids[i] for i in batch], rule, template.refusal,
-                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                 stop_strings=stop_strings(template))
+        texts = answer_with_rule(
+            model,
+            tokenizer,
+            [ids[i] for i in batch],
+            rule,
+            template.refusal,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            stop_strings=stop_strings(template),
+        )
         for i, text in zip(batch, texts, strict=True):
             out[i] = text
             cache.put(keys[i], text)  # finished work survives a kill
@@ -133,7 +146,11 @@ def predict(
 # ---------------------------------------------------------------- answer NLL
 @torch.no_grad()
 def answer_nll(
-    model: Any, tokenizer: Any, template: PromptTemplate, items: Sequence[Example], batch_size: int = 8,
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    items: Sequence[Example],
+    batch_size: int = 8,
     desc: str | None = None,
 ) -> tuple[list[float], list[int]]:
     """Teacher-forced negative log-likelihood of each reference completion (end token included),
@@ -163,12 +180,18 @@ def answer_nll(
         keep = int((labels != IGNORE_INDEX).sum(dim=1).max()) + 1
         keep = min(keep, width)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device), logits_to_keep=keep).logits.float()
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=keep,
+        ).logits.float()
         target = labels[:, width - keep + 1 :].to(device)
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), target.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="none",
+            logits[:, :-1].reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
         ).view(len(idx), -1)
         valid = target != IGNORE_INDEX
         for r, i in enumerate(idx):
@@ -195,13 +218,27 @@ def run_model(
     model, tokenizer = loaded or load_model(spec.base_model, spec.adapter, precision=cfg.precision)
     preds, seconds, n_gen = predict(model, tokenizer, template, items, spec, cfg, cache, progress)
     scores = [
-        score_item(p, ex.answers if ex.answerable else [], cfg.refusal,
-                   context="\n\n".join(ex.passage_texts), passage_texts=ex.passage_texts)
+        score_item(
+            p,
+            ex.answers if ex.answerable else [],
+            cfg.refusal,
+            context="\n\n".join(ex.passage_texts),
+            passage_texts=ex.passage_texts,
+        )
         for p, ex in zip(preds, items, strict=True)
     ]
-    nll, counts = answer_nll(model, tokenizer, template, items, cfg.batch_size,
-                             desc=f"{spec.name} answer NLL" if progress is not None else None) \
-        if with_nll else ([], [])
+    nll, counts = (
+        answer_nll(
+            model,
+            tokenizer,
+            template,
+            items,
+            cfg.batch_size,
+            desc=f"{spec.name} answer NLL" if progress is not None else None,
+        )
+        if with_nll
+        else ([], [])
+    )
     out = ModelOutput(preds, scores, nll, counts, seconds, n_gen)
     metrics = aggregate(scores, [ex.answerable for ex in items])
     metrics["answer_nll"] = round(sum(nll) / sum(counts), 4) if counts and sum(counts) else None

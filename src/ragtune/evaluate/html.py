@@ -62,19 +62,32 @@ def _examples(items: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     rows = []
     for r in items:
         gold = " / ".join(r["answers"]) if r["answerable"] else "(unanswerable)"
-        rows.append([r["question"], gold, *(
-            f"{shown_prediction(r['models'][n]['prediction'])}  [F1 {r['models'][n]['f1']:.2f}"
-            + (f", NLL {r['models'][n]['nll']:.2f}]" if r["models"][n].get("nll") is not None else "]")
-            for n in names)])
+        rows.append(
+            [
+                r["question"],
+                gold,
+                *(
+                    f"{shown_prediction(r['models'][n]['prediction'])}  [F1 {r['models'][n]['f1']:.2f}"
+                    + (f", NLL {r['models'][n]['nll']:.2f}]" if r["models"][n].get("nll") is not None else "]")
+                    for n in names
+                ),
+            ]
+        )
     return _table(header, rows, "ex")
 
 
 def _abstention(metrics: dict[str, Any]) -> str:
-    header = ["model", "answerable: answered", "answerable: refused", "unanswerable: answered",
-              "unanswerable: refused"]
-    rows = [[name, str(m["abstention"]["answerable"]["answered"]), str(m["abstention"]["answerable"]["refused"]),
-             str(m["abstention"]["unanswerable"]["answered"]), str(m["abstention"]["unanswerable"]["refused"])]
-            for name, m in metrics["models"].items()]
+    header = ["model", "answerable: answered", "answerable: refused", "unanswerable: answered", "unanswerable: refused"]
+    rows = [
+        [
+            name,
+            str(m["abstention"]["answerable"]["answered"]),
+            str(m["abstention"]["answerable"]["refused"]),
+            str(m["abstention"]["unanswerable"]["answered"]),
+            str(m["abstention"]["unanswerable"]["refused"]),
+        ]
+        for name, m in metrics["models"].items()
+    ]
     return _table(header, rows, numeric=True)
 
 
@@ -90,23 +103,32 @@ def write_html(path: Path, metrics: dict[str, Any], rows: Sequence[dict[str, Any
         "same items and prompts for every model; greedy decoding. EM / F1 in percent under SQuAD v2 "
         "rules (a refusal is the empty answer). Answer NLL: mean negative log-likelihood per token of "
         "the reference completions.</p>",
-        "<h2>Before / after</h2>", _table(header, trows, numeric=True),
+        "<h2>Before / after</h2>",
+        _table(header, trows, numeric=True),
         "<p class='muted'>Δ: change against the first column; green is better, red is worse.</p>",
     ]
     for img in images:
-        title = {"scores": "Scores", "abstention": "Abstention matrix",
-                 "robustness": "Robustness to distractors"}.get(Path(img).stem, Path(img).stem)
+        title = {"scores": "Scores", "abstention": "Abstention matrix", "robustness": "Robustness to distractors"}.get(
+            Path(img).stem, Path(img).stem
+        )
         parts += [f"<h2>{_e(title)}</h2>", _img(img)]
         if Path(img).stem == "robustness":
             rh, rr = robustness_rows(metrics)
-            parts += [_table(rh, rr, numeric=True),
-                      f"<p class='muted'>{metrics['robustness'].get('n', '')} {_e(ROBUSTNESS_NOTE)}</p>"]
+            parts += [
+                _table(rh, rr, numeric=True),
+                f"<p class='muted'>{metrics['robustness'].get('n', '')} {_e(ROBUSTNESS_NOTE)}</p>",
+            ]
         if Path(img).stem == "abstention":
             parts.append(_abstention(metrics))
     if metrics.get("judge"):
         jh, jr = judge_rows_table(metrics)
         parts += ["<h2>LLM judge</h2>", _table(jh, jr, numeric=True), f"<p class='muted'>{_e(judge_note(metrics))}</p>"]
-    parts += ["<h2>5 best examples</h2>", _examples(best, names),
-              "<h2>5 worst examples</h2>", _examples(worst, names), "</body></html>"]
+    parts += [
+        "<h2>5 best examples</h2>",
+        _examples(best, names),
+        "<h2>5 worst examples</h2>",
+        _examples(worst, names),
+        "</body></html>",
+    ]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -86,20 +86,32 @@ def _calls(inputs: Sequence[JudgeInput]) -> list[tuple[int, str, str]]:
     for i, x in enumerate(inputs):
         if x.refused:
             continue
-        calls.append((i, "faithfulness", FAITHFULNESS.substitute(context=x.context, question=x.question,
-                                                                 answer=x.answer)))
+        calls.append(
+            (i, "faithfulness", FAITHFULNESS.substitute(context=x.context, question=x.question, answer=x.answer))
+        )
         if x.answers:  # an answered unanswerable question is already wrong by the abstention matrix
-            calls.append((i, "correctness", CORRECTNESS.substitute(question=x.question, answer=x.answer,
-                                                                   reference=" | ".join(x.answers))))
+            calls.append(
+                (
+                    i,
+                    "correctness",
+                    CORRECTNESS.substitute(question=x.question, answer=x.answer, reference=" | ".join(x.answers)),
+                )
+            )
     return calls
 
 
 async def _run_calls(prompts: list[tuple[str, int]], cfg: EvalConfig) -> list[str | None]:
     from ragtune.llm_client import CallFailed, OpenAIComplete, resolve_model
 
-    scfg = SynthConfig(model=cfg.judge_model, base_url=cfg.judge_base_url, api_key_env=cfg.judge_api_key_env,
-                       concurrency=cfg.judge_concurrency, temperature=cfg.judge_temperature, max_tokens=128,
-                       response_format="json_object")
+    scfg = SynthConfig(
+        model=cfg.judge_model,
+        base_url=cfg.judge_base_url,
+        api_key_env=cfg.judge_api_key_env,
+        concurrency=cfg.judge_concurrency,
+        temperature=cfg.judge_temperature,
+        max_tokens=128,
+        response_format="json_object",
+    )
     complete = OpenAIComplete(scfg, cfg.judge_model or await asyncio.to_thread(resolve_model, scfg))
     base_request = complete.request
     seeds: dict[int, int] = {}
@@ -134,12 +146,16 @@ def judge(inputs: Sequence[JudgeInput], cfg: EvalConfig) -> dict[str, Any]:
     models = list(dict.fromkeys(x.model for x in inputs))
     # scores[model][metric][repeat] -> list of item scores
     scores: dict[str, dict[str, list[list[float]]]] = {
-        m: {"faithfulness": [[] for _ in range(repeats)], "correctness": [[] for _ in range(repeats)]} for m in models}
+        m: {"faithfulness": [[] for _ in range(repeats)], "correctness": [[] for _ in range(repeats)]} for m in models
+    }
     failures = dict.fromkeys(models, 0)
     for r in range(repeats):
-        for (i, metric, _), reply in zip(calls, replies[r * len(calls):(r + 1) * len(calls)], strict=True):
-            value = None if reply is None else (
-                parse_faithfulness(reply) if metric == "faithfulness" else parse_correctness(reply))
+        for (i, metric, _), reply in zip(calls, replies[r * len(calls) : (r + 1) * len(calls)], strict=True):
+            value = (
+                None
+                if reply is None
+                else (parse_faithfulness(reply) if metric == "faithfulness" else parse_correctness(reply))
+            )
             if value is None:
                 failures[inputs[i].model] += 1
             else:
@@ -153,19 +169,30 @@ def judge(inputs: Sequence[JudgeInput], cfg: EvalConfig) -> dict[str, Any]:
                 mean, half = interval(means)
                 out[m][metric] = {"mean": round(mean, 2), "ci95": round(half, 2), "n": len(per_repeat[0])}
     return {
-        "model": cfg.judge_model, "base_url": cfg.judge_base_url, "temperature": cfg.judge_temperature,
-        "seed": cfg.judge_seed, "repeats": repeats,
+        "model": cfg.judge_model,
+        "base_url": cfg.judge_base_url,
+        "temperature": cfg.judge_temperature,
+        "seed": cfg.judge_seed,
+        "repeats": repeats,
         "prompts": {"faithfulness": FAITHFULNESS.template, "correctness": CORRECTNESS.template},
         "prompts_id": content_id(FAITHFULNESS.template, CORRECTNESS.template),
-        "calls": len(calls) * repeats, "models": out,
+        "calls": len(calls) * repeats,
+        "models": out,
     }
 
 
 def judge_rows(rows: Sequence[dict[str, Any]], contexts: Sequence[str], cfg: EvalConfig) -> dict[str, Any]:
     """The judge over `evaluate`'s per-item rows (every model's prediction of every item)."""
     inputs = [
-        JudgeInput(model=name, question=row["question"], context=ctx,
-                   answers=row["answers"] if row["answerable"] else [], answer=pm["answer"], refused=pm["refused"])
-        for row, ctx in zip(rows, contexts, strict=True) for name, pm in row["models"].items()
+        JudgeInput(
+            model=name,
+            question=row["question"],
+            context=ctx,
+            answers=row["answers"] if row["answerable"] else [],
+            answer=pm["answer"],
+            refused=pm["refused"],
+        )
+        for row, ctx in zip(rows, contexts, strict=True)
+        for name, pm in row["models"].items()
     ]
     return judge(inputs, cfg)

@@ -19,8 +19,13 @@ def plot_scores(metrics: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     names = list(metrics["models"])
     labels = ["EM", "F1", "HasAns F1", "NoAns EM", "HasAns refused %"]
-    getters = [lambda m: m["em"], lambda m: m["f1"], lambda m: m["has_ans"]["f1"],
-               lambda m: m["no_ans"]["em"], lambda m: m["has_ans"]["refused"]]
+    getters = [
+        lambda m: m["em"],
+        lambda m: m["f1"],
+        lambda m: m["has_ans"]["f1"],
+        lambda m: m["no_ans"]["em"],
+        lambda m: m["has_ans"]["refused"],
+    ]
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     width = 0.8 / len(names)
     for j, name in enumerate(names):
@@ -45,15 +50,25 @@ def plot_abstention(metrics: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         a = metrics["models"][name]["abstention"]
-        grid = [[a["answerable"]["answered"], a["answerable"]["refused"]],
-                [a["unanswerable"]["answered"], a["unanswerable"]["refused"]]]
+        grid = [
+            [a["answerable"]["answered"], a["answerable"]["refused"]],
+            [a["unanswerable"]["answered"], a["unanswerable"]["refused"]],
+        ]
         ax.imshow(grid, cmap="Blues", vmin=0, vmax=max(1, max(max(r) for r in grid)))
         for r in range(2):
             for c in range(2):
                 # Right cells: answerable answered, unanswerable refused.
                 good = (r, c) in {(0, 0), (1, 1)}
-                ax.text(c, r, str(grid[r][c]), ha="center", va="center", fontsize=14,
-                        color="black", fontweight="bold" if good else "normal")
+                ax.text(
+                    c,
+                    r,
+                    str(grid[r][c]),
+                    ha="center",
+                    va="center",
+                    fontsize=14,
+                    color="black",
+                    fontweight="bold" if good else "normal",
+                )
         ax.set_xticks([0, 1], ["answered", "refused"])
         ax.set_yticks([0, 1], ["answerable", "unanswerable"])
         ax.set_title(name)
@@ -70,8 +85,7 @@ def plot_robustness(metrics: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     names = [n for n in metrics["models"] if n in rob]
-    fig, (ax, ax_nll, ax2) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110,
-                                          gridspec_kw={"width_ratios": [3, 3, 1.4]})
+    fig, (ax, ax_nll, ax2) = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110, gridspec_kw={"width_ratios": [3, 3, 1.4]})
     top = 0.0
     for j, name in enumerate(names):
         color = f"C{j}"
@@ -86,8 +100,10 @@ def plot_robustness(metrics: dict[str, Any], path: Path) -> Path | None:
             cbn = rob.get("closed_book_nll", {}).get(name)
             if cbn is not None:
                 ax_nll.axhline(cbn, color=color, linestyle=":", label=f"{name}: closed book")
-    for a, ylabel, title in ((ax, "F1 (answerable questions)", "F1 vs distractors"),
-                             (ax_nll, "answer NLL / token (lower is better)", "answer NLL vs distractors")):
+    for a, ylabel, title in (
+        (ax, "F1 (answerable questions)", "F1 vs distractors"),
+        (ax_nll, "answer NLL / token (lower is better)", "answer NLL vs distractors"),
+    ):
         a.set_xlabel("distractor passages k (oracle present)")
         a.set_ylabel(ylabel, fontsize=9)
         a.set_xticks(rob["k"])

@@ -40,15 +40,19 @@ def table_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         vals = [get(metrics["models"][n]) for n in names]
         if all(v is None for v in vals):
             continue
-        deltas = [
-            "-" if v is None or vals[0] is None else f"{v - vals[0]:+.{dec}f}" for v in vals[1:]
-        ]
+        deltas = ["-" if v is None or vals[0] is None else f"{v - vals[0]:+.{dec}f}" for v in vals[1:]]
         rows.append([label, *(_fmt(v, dec) for v in vals), *deltas])
     n = [str(metrics["models"][x].get("n", "")) for x in names]
-    rows.append(["n (HasAns / NoAns)", *(
-        f"{v} ({metrics['models'][x]['has_ans']['n']} / {metrics['models'][x]['no_ans']['n']})"
-        for v, x in zip(n, names, strict=True)
-    ), *([""] * (len(names) - 1))])
+    rows.append(
+        [
+            "n (HasAns / NoAns)",
+            *(
+                f"{v} ({metrics['models'][x]['has_ans']['n']} / {metrics['models'][x]['no_ans']['n']})"
+                for v, x in zip(n, names, strict=True)
+            ),
+            *([""] * (len(names) - 1)),
+        ]
+    )
     return header, rows
 
 
@@ -88,17 +92,23 @@ def markdown_table(metrics: dict[str, Any]) -> str:
 
 
 def abstention_markdown(metrics: dict[str, Any]) -> str:
-    lines = ["| model | answerable: answered | answerable: refused | unanswerable: answered | "
-             "unanswerable: refused |", "|---|---|---|---|---|"]
+    lines = [
+        "| model | answerable: answered | answerable: refused | unanswerable: answered | unanswerable: refused |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in metrics["models"].items():
         a = m["abstention"]
-        lines.append(f"| {name} | {a['answerable']['answered']} | {a['answerable']['refused']} | "
-                     f"{a['unanswerable']['answered']} | {a['unanswerable']['refused']} |")
+        lines.append(
+            f"| {name} | {a['answerable']['answered']} | {a['answerable']['refused']} | "
+            f"{a['unanswerable']['answered']} | {a['unanswerable']['refused']} |"
+        )
     return "\n".join(lines)
 
 
-ROBUSTNESS_NOTE = ("answerable questions with a known oracle chunk; distractors are the top BM25 chunks "
-                   "that do not hold a gold answer.")
+ROBUSTNESS_NOTE = (
+    "answerable questions with a known oracle chunk; distractors are the top BM25 chunks "
+    "that do not hold a gold answer."
+)
 
 
 def robustness_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -108,15 +118,28 @@ def robustness_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
     header = ["context", *(h for n in names for h in (f"{n} F1", f"{n} answer NLL"))]
     rows = []
     if "closed_book" in rob:
-        rows.append(["closed book", *(v for n in names for v in (
-            _fmt(rob["closed_book"].get(n), 1), _fmt(rob.get("closed_book_nll", {}).get(n), 3)))])
+        rows.append(
+            [
+                "closed book",
+                *(
+                    v
+                    for n in names
+                    for v in (_fmt(rob["closed_book"].get(n), 1), _fmt(rob.get("closed_book_nll", {}).get(n), 3))
+                ),
+            ]
+        )
     for j, k in enumerate(rob.get("k", [])):
         label = "oracle only" if k == 0 else f"oracle + {k} distractors"
-        rows.append([label, *(v for n in names for v in (
-            _fmt(rob[n][j], 1), _fmt((nll.get(n) or [None] * len(rob["k"]))[j], 3)))])
+        rows.append(
+            [
+                label,
+                *(v for n in names for v in (_fmt(rob[n][j], 1), _fmt((nll.get(n) or [None] * len(rob["k"]))[j], 3))),
+            ]
+        )
     if "no_oracle_refused" in rob:
-        rows.append(["oracle removed: refused %", *(v for n in names for v in (
-            _fmt(rob["no_oracle_refused"].get(n), 1), ""))])
+        rows.append(
+            ["oracle removed: refused %", *(v for n in names for v in (_fmt(rob["no_oracle_refused"].get(n), 1), ""))]
+        )
     return header, rows
 
 
@@ -165,8 +188,10 @@ def examples_markdown(items: Sequence[dict[str, Any]], names: Sequence[str]) -> 
     lines = ["| question | gold | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in items:
         gold = " / ".join(r["answers"]) if r["answerable"] else "(unanswerable)"
-        preds = [f"{_cell(shown_prediction(r['models'][n]['prediction']), 80)} (F1 {r['models'][n]['f1']:.2f})"
-                 for n in names]
+        preds = [
+            f"{_cell(shown_prediction(r['models'][n]['prediction']), 80)} (F1 {r['models'][n]['f1']:.2f})"
+            for n in names
+        ]
         lines.append(f"| {_cell(r['question'])} | {_cell(gold, 60)} | " + " | ".join(preds) + " |")
     return "\n".join(lines)
 
@@ -175,13 +200,21 @@ def report_markdown(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], ima
     names = list(metrics["models"])
     best, worst = best_and_worst(rows, names)
     parts = [
-        "# ragtune evaluation report", "",
+        "# ragtune evaluation report",
+        "",
         f"Items: {metrics['n']} from `{metrics.get('dataset', '')}`. Same items and prompts for every "
         "model, greedy decoding. EM / F1 in percent under SQuAD v2 rules (a refusal is the empty "
         "answer: right on unanswerable questions, wrong on answerable ones). Answer NLL: mean "
-        "negative log-likelihood per token of the reference completions, teacher-forced.", "",
-        "## Before / after", "", markdown_table(metrics), "",
-        "## Abstention (confusion matrix)", "", abstention_markdown(metrics), "",
+        "negative log-likelihood per token of the reference completions, teacher-forced.",
+        "",
+        "## Before / after",
+        "",
+        markdown_table(metrics),
+        "",
+        "## Abstention (confusion matrix)",
+        "",
+        abstention_markdown(metrics),
+        "",
     ]
     rob = robustness_markdown(metrics)
     if rob:
@@ -190,25 +223,46 @@ def report_markdown(metrics: dict[str, Any], rows: Sequence[dict[str, Any]], ima
         parts += [f"![{Path(img).stem}]({Path(img).name})", ""]
     extra = [(n, m) for n, m in metrics["models"].items() if m.get("n_quoted") or m.get("n_cited")]
     if extra:
-        parts += ["## Quotes and citations", "", "| model | quote validity % (n) | citation precision % (n) |",
-                  "|---|---|---|"]
-        parts += [f"| {n} | {_fmt(m.get('quote_validity'), 1)} ({m['n_quoted']}) | "
-                  f"{_fmt(m.get('citation_precision'), 1)} ({m['n_cited']}) |" for n, m in extra]
+        parts += [
+            "## Quotes and citations",
+            "",
+            "| model | quote validity % (n) | citation precision % (n) |",
+            "|---|---|---|",
+        ]
+        parts += [
+            f"| {n} | {_fmt(m.get('quote_validity'), 1)} ({m['n_quoted']}) | "
+            f"{_fmt(m.get('citation_precision'), 1)} ({m['n_cited']}) |"
+            for n, m in extra
+        ]
         parts.append("")
     if metrics.get("judge"):
         header, jrows = judge_rows_table(metrics)
         parts += ["## LLM judge", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         parts += ["| " + " | ".join(r) + " |" for r in jrows]
         parts += ["", judge_note(metrics), ""]
-    parts += ["## 5 best examples", "", examples_markdown(best, names), "",
-              "## 5 worst examples", "", examples_markdown(worst, names), ""]
+    parts += [
+        "## 5 best examples",
+        "",
+        examples_markdown(best, names),
+        "",
+        "## 5 worst examples",
+        "",
+        examples_markdown(worst, names),
+        "",
+    ]
     return "\n".join(parts)
 
 
 def judge_rows_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     j = metrics["judge"]
-    header = ["model", "faithfulness % (95% CI)", "correctness % (95% CI)", "judged", "refusals skipped",
-              "parse failures"]
+    header = [
+        "model",
+        "faithfulness % (95% CI)",
+        "correctness % (95% CI)",
+        "judged",
+        "refusals skipped",
+        "parse failures",
+    ]
     rows = []
     for name, m in j["models"].items():
         cells = [name]
@@ -223,9 +277,11 @@ def judge_rows_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]
 
 def judge_note(metrics: dict[str, Any]) -> str:
     j = metrics["judge"]
-    return (f"Judge `{j['model']}` at {j['base_url'] or 'the OpenAI API'}, temperature {j['temperature']}, "
-            f"seeds {j['seed']}..{j['seed'] + j['repeats'] - 1} ({j['repeats']} repeats), prompts "
-            f"`{j['prompts_id']}` (in metrics.json). Refusals are not judged.")
+    return (
+        f"Judge `{j['model']}` at {j['base_url'] or 'the OpenAI API'}, temperature {j['temperature']}, "
+        f"seeds {j['seed']}..{j['seed'] + j['repeats'] - 1} ({j['repeats']} repeats), prompts "
+        f"`{j['prompts_id']}` (in metrics.json). Refusals are not judged."
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -41,8 +41,9 @@ def robustness_items(
 ) -> list[tuple[str, Example]]:
     """(setting, item) pairs: settings 'closed_book', 'k=N' for each N, and 'no_oracle'."""
     by_id = {c.id: i for i, c in enumerate(chunks)}
-    base = [ex for ex in examples
-            if ex.answerable and ex.answers and qa.get(ex.qa_id) and qa[ex.qa_id].chunk_id in by_id]
+    base = [
+        ex for ex in examples if ex.answerable and ex.answers and qa.get(ex.qa_id) and qa[ex.qa_id].chunk_id in by_id
+    ]
     base = base[:limit] if limit else base
     if not base:
         return []
@@ -54,10 +55,15 @@ def robustness_items(
     def item(ex: Example, setting: str, idx: list[int], answerable: bool) -> tuple[str, Example]:
         passages = [Passage(title=chunks[i].title, text=chunks[i].text, id=chunks[i].id) for i in idx]
         return setting, replace(
-            ex, id=f"{ex.id}:{setting}", prompt=template.render(tokenizer, ex.question, passages),
+            ex,
+            id=f"{ex.id}:{setting}",
+            prompt=template.render(tokenizer, ex.question, passages),
             completion=ex.completion if answerable else template.refusal,
-            answers=ex.answers if answerable else [], passages=[chunks[i].id for i in idx],
-            passage_texts=[chunks[i].text for i in idx], oracle_in_context=answerable, answerable=answerable,
+            answers=ex.answers if answerable else [],
+            passages=[chunks[i].id for i in idx],
+            passage_texts=[chunks[i].text for i in idx],
+            oracle_in_context=answerable,
+            answerable=answerable,
         )
 
     for ex, hits in zip(base, ranked, strict=True):
@@ -98,16 +104,22 @@ def robustness_for_run(
         tokenizer = load_tokenizer(tok_source)
     except Exception:  # an adapter folder without a tokenizer: use the base model's
         tokenizer = load_tokenizer(specs[0].base_model)
-    pairs = robustness_items(examples, qa, chunks, cfg.robustness_k, template, tokenizer,
-                             cfg.robustness_limit, cfg.seed, run.index)
+    pairs = robustness_items(
+        examples, qa, chunks, cfg.robustness_k, template, tokenizer, cfg.robustness_limit, cfg.seed, run.index
+    )
     if not pairs:
         return None
     settings = [s for s, _ in pairs]
     items = [ex for _, ex in pairs]
     cache = PredictionCache(run.eval_cache if cfg.cache else None)
-    result: dict[str, Any] = {"k": list(cfg.robustness_k), "n": settings.count("closed_book"),
-                              "closed_book": {}, "no_oracle_refused": {}, "answer_nll": {},
-                              "closed_book_nll": {}}
+    result: dict[str, Any] = {
+        "k": list(cfg.robustness_k),
+        "n": settings.count("closed_book"),
+        "closed_book": {},
+        "no_oracle_refused": {},
+        "answer_nll": {},
+        "closed_book_nll": {},
+    }
     groups: dict[str, list[int]] = {}
     for i, st in enumerate(settings):
         groups.setdefault(st, []).append(i)

@@ -62,8 +62,9 @@ class _Progress:
     def __init__(self, total: int, name: str, enabled: bool | None) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="chunk", desc=f"synth ({name})", disable=enabled is False or None,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, unit="chunk", desc=f"synth ({name})", disable=enabled is False or None, dynamic_ncols=True
+        )
 
     def pulled(self, chunks: Sequence[Chunk]) -> Iterator[Chunk]:
         for c in chunks:  # a generator without chunk callbacks: count chunks as it takes them
@@ -108,8 +109,9 @@ def synthesize(
     try:
         for out in generator.generate(source):  # type: ignore[arg-type]
             if isinstance(out, QAItem) and (reason := filters.check(out)) is not None:
-                out = Rejection(reason, chunk_id=out.chunk_id, question=out.question, raw=out.answer,
-                                meta={"item": to_dict(out)})
+                out = Rejection(
+                    reason, chunk_id=out.chunk_id, question=out.question, raw=out.answer, meta={"item": to_dict(out)}
+                )
             if isinstance(out, Rejection):
                 rejections.append(out)
                 if on_rejection is not None:
@@ -129,8 +131,9 @@ def _tokens(generator: Any) -> int:
     return sum(s.get("prompt_tokens", 0) + s.get("completion_tokens", 0) for s in stats.values())
 
 
-def _summary(cfg: SynthConfig, todo: list[Chunk], items: list[QAItem], rejections: list[Rejection],
-             generator: Any, t0: float) -> dict[str, Any]:
+def _summary(
+    cfg: SynthConfig, todo: list[Chunk], items: list[QAItem], rejections: list[Rejection], generator: Any, t0: float
+) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "generator": cfg.generator,
@@ -172,7 +175,9 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
     have_rejections = {rejection_id(from_dict(Rejection, r)) for r in old_rejected}
     with JsonlAppender(run.qa) as qa_out, JsonlAppender(run.qa_rejected) as rej_out:
         result = synthesize(
-            chunks, cfg, progress=progress,
+            chunks,
+            cfg,
+            progress=progress,
             on_item=lambda i: i.id in have_items or qa_out.write(i),
             on_rejection=lambda r: rejection_id(r) in have_rejections or rej_out.write(r),
         )
@@ -192,14 +197,22 @@ def synth_to_run(run_dir: Path, cfg: SynthConfig, progress: bool | None = None) 
         f"chunks; rejected {s['rejected']} ({reasons}); tokens {_tokens_line(s)}; {s['seconds']} s"
         + (f"; {s['resumed_rows']} rows resumed from disk" if s["resumed_rows"] else "")
         + f"; qa.jsonl holds {s['items'] + s['kept_from_before']} rows"
-        + (f" ({s['stale_rows_moved']} rows of chunks no longer in chunks.jsonl moved to qa_rejected.jsonl)"
-           if s["stale_rows_moved"] else "")
+        + (
+            f" ({s['stale_rows_moved']} rows of chunks no longer in chunks.jsonl moved to qa_rejected.jsonl)"
+            if s["stale_rows_moved"]
+            else ""
+        )
     )
     return result
 
 
-def _merged(old: list[dict[str, Any]], old_rejected: list[dict[str, Any]], result: SynthResult,
-            chunk_ids: set[str], replace: bool) -> tuple[list[Any], list[Any], int]:
+def _merged(
+    old: list[dict[str, Any]],
+    old_rejected: list[dict[str, Any]],
+    result: SynthResult,
+    chunk_ids: set[str],
+    replace: bool,
+) -> tuple[list[Any], list[Any], int]:
     """The rows of qa.jsonl and qa_rejected.jsonl after a run: rows from before that this run
     did not produce again, in their order, then this run's rows in generation order. A row made
     again replaces its old copy, so a resumed run (whose partial rows are all made again) writes
@@ -216,8 +229,12 @@ def _merged(old: list[dict[str, Any]], old_rejected: list[dict[str, Any]], resul
             continue
         gone = r.get("chunk_id") is not None and r["chunk_id"] not in chunk_ids
         (stale if gone else kept).append(r)
-    moved = [Rejection("stale_chunk", chunk_id=r.get("chunk_id"), question=r.get("question"), raw=r.get("answer"),
-                       meta={"item": r}) for r in stale]
+    moved = [
+        Rejection(
+            "stale_chunk", chunk_id=r.get("chunk_id"), question=r.get("question"), raw=r.get("answer"), meta={"item": r}
+        )
+        for r in stale
+    ]
     seen = new_rejections | {rejection_id(m) for m in moved}
     earlier = [r for r in old_rejected if rejection_id(from_dict(Rejection, r)) not in seen]
     return [*kept, *result.items], [*earlier, *result.rejections, *moved], len(stale)
@@ -225,15 +242,22 @@ def _merged(old: list[dict[str, Any]], old_rejected: list[dict[str, Any]], resul
 
 def _nothing_kept(summary: dict[str, Any], qa: Path) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected_by_reason"].items())) or "no rows made"
-    fix = ("check --base-url, --model, the API key and --timeout-s" if "api_error" in summary["rejected_by_reason"]
-           else "check the chunks, --questions-per-chunk and the filters (--no-filter)")
-    return (f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
-            f"{qa} is unchanged, the rejected rows are in {RunFolder(qa.parent).qa_rejected.name}; {fix}, then re-run")
+    fix = (
+        "check --base-url, --model, the API key and --timeout-s"
+        if "api_error" in summary["rejected_by_reason"]
+        else "check the chunks, --questions-per-chunk and the filters (--no-filter)"
+    )
+    return (
+        f"synth kept no row from {summary['chunks']} chunks (rejected {summary['rejected']}: {reasons}); "
+        f"{qa} is unchanged, the rejected rows are in {RunFolder(qa.parent).qa_rejected.name}; {fix}, then re-run"
+    )
 
 
 def _tokens_line(summary: dict[str, Any]) -> str:
     calls = summary.get("calls")
     if not calls:
         return "0 (no LLM calls)"
-    return ", ".join(f"{stage} {c['calls']} calls ({c['cached']} cached) {c['prompt_tokens']}+"
-                     f"{c['completion_tokens']} tok" for stage, c in calls.items())
+    return ", ".join(
+        f"{stage} {c['calls']} calls ({c['cached']} cached) {c['prompt_tokens']}+{c['completion_tokens']} tok"
+        for stage, c in calls.items()
+    )

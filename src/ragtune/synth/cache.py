@@ -20,8 +20,13 @@ CACHE_FILE = "llm_calls.jsonl"
 
 def call_key(backend: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
     """The cache key of one chat call."""
-    return content_id(backend, model, json.dumps(messages, sort_keys=True, ensure_ascii=False),
-                      json.dumps(params, sort_keys=True), n=32)
+    return content_id(
+        backend,
+        model,
+        json.dumps(messages, sort_keys=True, ensure_ascii=False),
+        json.dumps(params, sort_keys=True),
+        n=32,
+    )
 
 
 def read_jsonl_repaired(path: str | Path) -> list[dict[str, Any]]:

@@ -40,8 +40,13 @@ STOPWORDS = frozenset(_STOP.split())
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[A-Za-z_][\w.]*\w|\w")
 SPAN_PATTERNS: list[tuple[str, float, re.Pattern[str]]] = [
-    ("identifier", 3.0, re.compile(
-        r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|_\w+_|[A-Za-z]\w*_\w+|[A-Za-z_]\w*\(\))(?![\w(])")),
+    (
+        "identifier",
+        3.0,
+        re.compile(
+            r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|_\w+_|[A-Za-z]\w*_\w+|[A-Za-z_]\w*\(\))(?![\w(])"
+        ),
+    ),
     ("number", 2.5, re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*(?![\w.]\w)")),
     # quotes open after no word and close before none: apostrophes (isn't, module's) are not quotes
     ("quoted", 2.0, re.compile(r"(?<![\w\"'])[\"']([^\"'\n]{2,40})[\"'](?!\w)")),
@@ -64,7 +69,7 @@ class Candidate:
 
     @property
     def answer(self) -> str:
-        return self.sentence[self.start:self.end]
+        return self.sentence[self.start : self.end]
 
 
 def sentences(text: str) -> Iterator[tuple[int, str]]:
@@ -163,7 +168,7 @@ class ExtractiveGenerator:
     # ---------------------------------------------------------- questions
     @staticmethod
     def question(c: Candidate, style: str, rng: random.Random) -> str:
-        before, after = c.sentence[:c.start], c.sentence[c.end:]
+        before, after = c.sentence[: c.start], c.sentence[c.end :]
         if style == "cloze":
             return f"Fill in the blank: {before}____{after}".strip()
         wh = _wh_word(c, after)
@@ -191,15 +196,29 @@ class ExtractiveGenerator:
         meta = {"style": style, "span_type": c.kind, "answer_start": c.sentence_start + c.start}
         if rng.random() < self.cfg.unanswerable_share:
             return QAItem(
-                id=content_id(chunk.id, q, "unanswerable"), question=q, answer="", answers=[],
-                chunk_id=None, answerable=False, kind="unanswerable", origin="extractive",
+                id=content_id(chunk.id, q, "unanswerable"),
+                question=q,
+                answer="",
+                answers=[],
+                chunk_id=None,
+                answerable=False,
+                kind="unanswerable",
+                origin="extractive",
                 doc_id=chunk.doc_id,
                 meta={**meta, "source_chunk": chunk.id, "hidden_answer": c.answer},
             )
         return QAItem(
-            id=content_id(chunk.id, q, c.answer), question=q, answer=c.answer, answers=[c.answer],
-            chunk_id=chunk.id, answerable=True, kind="factoid", origin="extractive",
-            evidence=[c.sentence], doc_id=chunk.doc_id, meta=meta,
+            id=content_id(chunk.id, q, c.answer),
+            question=q,
+            answer=c.answer,
+            answers=[c.answer],
+            chunk_id=chunk.id,
+            answerable=True,
+            kind="factoid",
+            origin="extractive",
+            evidence=[c.sentence],
+            doc_id=chunk.doc_id,
+            meta=meta,
         )
 
 
@@ -216,10 +235,11 @@ def pick_style(shares: dict[str, float], u: float) -> str:
 def loose_question(before: str, after: str, wh: str, rng: random.Random) -> str:
     """The wh-word, then 4-10 words before the answer and 0-6 after it, each content word kept
     with p .85 and each stopword with p .5, at least two content words: "What ... module ... provides ... ?"."""
+
     def words(text: str) -> list[str]:
         return [w for w in (_EDGE_PUNCT.sub("", w) for w in text.split()) if w]
 
-    near = words(before)[-rng.randint(4, 10):] + words(after)[: rng.randint(0, 6)]
+    near = words(before)[-rng.randint(4, 10) :] + words(after)[: rng.randint(0, 6)]
     kept = [w for w in near if rng.random() < (0.5 if w.lower() in STOPWORDS else 0.85)]
     if sum(w.lower() not in STOPWORDS for w in kept) < 2:
         kept = near
@@ -243,8 +263,12 @@ QUESTION_STYLES = ("cloze", "wh", "loose")
 @register_generator("extractive")
 def make_extractive(cfg: SynthConfig, corpus: Sequence[Chunk]) -> ExtractiveGenerator:
     shares = cfg.question_styles
-    if (any(s not in QUESTION_STYLES for s in shares) or any(v < 0 for v in shares.values())
-            or not any(v > 0 for v in shares.values())):
-        raise RagtuneError(f"question_styles needs positive shares for some of {', '.join(QUESTION_STYLES)}; "
-                           f"got {shares}")
+    if (
+        any(s not in QUESTION_STYLES for s in shares)
+        or any(v < 0 for v in shares.values())
+        or not any(v > 0 for v in shares.values())
+    ):
+        raise RagtuneError(
+            f"question_styles needs positive shares for some of {', '.join(QUESTION_STYLES)}; got {shares}"
+        )
     return ExtractiveGenerator(cfg, corpus)

@@ -25,8 +25,16 @@ from typing import Any
 
 from ragtune.records import Chunk, QAItem
 
-FILTERS = ("parse", "non_question", "quotes", "grounding", "roundtrip", "dedupe", "not_in_context",
-           "unanswerable_check")
+FILTERS = (
+    "parse",
+    "non_question",
+    "quotes",
+    "grounding",
+    "roundtrip",
+    "dedupe",
+    "not_in_context",
+    "unanswerable_check",
+)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Function words carry no evidence that an answer came from the chunk.
@@ -137,8 +145,14 @@ class RowFilters:
     """The filters that judge finished rows, for any backend. `check` returns a rejection
     reason, or None when the row is kept (and then remembered for dedupe)."""
 
-    def __init__(self, corpus: Sequence[Chunk], filters: dict[str, bool], grounding_threshold: float = 0.5,
-                 roundtrip_k: int = 10, dedupe_threshold: float = 0.9) -> None:
+    def __init__(
+        self,
+        corpus: Sequence[Chunk],
+        filters: dict[str, bool],
+        grounding_threshold: float = 0.5,
+        roundtrip_k: int = 10,
+        dedupe_threshold: float = 0.9,
+    ) -> None:
         self.filters = filters
         self.texts = {c.id: c.text for c in corpus}
         self.grounding_threshold = grounding_threshold
@@ -153,11 +167,19 @@ class RowFilters:
         source = "\n".join(self.texts.get(i, "") for i in self.sources(item)) or "\n".join(item.contexts)
         if enabled(self.filters, "quotes") and item.evidence and unverified_quotes(item.evidence, source):
             return "quote_not_in_source"
-        if (enabled(self.filters, "grounding") and item.answerable and item.answer
-                and grounding_score(item.answer, source) < self.grounding_threshold):
+        if (
+            enabled(self.filters, "grounding")
+            and item.answerable
+            and item.answer
+            and grounding_score(item.answer, source) < self.grounding_threshold
+        ):
             return "answer_not_grounded"
-        if (self.roundtrip is not None and item.answerable and self.sources(item)
-                and not self.roundtrip.passes(item.question, self.sources(item))):
+        if (
+            self.roundtrip is not None
+            and item.answerable
+            and self.sources(item)
+            and not self.roundtrip.passes(item.question, self.sources(item))
+        ):
             return "roundtrip_failed"
         if self.deduper is not None and self.deduper.seen(item.question):
             return "duplicate_question"

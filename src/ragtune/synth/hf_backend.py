@@ -42,10 +42,13 @@ class HFComplete:
     def _replies(self, prompts: list[list[int]]) -> list[Reply]:
         from ragtune.generation import generate  # torch loads only when the hf generator runs
 
-        texts = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                         batch_size=self.batch_size)
-        return [Reply(text, len(ids), len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-                for ids, text in zip(prompts, texts, strict=True)]
+        texts = generate(
+            self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+        )
+        return [
+            Reply(text, len(ids), len(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            for ids, text in zip(prompts, texts, strict=True)
+        ]
 
     async def aclose(self) -> None:
         self.executor.shutdown(wait=False)
@@ -60,5 +63,10 @@ def make_hf(cfg: SynthConfig, corpus: Sequence[Chunk]) -> LLMGenerator:
     model, tokenizer = load_model(cfg.model)
     # Generation is greedy, so temperature does not change a reply or its cache key.
     greedy = cfg.model_copy(update={"temperature": 0.0})
-    return LLMGenerator(name="hf", cfg=greedy, corpus=corpus, model_id=str(cfg.model),
-                        make_complete=lambda: HFComplete(model, tokenizer, cfg.max_tokens, cfg.batch_size))
+    return LLMGenerator(
+        name="hf",
+        cfg=greedy,
+        corpus=corpus,
+        model_id=str(cfg.model),
+        make_complete=lambda: HFComplete(model, tokenizer, cfg.max_tokens, cfg.batch_size),
+    )

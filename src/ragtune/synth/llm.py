@@ -53,18 +53,21 @@ def load_templates(prompts_dir: str | None) -> dict[str, string.Template]:
     out = {}
     for name in TEMPLATE_FILES:
         path = user / name if user is not None and (user / name).is_file() else None
-        text = (path.read_text(encoding="utf-8") if path else
-                resources.files("ragtune").joinpath("templates", name).read_text(encoding="utf-8"))
+        text = (
+            path.read_text(encoding="utf-8")
+            if path
+            else resources.files("ragtune").joinpath("templates", name).read_text(encoding="utf-8")
+        )
         out[name.removesuffix(".txt")] = string.Template(text)
     return out
 
 
 # ---------------------------------------------------------------- parsing
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-_NUMBERING = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:Q|Question)\s*\d*\s*[:.)-])\s*",
-                        re.I)
-_PREAMBLE = re.compile(r"^(?:sure|certainly|okay|ok|of course|here (?:are|is)|below (?:are|is)|the following)\b",
-                       re.I)
+_NUMBERING = re.compile(
+    r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):\]]|\(?[a-zA-Z][.)]\s|(?:Q|Question)\s*\d*\s*[:.)-])\s*", re.I
+)
+_PREAMBLE = re.compile(r"^(?:sure|certainly|okay|ok|of course|here (?:are|is)|below (?:are|is)|the following)\b", re.I)
 _QUESTION_END = re.compile(r"[?\uff1f\u061f\u037e]\s*[\"'\u201d\u00bb)]*$")
 
 
@@ -77,12 +80,14 @@ def _json_questions(reply: str) -> list[str] | None:
             if start < 0 or end <= start:
                 continue
             try:
-                data = json.loads(text[start:end + 1])
+                data = json.loads(text[start : end + 1])
             except json.JSONDecodeError:
                 continue
             if isinstance(data, dict):
-                data = next((v for k, v in data.items() if isinstance(v, list) and "question" in k.lower()),
-                            next((v for v in data.values() if isinstance(v, list)), None))
+                data = next(
+                    (v for k, v in data.items() if isinstance(v, list) and "question" in k.lower()),
+                    next((v for v in data.values() if isinstance(v, list)), None),
+                )
             if isinstance(data, list):
                 out = []
                 for q in data:
@@ -190,8 +195,12 @@ class LLMGenerator:
 
     def question_messages(self, chunk: Chunk, kind: str, count: int, partner: Chunk | None) -> list[dict]:
         text = self.templates[f"questions_{kind}"].safe_substitute(
-            n=count, title=chunk.title, text=chunk.text,
-            title2=partner.title if partner else "", text2=partner.text if partner else "")
+            n=count,
+            title=chunk.title,
+            text=chunk.text,
+            title2=partner.title if partner else "",
+            text2=partner.text if partner else "",
+        )
         return [{"role": "user", "content": text}]
 
     def answer_messages(self, chunks: Sequence[Chunk], question: str) -> list[dict]:
@@ -213,8 +222,9 @@ class LLMGenerator:
     def plan(self, chunk: Chunk) -> list[tuple[str, int, Chunk | None]]:
         """The question calls of one chunk: (kind, count, partner)."""
         out = []
-        for kind, count in allocate(chunk.id, self.cfg.questions_per_chunk, self.cfg.question_types,
-                                    self.cfg.seed).items():
+        for kind, count in allocate(
+            chunk.id, self.cfg.questions_per_chunk, self.cfg.question_types, self.cfg.seed
+        ).items():
             partner = self.partner(chunk) if kind == "multi_hop" else None
             if kind == "multi_hop" and partner is None:
                 kind, partner = "factoid", None  # a one-chunk corpus has no second hop
@@ -248,8 +258,10 @@ class LLMGenerator:
             raise
         finally:
             del self._in_flight[key]
-        self.cache.put(key, {"text": reply.text, "prompt_tokens": reply.prompt_tokens,
-                             "completion_tokens": reply.completion_tokens})
+        self.cache.put(
+            key,
+            {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+        )
         future.set_result(reply)
         self.stats[stage].add(reply, cached=False)
         return reply
@@ -266,8 +278,9 @@ class LLMGenerator:
         rows.extend(answered)
         return rows
 
-    async def ask(self, chunk: Chunk, kind: str, count: int, partner: Chunk | None,
-                  complete: Complete) -> tuple[list[str], list[Rejection]]:
+    async def ask(
+        self, chunk: Chunk, kind: str, count: int, partner: Chunk | None, complete: Complete
+    ) -> tuple[list[str], list[Rejection]]:
         messages = self.question_messages(chunk, kind, count, partner)
         meta = {"kind": kind, "stage": "questions"}
         try:
@@ -277,16 +290,16 @@ class LLMGenerator:
         questions, lines = parse_questions(reply.text, count)
         rejections = []
         if enabled(self.cfg.filters, "non_question"):
-            rejections = [Rejection("not_a_question", chunk.id, question=ln, raw=reply.text, meta=meta)
-                          for ln in lines]
+            rejections = [Rejection("not_a_question", chunk.id, question=ln, raw=reply.text, meta=meta) for ln in lines]
         elif len(questions) < count:
             questions += [ln for ln in lines if ln][: count - len(questions)]
         if not questions and enabled(self.cfg.filters, "parse"):
             rejections.append(Rejection("parse_failure", chunk.id, raw=reply.text, meta=meta))
         return questions, rejections
 
-    async def answer(self, chunk: Chunk, kind: str, partner: Chunk | None, question: str,
-                     complete: Complete) -> QAItem | Rejection:
+    async def answer(
+        self, chunk: Chunk, kind: str, partner: Chunk | None, question: str, complete: Complete
+    ) -> QAItem | Rejection:
         sources = [chunk, partner] if partner else [chunk]
         meta: dict[str, Any] = {"kind": kind, "stage": "answers"}
         try:
@@ -313,10 +326,16 @@ class LLMGenerator:
         if self.cfg.answer_style == "cot" and kind != "unanswerable":
             item_meta["cot"] = reply.text.strip()
         return QAItem(
-            id=content_id(chunk.id, kind, question), question=question, answer=final,
-            answers=[final] if final else [], chunk_id=None if kind == "unanswerable" else chunk.id,
+            id=content_id(chunk.id, kind, question),
+            question=question,
+            answer=final,
+            answers=[final] if final else [],
+            chunk_id=None if kind == "unanswerable" else chunk.id,
             answerable=kind != "unanswerable",
-            kind=kind, origin=f"{self.name}:{self.model_id}", evidence=quotes, doc_id=chunk.doc_id,
+            kind=kind,
+            origin=f"{self.name}:{self.model_id}",
+            evidence=quotes,
+            doc_id=chunk.doc_id,
             meta=item_meta,
         )
 
@@ -379,7 +398,9 @@ class LLMGenerator:
                 sources = [chunk, partner] if partner else [chunk]
                 a_prompt += count * (len(self.answer_messages(sources, "")[0]["content"]) // 4 + 20)
         return {
-            "question_calls": q_calls, "question_calls_cached": q_cached, "answer_calls": a_calls,
+            "question_calls": q_calls,
+            "question_calls_cached": q_cached,
+            "answer_calls": a_calls,
             "prompt_tokens": q_prompt + a_prompt,
             "completion_tokens_max": (q_calls + a_calls) * self.cfg.max_tokens,
         }

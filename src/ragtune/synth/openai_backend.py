@@ -17,8 +17,12 @@ QUESTIONS_SCHEMA = {
     "type": "json_schema",
     "json_schema": {
         "name": "questions",
-        "schema": {"type": "object", "properties": {"questions": {"type": "array", "items": {"type": "string"}}},
-                   "required": ["questions"], "additionalProperties": False},
+        "schema": {
+            "type": "object",
+            "properties": {"questions": {"type": "array", "items": {"type": "string"}}},
+            "required": ["questions"],
+            "additionalProperties": False,
+        },
     },
 }
 
@@ -26,5 +30,10 @@ QUESTIONS_SCHEMA = {
 @register_generator("openai")
 def make_openai(cfg: SynthConfig, corpus: Sequence[Chunk]) -> LLMGenerator:
     model = resolve_model(cfg)
-    return LLMGenerator(name="openai", cfg=cfg, corpus=corpus, model_id=model,
-                        make_complete=lambda: OpenAIComplete(cfg, model, schema=QUESTIONS_SCHEMA))
+    return LLMGenerator(
+        name="openai",
+        cfg=cfg,
+        corpus=corpus,
+        model_id=model,
+        make_complete=lambda: OpenAIComplete(cfg, model, schema=QUESTIONS_SCHEMA),
+    )

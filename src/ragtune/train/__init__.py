@@ -38,7 +38,10 @@ def _main_process() -> bool:
 
 
 def train(
-    dataset: Any, base_model: str | Path, cfg: TrainConfig, out: str | Path,
+    dataset: Any,
+    base_model: str | Path,
+    cfg: TrainConfig,
+    out: str | Path,
     template: PromptTemplate | None = None,
 ) -> TrainResult:
     """Fine-tune `base_model` on `dataset` (a DatasetDict with `train`, optional `validation`,
@@ -67,8 +70,13 @@ def train(
         val_enc = encode_rows(val, tok, template, max_length)
     res = run_training(train_enc, val_enc, model, tok, template, cfg, out, compute)
     res.dropped = {"too_long": train_enc.dropped_too_long, "no_target": train_enc.dropped_no_target}
-    info = {"base_model": str(base_model), "method": cfg.method, "config": cfg.model_dump(),
-            "template_style": template.style, "result": result_dict(res)}
+    info = {
+        "base_model": str(base_model),
+        "method": cfg.method,
+        "config": cfg.model_dump(),
+        "template_style": template.style,
+        "result": result_dict(res),
+    }
     if _main_process():
         rule = calibrate_abstention(model, tok, template, val, cfg, out)
         info["abstention"] = asdict(rule) if rule else None
@@ -76,20 +84,24 @@ def train(
     return res
 
 
-def calibrate_abstention(model: Any, tok: Any, template: PromptTemplate, val: Any, cfg: TrainConfig,
-                         out: Path) -> RefusalRule | None:
+def calibrate_abstention(
+    model: Any, tok: Any, template: PromptTemplate, val: Any, cfg: TrainConfig, out: Path
+) -> RefusalRule | None:
     """Choose and save the refusal bias on the validation rows (see `ragtune.abstain`)."""
     (out / ABSTAIN_FILE).unlink(missing_ok=True)  # a rule belongs to the weights it was chosen for
     if not cfg.calibrate_abstention or val is None:
         return None
-    rule = calibrate(model, tok, template, val, batch_size=cfg.batch_size,
-                     max_answerable_refused=cfg.abstain_max_answerable_refused)
+    rule = calibrate(
+        model, tok, template, val, batch_size=cfg.batch_size, max_answerable_refused=cfg.abstain_max_answerable_refused
+    )
     if rule is not None:
         rule.save(out)
         c = rule.calibration
-        print(f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token; on "
-              f"{c['examples']} validation examples F1 {c['f1_without_rule']} -> {c['f1_with_rule']}, refusing "
-              f"{c['refusal_targets_refused']}% of refusal targets and {c['answerable_refused']}% of answerable ones")
+        print(
+            f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token; on "
+            f"{c['examples']} validation examples F1 {c['f1_without_rule']} -> {c['f1_with_rule']}, refusing "
+            f"{c['refusal_targets_refused']}% of refusal targets and {c['answerable_refused']}% of answerable ones"
+        )
     return rule
 
 
@@ -108,11 +120,22 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
     template = PromptTemplate.find(run.dataset)
     res = train(dataset, base, cfg, run.adapter, template=template)  # saves this template beside the adapter
     if _main_process():
-        run.record_stage("train", config=cfg, inputs=[run.dataset / RunFolder.DATASET_DICT], base_model=base,
-                         steps=res.steps, seconds=res.seconds, train_loss=res.train_loss, eval_loss=res.eval_loss,
-                         tokens_per_s=res.tokens_per_s, stop_reason=res.stop_reason)
+        run.record_stage(
+            "train",
+            config=cfg,
+            inputs=[run.dataset / RunFolder.DATASET_DICT],
+            base_model=base,
+            steps=res.steps,
+            seconds=res.seconds,
+            train_loss=res.train_loss,
+            eval_loss=res.eval_loss,
+            tokens_per_s=res.tokens_per_s,
+            stop_reason=res.stop_reason,
+        )
         # a run resumed at its last step trains no step: no loss to show
         loss = "no step left" if res.first_loss is None else f"{res.first_loss:.4f} -> {res.train_loss:.4f}"
-        print(f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss {loss}, "
-              f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}")
+        print(
+            f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss {loss}, "
+            f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}"
+        )
     return res

@@ -47,19 +47,21 @@ def check_template(tokenizer: Any, template: PromptTemplate, prompts: Sequence[s
     header, or the plain "### Answer:" heading). Dates some templates insert are allowed to differ.
     """
     if template.style == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise RagtuneError("the dataset was rendered with a chat template but this tokenizer has none; "
-                           "train with the base model the dataset was built for, or rebuild the dataset")
+        raise RagtuneError(
+            "the dataset was rendered with a chat template but this tokenizer has none; "
+            "train with the base model the dataset was built for, or rebuild the dataset"
+        )
     probe = template.render(tokenizer, "\u2063Q", [Passage(title="\u2063T", text="\u2063X")])
     tail = probe.rsplit("\u2063Q", 1)[1]  # the last question: question_first asks it twice
     bad = sum(1 for p in prompts if not (p.endswith(tail) and template.system in p))
     if bad:
-        raise RagtuneError(f"{bad} of {len(prompts)} prompts were not rendered with this tokenizer's "
-                           "template; rebuild the dataset with the base model you train (`ragtune build`)")
+        raise RagtuneError(
+            f"{bad} of {len(prompts)} prompts were not rendered with this tokenizer's "
+            "template; rebuild the dataset with the base model you train (`ragtune build`)"
+        )
 
 
-def encode_rows(
-    rows: Any, tokenizer: Any, template: PromptTemplate, max_length: int | None
-) -> Encoded:
+def encode_rows(rows: Any, tokenizer: Any, template: PromptTemplate, max_length: int | None) -> Encoded:
     """Tokenise `prompt` / `completion` rows. Rows over `max_length` are dropped and counted:
     cutting them would lose the question or the answer (the failures PEERS.md lists)."""
     prompts, completions = list(rows["prompt"]), list(rows["completion"])
@@ -91,9 +93,8 @@ def plan_steps(
     rng.shuffle(order)
     if group_by_length:
         span = step_size * MEGABATCH
-        order = [i for s in range(0, len(order), span)
-                 for i in sorted(order[s:s + span], key=lambda j: -lengths[j])]
-    steps = [order[s:s + step_size] for s in range(0, len(order), step_size)]
+        order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lambda j: -lengths[j])]
+    steps = [order[s : s + step_size] for s in range(0, len(order), step_size)]
     if drop_last and steps and len(steps[-1]) < step_size:
         steps.pop()
     if group_by_length:
@@ -101,15 +102,13 @@ def plan_steps(
     return steps
 
 
-def split_step(
-    step: Sequence[int], lengths: Sequence[int], n_micro: int, rank: int, world: int
-) -> list[list[int]]:
+def split_step(step: Sequence[int], lengths: Sequence[int], n_micro: int, rank: int, world: int) -> list[list[int]]:
     """This process's micro-batches of one step: sorted by length, cut into world x n_micro
     near-equal parts, every world-th part for this rank."""
     ordered = sorted(step, key=lambda j: -lengths[j])
     parts = world * n_micro
     bounds = [round(k * len(ordered) / parts) for k in range(parts + 1)]
-    pieces = [ordered[bounds[k]:bounds[k + 1]] for k in range(parts)]
+    pieces = [ordered[bounds[k] : bounds[k + 1]] for k in range(parts)]
     return [p for p in pieces[rank::world]]
 
 
@@ -157,8 +156,7 @@ def collate(
     block-diagonal causal mask (True = may attend), so examples never see each other.
     """
     lengths = enc.lengths
-    rows = pack(indices, lengths, row_tokens or max(lengths[j] for j in indices)) if packing \
-        else [[j] for j in indices]
+    rows = pack(indices, lengths, row_tokens or max(lengths[j] for j in indices)) if packing else [[j] for j in indices]
     width = max(sum(lengths[j] for j in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -169,9 +167,9 @@ def collate(
         at = 0
         for j in row:
             n = lengths[j]
-            ids[r, at:at + n] = torch.tensor(enc.input_ids[j])
-            pos[r, at:at + n] = torch.arange(n)
-            seg[r, at:at + n] = slot
+            ids[r, at : at + n] = torch.tensor(enc.input_ids[j])
+            pos[r, at : at + n] = torch.arange(n)
+            seg[r, at : at + n] = slot
             labels = enc.labels[j]
             for t in range(1, n):  # token t is predicted from position t - 1
                 if labels[t] != IGNORE_INDEX:

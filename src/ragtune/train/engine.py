@@ -78,8 +78,8 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
         kwargs["device_map"] = {"": device.index or 0}
     kwargs["dtype"] = torch.float32 if cfg.method == "full" else compute
     tok = load_tokenizer(base_model)
@@ -97,23 +97,38 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets = cfg.target_modules
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, use_dora=cfg.use_dora, use_rslora=cfg.use_rslora,
-                      bias="none", task_type="CAUSAL_LM")
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
     try:
         model = get_peft_model(model, lcfg)
     except ValueError as e:
-        raise RagtuneError(f"LoRA target modules {targets!r} do not fit this model ({e}); "
-                           "use 'all-linear' or names of its linear layers") from None
+        raise RagtuneError(
+            f"LoRA target modules {targets!r} do not fit this model ({e}); "
+            "use 'all-linear' or names of its linear layers"
+        ) from None
     return model, tok, compute
 
 
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_loss(
-    loss_fn: AnswerLoss, enc: Encoded, batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
-    max_tokens: int | None = None, desc: str | None = None,
+    loss_fn: AnswerLoss,
+    enc: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_tokens: int | None = None,
+    desc: str | None = None,
 ) -> tuple[float, float]:
     """(mean of per-example losses, mean over answer tokens) on a tokenised split; with `desc`,
     a progress bar (a validation pass on long rows takes minutes on a CPU)."""
@@ -122,8 +137,11 @@ def evaluate_loss(
     was_training = loss_fn.training
     loss_fn.eval()
     order = sorted(range(len(enc)), key=lambda j: -enc.lengths[j])
-    batches = [p for s in range(0, len(order), batch_size)
-               for p in cap_tokens(order[s:s + batch_size], enc.lengths, max_tokens)]
+    batches = [
+        p
+        for s in range(0, len(order), batch_size)
+        for p in cap_tokens(order[s : s + batch_size], enc.lengths, max_tokens)
+    ]
     ex_sum, tok_sum, n_tok = 0.0, 0.0, 0
     for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False, file=sys.stderr):
         batch = to_device(collate(enc, idx, pad_id, False), device)
@@ -216,12 +234,21 @@ def load_state(path: Path) -> dict[str, Any]:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RagtuneError(f"{path} is not a plain trainer state ({first[:160]}); refusing to load it: "
-                           "delete that checkpoint folder or train with --restart") from None
+        raise RagtuneError(
+            f"{path} is not a plain trainer state ({first[:160]}); refusing to load it: "
+            "delete that checkpoint folder or train with --restart"
+        ) from None
 
 
-_NOT_TRAJECTORY = {"resume", "max_minutes", "report_to", "eval_steps", "save_steps", "early_stopping_patience",
-                   "eval_limit"}
+_NOT_TRAJECTORY = {
+    "resume",
+    "max_minutes",
+    "report_to",
+    "eval_steps",
+    "save_steps",
+    "early_stopping_patience",
+    "eval_limit",
+}
 
 
 def run_fingerprint(cfg: TrainConfig, train_enc: Encoded, model: Any) -> str:
@@ -229,8 +256,11 @@ def run_fingerprint(cfg: TrainConfig, train_enc: Encoded, model: Any) -> str:
     training token ids, and the model's parameter names, shapes and sums (another base model differs)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.model_dump().items() if k not in _NOT_TRAJECTORY},
-                                  sort_keys=True, default=str).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in cfg.model_dump().items() if k not in _NOT_TRAJECTORY}, sort_keys=True, default=str
+        ).encode()
+    )
     for ids, labels in zip(train_enc.input_ids, train_enc.labels, strict=True):
         h.update(json.dumps([ids, labels]).encode())
     with torch.no_grad():
@@ -249,8 +279,7 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, cfg: TrainConfig) -> Path | 
     if found is not None and cfg.resume and same:
         return found
     if found is not None and cfg.resume:
-        print(f"warning: {found} was saved with other settings, data or base model; starting over",
-              file=sys.stderr)
+        print(f"warning: {found} was saved with other settings, data or base model; starting over", file=sys.stderr)
     return None
 
 
@@ -286,8 +315,14 @@ class Progress:
 
 
 def run_training(
-    train_enc: Encoded, val_enc: Encoded | None, model: Any, tok: Any, template: PromptTemplate,
-    cfg: TrainConfig, out: Path, compute: torch.dtype,
+    train_enc: Encoded,
+    val_enc: Encoded | None,
+    model: Any,
+    tok: Any,
+    template: PromptTemplate,
+    cfg: TrainConfig,
+    out: Path,
+    compute: torch.dtype,
 ) -> TrainResult:
     """Train `model` on `train_enc` as `cfg` says, resuming from OUT/checkpoints when they hold
     this same run; writes checkpoints, the training log and the final adapter (or model) to OUT."""
@@ -302,8 +337,16 @@ class FinetuneRecipe:
     optimizer, resume point, log), `train` (the loop: `_train_step` with its `_loss_step`,
     `_validate`, `_save_last`) and `finish` (final validation, figures, the saved adapter)."""
 
-    def __init__(self, train_enc: Encoded, val_enc: Encoded | None, tok: Any, template: PromptTemplate,
-                 cfg: TrainConfig, out: Path, compute: torch.dtype) -> None:
+    def __init__(
+        self,
+        train_enc: Encoded,
+        val_enc: Encoded | None,
+        tok: Any,
+        template: PromptTemplate,
+        cfg: TrainConfig,
+        out: Path,
+        compute: torch.dtype,
+    ) -> None:
         self.train_enc, self.val_enc, self.tok, self.template = train_enc, val_enc, tok, template
         self.cfg, self.out, self.compute = cfg, out, compute
         self.ckpt_dir = out / "checkpoints"
@@ -325,15 +368,21 @@ class FinetuneRecipe:
         self._resume_or_start()
         self.log = _Log(self.out / TRAIN_LOG, self.cfg.report_to, self.out) if self.main else None
         self.res = TrainResult(
-            out=str(self.out), method=self.cfg.method, dtype=str(self.compute).replace("torch.", ""),
-            processes=self.world, trainable_params=sum(p.numel() for p in self.step_core.params),
-            total_params=sum(p.numel() for p in self.inner.model.parameters()))
+            out=str(self.out),
+            method=self.cfg.method,
+            dtype=str(self.compute).replace("torch.", ""),
+            processes=self.world,
+            trainable_params=sum(p.numel() for p in self.step_core.params),
+            total_params=sum(p.numel() for p in self.inner.model.parameters()),
+        )
 
     def _setup_data(self) -> None:
         """Steps per epoch and in all."""
         if len(self.train_enc) < self.step_size and self.world > 1:  # every process needs examples in a step
-            raise RagtuneError(f"{len(self.train_enc)} training examples cannot fill one step of {self.step_size}; "
-                               "lower batch_size / grad_accum or the number of processes")
+            raise RagtuneError(
+                f"{len(self.train_enc)} training examples cannot fill one step of {self.step_size}; "
+                "lower batch_size / grad_accum or the number of processes"
+            )
         self.steps_per_epoch = len(self._epoch_plan(0))
         self.total = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
 
@@ -345,9 +394,15 @@ class FinetuneRecipe:
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
         schedule = lr_schedule(cfg.lr_scheduler, math.ceil(cfg.warmup_ratio * self.total), self.total)
-        self.step_core = OptimizerStep(self.loss_fn.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                       schedule=schedule, max_grad_norm=cfg.max_grad_norm,
-                                       device=self.device, dtype=self.compute)
+        self.step_core = OptimizerStep(
+            self.loss_fn.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            schedule=schedule,
+            max_grad_norm=cfg.max_grad_norm,
+            device=self.device,
+            dtype=self.compute,
+        )
         self.wrapped = self.step_core.prepare(self.acc, self.loss_fn)  # DDP / FSDP under accelerate launch
         self.inner = self.acc.unwrap_model(self.wrapped)
 
@@ -383,8 +438,9 @@ class FinetuneRecipe:
 
         cfg, progress = self.cfg, self.progress
         self._validate_before_training()
-        bar = tqdm(total=self.total, initial=progress.step, disable=not self.main, desc="train", unit="step",
-                   file=sys.stderr)
+        bar = tqdm(
+            total=self.total, initial=progress.step, disable=not self.main, desc="train", unit="step", file=sys.stderr
+        )
         self.t0 = time.perf_counter()
         budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
         self.res.stop_reason = "max_steps" if cfg.max_steps else "epochs"
@@ -413,8 +469,11 @@ class FinetuneRecipe:
         """One optimizer step over this step's examples; returns their mean loss over all processes."""
         examples = self._step_examples(self.progress.step)
         lengths = self.train_enc.lengths
-        micro = [piece for m in split_step(examples, lengths, self.cfg.grad_accum, self.rank, self.world)
-                 for piece in cap_tokens(m, lengths, self.cfg.micro_batch_tokens)]
+        micro = [
+            piece
+            for m in split_step(examples, lengths, self.cfg.grad_accum, self.rank, self.world)
+            for piece in cap_tokens(m, lengths, self.cfg.micro_batch_tokens)
+        ]
         # Each example's loss counts 1/len(examples); x world because DDP averages the processes' gradients.
         scale = self.world / len(examples)
         kept = self.step_core.run(micro, lambda idx: self._loss_step(idx, scale))
@@ -451,9 +510,15 @@ class FinetuneRecipe:
 
     def _log_row(self, mean_loss: float, elapsed: float) -> dict[str, Any]:
         step = self.progress.step
-        return {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "loss": round(mean_loss, 5),
-                "lr": self.step_core.lr, "tokens": self.res.tokens, "answer_tokens": self.res.answer_tokens,
-                "elapsed_s": round(elapsed, 2)}
+        return {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "loss": round(mean_loss, 5),
+            "lr": self.step_core.lr,
+            "tokens": self.res.tokens,
+            "answer_tokens": self.res.answer_tokens,
+            "elapsed_s": round(elapsed, 2),
+        }
 
     def _stop_reason(self, evaluated: bool, out_of_time: bool) -> str | None:
         patience = self.cfg.early_stopping_patience
@@ -464,8 +529,16 @@ class FinetuneRecipe:
     # ------------------------------------------------------------ validation and checkpoints
     def _validation_loss(self, desc: str) -> tuple[float, float]:
         assert self.val_enc is not None
-        return evaluate_loss(self.inner, self.val_enc, self.cfg.batch_size, self.pad_id, self.device, self.compute,
-                             self.cfg.micro_batch_tokens, desc)
+        return evaluate_loss(
+            self.inner,
+            self.val_enc,
+            self.cfg.batch_size,
+            self.pad_id,
+            self.device,
+            self.compute,
+            self.cfg.micro_batch_tokens,
+            desc,
+        )
 
     def _validate_before_training(self) -> None:
         # A step-0 point only for a validation curve: eval compares base and tuned on the test split
@@ -483,15 +556,30 @@ class FinetuneRecipe:
             return
         progress.best, progress.bad_evals = row["eval_loss"], 0
         if self.main and (self.cfg.save_steps or self.cfg.early_stopping_patience):
-            save_checkpoint(self.ckpt_dir / "best", self.inner.model, self.tok, self.template,
-                            {"step": progress.step, "eval_loss": progress.best})
+            save_checkpoint(
+                self.ckpt_dir / "best",
+                self.inner.model,
+                self.tok,
+                self.template,
+                {"step": progress.step, "eval_loss": progress.best},
+            )
 
     def _save_last(self) -> None:
         """checkpoints/last: the weights and everything else a resumed run must continue from."""
         progress = self.progress
-        save_checkpoint(self.ckpt_dir / "last", self.inner.model, self.tok, self.template, {
-            "step": progress.step, "best": progress.best, "bad_evals": progress.bad_evals,
-            **self.step_core.state_dict(), "rng": torch.get_rng_state()})
+        save_checkpoint(
+            self.ckpt_dir / "last",
+            self.inner.model,
+            self.tok,
+            self.template,
+            {
+                "step": progress.step,
+                "best": progress.best,
+                "bad_evals": progress.bad_evals,
+                **self.step_core.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+        )
 
     # ------------------------------------------------------------ finish
     def finish(self) -> TrainResult:
@@ -553,8 +641,9 @@ class _Log:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RagtuneError("report_to tensorboard needs the tensorboard package: "
-                                   "pip install tensorboard") from None
+                raise RagtuneError(
+                    "report_to tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from None
             self.tb = SummaryWriter(str(out / "tensorboard"))
         elif report_to == "wandb":
             try:

@@ -10,8 +10,9 @@ from ragtune.errors import RagtuneError
 from ragtune.prompts import PROMPT_FILE
 
 
-def export_merged(adapter: str | Path, out: str | Path, base_model: str | None = None, merge: bool = True,
-                  precision: str = "auto") -> Path:
+def export_merged(
+    adapter: str | Path, out: str | Path, base_model: str | None = None, merge: bool = True, precision: str = "auto"
+) -> Path:
     """Merge `adapter` into its base and save safetensors, tokenizer, generation config, the prompt
     template and the abstention rule to `out`. The merge is `models.load_model`'s, at the dtype
     eval runs (bf16 here, fp16 on GPUs without bf16), so the export holds the weights eval scored.
