@@ -71,15 +71,15 @@ def main() -> None:
         m = pick(variant)
         t0 = time.perf_counter()
         if "scored" in parts:
-            out = generate_scored(m, tok, ids, a.max_new_tokens, bs)[0]
+            out = generate_scored(m, tok, ids, max_new_tokens=a.max_new_tokens, batch_size=bs)[0]
         else:
-            out = generate(m, tok, ids, a.max_new_tokens, bs)
+            out = generate(m, tok, ids, max_new_tokens=a.max_new_tokens, batch_size=bs)
         return time.perf_counter() - t0, out
 
     variants = a.variants.split(",")
     print(f"{len(ids)} prompts, {min(map(len, ids))}-{max(map(len, ids))} tokens, load {os.getloadavg()}", flush=True)
     for v in variants:  # first calls outside the timing
-        generate(pick(v), tok, ids[:2], 2, 2)
+        generate(pick(v), tok, ids[:2], max_new_tokens=2, batch_size=2)
     speeds: dict[str, list[float]] = {v: [] for v in variants}
     answers: dict[str, list[str]] = {}
     for r in range(a.rounds):
@@ -100,7 +100,7 @@ def main() -> None:
 
         m = pick(a.profile)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            generate(m, tok, ids[:16], a.max_new_tokens, 16)
+            generate(m, tok, ids[:16], max_new_tokens=a.max_new_tokens, batch_size=16)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 

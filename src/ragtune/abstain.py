@@ -92,7 +92,9 @@ def calibrate(
     was_training = model.training
     model.eval()
     with tqdm(total=len(ids), desc="abstention calibration", unit="example", leave=False, file=sys.stderr) as bar:
-        texts, confidence = generate_scored(model, tokenizer, ids, max_new_tokens, batch_size, progress=bar.update)
+        texts, confidence = generate_scored(
+            model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar.update
+        )
     model.train(was_training)
     refused = [is_refusal(t, template.refusal) for t in texts]
     answer_f1 = [max(f1(t, g) for g in gold_answers(a) or [""]) for t, a in zip(texts, rows["answers"], strict=True)]

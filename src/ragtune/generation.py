@@ -80,7 +80,7 @@ def pad_token_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
 
 
-def generate(
+def greedy_completions(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[list[int]],
@@ -88,30 +88,25 @@ def generate(
     batch_size: int = 16,
     stop_strings: Sequence[str] = (),
     progress: Any = None,
-) -> list[str]:
-    """Greedy continuations of tokenised prompts, in the order given."""
-    done = generate_all(
-        model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size, progress=progress
-    )
-    return [c.text for c in done]
+    with_confidence: bool = False,
+) -> list[Completion]:
+    """Greedy completions of tokenised prompts, in the order given; with `with_confidence`, each
+    one's mean log-probability per token (up to its stop token): how sure the model is of it."""
+    decoding = Decoding(max_new_tokens, tuple(stop_strings))
+    return generate_all(model, tokenizer, prompts, decoding, batch_size, with_confidence, progress)
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], **options: Any) -> list[str]:
+    """The texts of `greedy_completions` (options: max_new_tokens, batch_size, stop_strings, progress)."""
+    return [c.text for c in greedy_completions(model, tokenizer, prompts, **options)]
 
 
 def generate_scored(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int = 48,
-    batch_size: int = 16,
-    stop_strings: Sequence[str] = (),
-    progress: Any = None,
-    with_confidence: bool = True,
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], **options: Any
 ) -> tuple[list[str], list[float]]:
-    """Greedy continuations, and with `with_confidence` each one's mean log-probability per
-    token (up to its stop token): how sure the model is of what it wrote."""
-    done = generate_all(
-        model, tokenizer, prompts, Decoding(max_new_tokens, tuple(stop_strings)), batch_size, with_confidence, progress
-    )
-    return [c.text for c in done], [c.confidence for c in done] if with_confidence else []  # type: ignore[misc]
+    """`generate`'s texts and each one's confidence (see `greedy_completions`)."""
+    done = greedy_completions(model, tokenizer, prompts, with_confidence=True, **options)
+    return [c.text for c in done], [float(c.confidence) for c in done]
 
 
 def generate_all(

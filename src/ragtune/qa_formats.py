@@ -170,7 +170,7 @@ def _item(
         kind="human" if answerable else "unanswerable",
         origin=origin,
         evidence=evidence or [],
-        meta=meta,
+        meta={k: v for k, v in meta.items() if v is not None},  # fields a format lacks stay out
         doc_id=content_id(meta.get("title") or contexts[0]) if contexts else None,
     )
 
@@ -232,16 +232,7 @@ def hotpot_item(row: Any, origin: str) -> QAItem:
             if isinstance(sents, list) and isinstance(f[1], int) and 0 <= f[1] < len(sents):
                 evidence.append(str(sents[f[1]]).strip())
     meta = {"titles": titles, "supporting_titles": sup_titles, "type": row.get("type"), "level": row.get("level")}
-    item = _item(
-        row.get("_id", row.get("id")),
-        question,
-        [answer],
-        contexts,
-        True,
-        origin,
-        {k: v for k, v in meta.items() if v is not None},
-        evidence,
-    )
+    item = _item(row.get("_id", row.get("id")), question, [answer], contexts, True, origin, meta, evidence)
     item.kind = "multi_hop"
     return item
 
@@ -260,16 +251,7 @@ def raft_item(row: Any, origin: str) -> QAItem:
     oracle = _text(row.get("oracle_context"), "oracle_context", required=False)
     answer = extract_final_answer(cot)
     meta = {"cot_answer": cot, "oracle_in_context": bool(oracle) and oracle in contexts, "type": row.get("type")}
-    return _item(
-        row.get("id"),
-        question,
-        [answer],
-        contexts,
-        True,
-        origin,
-        {k: v for k, v in meta.items() if v is not None},
-        quoted_spans(cot),
-    )
+    return _item(row.get("id"), question, [answer], contexts, True, origin, meta, quoted_spans(cot))
 
 
 def _records(path: Path, fmt: str) -> tuple[Iterable[Row], Callable[[Any, str], QAItem]]:
