@@ -51,22 +51,9 @@ def test_ask_from_context_file_is_the_adapters_greedy_answer(run_dir, tiny_model
 
 @pytest.mark.slow
 def test_ask_from_a_run_folder_knowledge_base(run_dir):
-    a = ask(
-        "What does the Saturday market sell?",
-        adapter=run_dir / "adapter",
-        docs=run_dir,
-        k=2,
-        max_new_tokens=6,
-        precision="fp32",
-    )
-    b = ask(
-        "What does the Saturday market sell?",
-        adapter=run_dir / "adapter",
-        docs=run_dir,
-        k=2,
-        max_new_tokens=6,
-        precision="fp32",
-    )
+    options = {"adapter": run_dir / "adapter", "docs": run_dir, "k": 2, "max_new_tokens": 6, "precision": "fp32"}
+    a = ask("What does the Saturday market sell?", **options)
+    b = ask("What does the Saturday market sell?", **options)
     assert isinstance(a, str) and a == b  # greedy: deterministic
 
 
