@@ -90,8 +90,9 @@ class PredictionCache:
 def cache_key(spec: ModelSpec, prompt: str, cfg: EvalConfig, template: PromptTemplate, ruled: bool) -> str:
     # The adapter's fingerprint covers its rule file; `ruled` (the rule is applied) is part of
     # the key only where there is a rule, so a base model's answers serve both settings.
+    # v2: adapters are merged into the weights before generating (answers may differ from v1's).
     return content_id(
-        "eval-v1",
+        "eval-v2",
         model_fingerprint(spec.base_model),
         model_fingerprint(spec.adapter),
         prompt,
