@@ -7,7 +7,7 @@ variant is a '+'-joined list of:
     bN       batch size N (default 16); prompts sorted by length, left padding, as in eval
     t1       1 torch thread (else 2)
     merged   the LoRA merged into a copy of the base (merge_and_unload)
-    scored   generate_scored (per-token log-probabilities, what the abstention rule needs)
+    scored   greedy_completions with_confidence (per-token log-probabilities, what the abstention rule needs)
 
 Every variant's answers are compared with the first variant's.
 
@@ -29,7 +29,7 @@ from peft import PeftModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ragtune.evaluate import dataset_examples  # noqa: E402
-from ragtune.generation import generate, generate_scored  # noqa: E402
+from ragtune.generation import generate, greedy_completions  # noqa: E402
 from ragtune.models import load_causal_lm, load_tokenizer  # noqa: E402
 from ragtune.modelstore import resolve_model  # noqa: E402
 from ragtune.prompts import PromptTemplate, prompt_ids  # noqa: E402
@@ -71,7 +71,12 @@ def main() -> None:
         m = pick(variant)
         t0 = time.perf_counter()
         if "scored" in parts:
-            out = generate_scored(m, tok, ids, max_new_tokens=a.max_new_tokens, batch_size=bs)[0]
+            out = [
+                c.text
+                for c in greedy_completions(
+                    m, tok, ids, max_new_tokens=a.max_new_tokens, batch_size=bs, with_confidence=True
+                )
+            ]
         else:
             out = generate(m, tok, ids, max_new_tokens=a.max_new_tokens, batch_size=bs)
         return time.perf_counter() - t0, out

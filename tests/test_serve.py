@@ -182,6 +182,28 @@ def test_a_request_abandoned_by_its_client_is_not_computed(model_and_tokenizer, 
     assert stats["completions"] == 0  # it never ran
 
 
+def test_the_abstention_rule_reads_the_rag_questions_support(model_and_tokenizer):
+    """A RAG request is scored on how well its context predicts its question: with a support
+    threshold of 0 (every log-probability is below it) it is refused; a request without
+    context has no question span, so only the answer's confidence could refuse it."""
+    from ragtune.abstain import RefusalRule
+
+    model, tok = model_and_tokenizer
+    tpl = PromptTemplate.for_tokenizer(tok)
+    rule = RefusalRule(threshold=-1e9, support_threshold=0.0)
+    rag = tpl.messages("Which port?", [Passage("hub", "The hub listens on port 8080.")])[1:]
+    plain = [{"role": "user", "content": "Explain tuples."}]
+    with serving(create_app(model, tok, tpl, rule=rule)) as url:
+
+        def reply(messages: list[dict[str, str]]) -> str:
+            r = client(url, key="none").chat.completions.create(
+                model="ragtune", messages=messages, max_tokens=4, temperature=0
+            )
+            return r.choices[0].message.content
+
+        assert reply(rag) == tpl.refusal and reply(plain) != tpl.refusal
+
+
 @pytest.mark.parametrize("question_first", [False, True])
 def test_rag_request_renders_like_training(tokenizer, question_first):
     tpl = PromptTemplate.for_tokenizer(tokenizer, question_first=question_first)

@@ -123,6 +123,7 @@ def ask(
         [ids],
         rule,
         template.refusal,
+        questions=[question],
         max_new_tokens=max_new_tokens,
         batch_size=1,
         stop_strings=stop_strings(template),

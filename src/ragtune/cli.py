@@ -299,7 +299,7 @@ def eval_(
                               help="Also score closed book / oracle + k distractors / oracle removed."),
     precision: str = option(EvalConfig, "precision", help="auto, bf16 or fp32."),
     cache: bool = option(EvalConfig, "cache", help="Reuse predictions cached in RUN/cache."),
-    abstention_rule: bool = option(EvalConfig, "abstention_rule", help="Apply the refusal bias `train` calibrated "
+    abstention_rule: bool = option(EvalConfig, "abstention_rule", help="Apply the abstention rule `train` calibrated "
                                    "(adapter/ragtune_abstain.json)."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/eval)."),
     predictions: Path | None = typer.Option(None, help="With --qa: score this {id: answer} JSON file "

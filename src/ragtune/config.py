@@ -157,8 +157,9 @@ class TrainConfig(_Config):
     pack_length: int | None = Field(None, ge=16)  # tokens per packed row; None: the longest example
     eval_limit: int | None = Field(256, ge=1)  # validation examples scored per evaluation (None: all)
     resume: bool = True  # continue from OUT/checkpoints/last when saved with the same settings and inputs
-    # After training, choose the bias on the refusal's first token that maximises SQuAD-v2 F1
-    # on the validation split (ragtune.abstain); eval, ask and serve apply it.
+    # After training, choose the abstention thresholds (the question's support in the context,
+    # the answer's confidence) that maximise SQuAD-v2 F1 on the validation split
+    # (ragtune.abstain); eval, ask and serve apply them.
     calibrate_abstention: bool = True
     # ... refusing at most this share of the validation questions whose answer is in the context:
     # a model that answers poorly would otherwise gain F1 by refusing nearly everything.
@@ -183,7 +184,7 @@ class EvalConfig(_Config):
     refusal: str = REFUSAL
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     cache: bool = True  # reuse predictions cached by (model, adapter, prompt)
-    abstention_rule: bool = True  # apply the refusal bias `train` calibrated (adapter/ragtune_abstain.json)
+    abstention_rule: bool = True  # apply the abstention rule `train` calibrated (adapter/ragtune_abstain.json)
     html: bool = True  # write report.html with the plots inlined
     # Optional LLM judge (faithfulness, correctness) over an OpenAI-compatible endpoint
     judge: bool = False

@@ -3,14 +3,15 @@
 `generate_batch` continues one batch of tokenised prompts: left padding so every row's prompt
 ends at the same position, KV cache on, greedy or sampled, each row ending at EOS (or the chat
 template's end of turn), at its token budget, or when the caller halts it; its text is cut at
-the first stop string. `generate` and `generate_scored` run any number of prompts through it,
+the first stop string. `generate` and `greedy_completions` run any number of prompts through it,
 rows sorted by length so a batch wastes little padding. `generate_stream` runs one prompt with
 the same settings and the same cut, handing out its text as it decodes (serve's streamed replies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class Completion:
     n_tokens: int  # generated tokens, the stop token included
     finish_reason: str = "length"  # "stop": end of turn or a stop string; "length": the token budget
     confidence: float | None = None  # mean log-probability per token, when asked for
+    support: float | None = None  # mean log-probability of the prompt's question span, when given one
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -89,24 +91,18 @@ def greedy_completions(
     stop_strings: Sequence[str] = (),
     progress: Any = None,
     with_confidence: bool = False,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[Completion]:
     """Greedy completions of tokenised prompts, in the order given; with `with_confidence`, each
-    one's mean log-probability per token (up to its stop token): how sure the model is of it."""
+    one's mean log-probability per token (up to its stop token): how sure the model is of it;
+    with `spans` (token positions of each prompt's question), how well the context predicts it."""
     decoding = Decoding(max_new_tokens, tuple(stop_strings))
-    return generate_all(model, tokenizer, prompts, decoding, batch_size, with_confidence, progress)
+    return generate_all(model, tokenizer, prompts, decoding, batch_size, with_confidence, progress, spans)
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], **options: Any) -> list[str]:
     """The texts of `greedy_completions` (options: max_new_tokens, batch_size, stop_strings, progress)."""
     return [c.text for c in greedy_completions(model, tokenizer, prompts, **options)]
-
-
-def generate_scored(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], **options: Any
-) -> tuple[list[str], list[float]]:
-    """`generate`'s texts and each one's confidence (see `greedy_completions`)."""
-    done = greedy_completions(model, tokenizer, prompts, with_confidence=True, **options)
-    return [c.text for c in done], [float(c.confidence) for c in done]
 
 
 def generate_all(
@@ -117,6 +113,7 @@ def generate_all(
     batch_size: int = 16,
     with_confidence: bool = False,
     progress: Any = None,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[Completion]:
     """Every prompt's completion, in the order given, generated longest first in batches."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -124,7 +121,15 @@ def generate_all(
     stop_ids = stop_token_ids(tokenizer, model)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        done = generate_batch(model, tokenizer, [prompts[i] for i in idx], decoding, with_confidence, stop_ids=stop_ids)
+        done = generate_batch(
+            model,
+            tokenizer,
+            [prompts[i] for i in idx],
+            decoding,
+            with_confidence,
+            stop_ids=stop_ids,
+            spans=[spans[i] for i in idx] if spans is not None else None,
+        )
         for i, completion in zip(idx, done, strict=True):
             out[i] = completion
         if progress is not None:
@@ -141,9 +146,11 @@ def generate_batch(
     with_confidence: bool = False,
     halt: Halt | None = None,
     stop_ids: Sequence[int] | None = None,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[Completion]:
     """One left-padded batch of prompts continued together. `stop_ids` default to
-    `stop_token_ids`; `with_confidence` scores each row (`mean_logprobs`)."""
+    `stop_token_ids`; `with_confidence` scores each row (`mean_logprobs`); `spans` score each
+    row's span of prompt tokens (`span_logprobs`) from the same prefill."""
     stop_ids = list(stop_ids if stop_ids is not None else stop_token_ids(tokenizer, model))
     pad = pad_token_id(tokenizer, stop_ids)
     width = max(len(p) for p in prompts)
@@ -153,20 +160,31 @@ def generate_batch(
         ids[r, width - len(p) :] = torch.tensor(p)
         mask[r, width - len(p) :] = 1
     device = next(model.parameters()).device
-    res = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        **_generate_kwargs(decoding, stop_ids, pad, halt),
-        output_logits=with_confidence,
-        return_dict_in_generate=True,
-    )
+    with _prompt_states(model, enabled=spans is not None) as states:
+        res = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            **_generate_kwargs(decoding, stop_ids, pad, halt),
+            output_logits=with_confidence,
+            return_dict_in_generate=True,
+        )
     gen = res.sequences[:, width:]
     sure = mean_logprobs(res.logits, gen, stop_ids) if with_confidence else [None] * len(prompts)
-    return [_finished(tokenizer, gen[r].tolist(), stop_ids, decoding, sure[r]) for r in range(len(prompts))]
+    support: list[float | None] = [None] * len(prompts)
+    if spans is not None and states:
+        offsets = [width - len(p) for p in prompts]  # left padding moves each row's prompt right
+        padded = [None if s is None else (s[0] + o, s[1] + o) for s, o in zip(spans, offsets, strict=True)]
+        support = span_logprobs(model, states[0], res.sequences, padded)
+    return [_finished(tokenizer, gen[r].tolist(), stop_ids, decoding, sure[r], support[r]) for r in range(len(prompts))]
 
 
 def _finished(
-    tokenizer: Any, tokens: list[int], stop_ids: Sequence[int], decoding: Decoding, confidence: float | None
+    tokenizer: Any,
+    tokens: list[int],
+    stop_ids: Sequence[int],
+    decoding: Decoding,
+    confidence: float | None,
+    support: float | None = None,
 ) -> Completion:
     """A row's text up to its stop token, cut at the first stop string, with its counts."""
     finish = "length"
@@ -179,7 +197,7 @@ def _finished(
     cut = first_stop(text, decoding.stop_strings)
     if cut is not None:
         text, finish = text[:cut], "stop"
-    return Completion(text.strip(), n_tokens, finish, confidence)
+    return Completion(text.strip(), n_tokens, finish, confidence, support)
 
 
 def _generate_kwargs(decoding: Decoding, stop_ids: list[int], pad: int, halt: Halt | None) -> dict[str, Any]:
@@ -291,4 +309,45 @@ def mean_logprobs(step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, sto
     for r, row in enumerate(tokens[:, : logp.shape[1]].tolist()):
         n = next((k for k, t in enumerate(row) if t in stops), len(row))
         out.append(float(chosen[r, : max(n, 1)].mean()))
+    return out
+
+
+@contextmanager
+def _prompt_states(model: Any, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """The decoder's final hidden states over the whole prompt, kept from its first call (the
+    prefill): `generate` computes them but turns only the last position into logits. Empty when
+    not `enabled` or the model has no separate decoder to hook."""
+    states: list[torch.Tensor] = []
+    decoder = model.get_decoder() if enabled and hasattr(model, "get_decoder") else None
+    if decoder is None:
+        yield states
+        return
+
+    def keep(module: Any, args: Any, output: Any) -> None:
+        if not states:
+            states.append(output[0])
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        yield states
+    finally:
+        handle.remove()
+
+
+def span_logprobs(
+    model: Any, states: torch.Tensor, ids: torch.Tensor, spans: Sequence[tuple[int, int] | None]
+) -> list[float | None]:
+    """Per row, the mean log-probability of the tokens `ids[row, start:end]` given what precedes
+    them, from the decoder's hidden states `states` (rows x positions x hidden); None where the
+    row has no span. Only the span's positions go through the LM head."""
+    head = model.get_output_embeddings()
+    out: list[float | None] = []
+    for r, span in enumerate(spans):
+        if span is None or span[1] <= span[0] or span[0] < 1:
+            out.append(None)
+            continue
+        start, end = span
+        logp = head(states[r, start - 1 : end - 1]).float().log_softmax(-1)
+        target = ids[r, start:end].to(logp.device)
+        out.append(float(logp.gather(-1, target[:, None]).mean()))
     return out

@@ -174,13 +174,10 @@ def render_messages(
     2. Otherwise the messages go through the tokenizer's chat template when it has one,
     3. else through a plain transcript (`System: ...`, `User: ...`, ending with `Assistant:`).
     """
-    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    if template is not None:
-        if passages is not None:
-            return _render_rag(tokenizer, template, template.context_block(passages), last_user)
-        match = _CONTEXT_MESSAGE.match(last_user.strip("\n"))
-        if match:
-            return _render_rag(tokenizer, template, match["context"], match["question"])
+    rag = rag_parts(messages, template, passages)
+    if rag is not None:
+        context, question = rag
+        return prompt_ids(tokenizer, template.render_context(tokenizer, question, context), template)  # type: ignore[union-attr]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -188,5 +185,33 @@ def render_messages(
     return tokenizer("\n\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"]
 
 
-def _render_rag(tokenizer: Any, template: PromptTemplate, context: str, question: str) -> list[int]:
-    return prompt_ids(tokenizer, template.render_context(tokenizer, question, context), template)
+def rag_parts(
+    messages: list[dict[str, str]], template: PromptTemplate | None, passages: list[Passage] | None = None
+) -> tuple[str, str] | None:
+    """(context block, question) when `render_messages` renders `messages` as a RAG prompt, else None."""
+    if template is None:
+        return None
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if passages is not None:
+        return template.context_block(passages), last_user
+    match = _CONTEXT_MESSAGE.match(last_user.strip("\n"))
+    return (match["context"], match["question"]) if match else None
+
+
+def question_span(tokenizer: Any, ids: Sequence[int], question: str) -> tuple[int, int] | None:
+    """Token positions [start, end) of the last occurrence of `question` in the prompt `ids`
+    (the abstention rule scores how well the context predicts them); None when it is not there
+    or the ids do not round-trip through the tokenizer's text."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=False)
+    at = text.rfind(question.strip()) if question.strip() else -1
+    if at < 0:
+        return None
+    end = at + len(question.strip())
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # a slow tokenizer has no offsets
+        return None
+    if enc["input_ids"] != list(ids):
+        return None
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > at and a < end and i > 0]
+    return (inside[0], inside[-1] + 1) if inside else None

@@ -41,7 +41,7 @@ from ragtune.config import REFUSAL, ServeConfig, field_default
 from ragtune.errors import RagtuneError
 from ragtune.generation import Decoding, generate_batch, generate_stream, stop_token_ids
 from ragtune.modelstore import local_folder
-from ragtune.prompts import Passage, PromptTemplate, render_messages
+from ragtune.prompts import Passage, PromptTemplate, question_span, rag_parts, render_messages
 
 
 # ---------------------------------------------------------------- request schema
@@ -98,6 +98,7 @@ class _Job:
     stops: list[str]
     seed: int | None = None
     deadline: float = math.inf  # time.monotonic() past which generation stops (the request's time limit)
+    question: tuple[int, int] | None = None  # the RAG question's token span, for the abstention rule
     cancelled: threading.Event = field(default_factory=threading.Event)
     expired: bool = False  # its time limit passed before it started: nothing was generated
     text: str = ""
@@ -167,12 +168,13 @@ class Engine:
             with_confidence=ruled,
             halt=lambda: _halted(jobs),
             stop_ids=self.stop_ids,
+            spans=[j.question for j in jobs] if ruled else None,
         )
         for job, completion in zip(jobs, done, strict=True):
             job.text, job.n_tokens, job.finish_reason = completion.text, completion.n_tokens, completion.finish_reason
             if ruled:
                 # greedy and ruled: the confidence is there
-                job.text = self.rule.apply(job.text, completion.confidence, self.refusal)  # type: ignore[arg-type,union-attr]
+                job.text = self.rule.apply(job.text, completion.confidence, self.refusal, completion.support)  # type: ignore[arg-type,union-attr]
             self.count(completions=1, prompt_tokens=len(job.ids), completion_tokens=job.n_tokens)
         with self._stats_lock:
             self.stats["batches"] += 1
@@ -423,8 +425,8 @@ async def _prepare(
     if req.passages is not None:
         passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text) for p in req.passages]
     # tokenising a long prompt takes a while: off the event loop, so other clients are not held
-    ids = await asyncio.get_running_loop().run_in_executor(
-        engine.prep, render_messages, engine.tokenizer, messages, template, passages
+    ids, question = await asyncio.get_running_loop().run_in_executor(
+        engine.prep, _prompt, engine.tokenizer, messages, template, passages
     )
     budget = min(req.budget(limits.default_max_tokens), limits.max_tokens)
     if positions is not None:
@@ -444,7 +446,17 @@ async def _prepare(
         stops=req.stops(),
         seed=req.seed,
         deadline=deadline,
+        question=question,
     )
+
+
+def _prompt(
+    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None, passages: list[Passage] | None
+) -> tuple[list[int], tuple[int, int] | None]:
+    """The prompt's ids and, for a RAG prompt, its question's token span (the rule's support score)."""
+    ids = render_messages(tokenizer, messages, template, passages)
+    rag = rag_parts(messages, template, passages)
+    return ids, question_span(tokenizer, ids, rag[1]) if rag is not None else None
 
 
 def _busy(limits: Limits) -> JSONResponse:

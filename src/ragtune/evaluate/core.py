@@ -132,6 +132,7 @@ def predict(
             [ids[i] for i in batch],
             rule,
             template.refusal,
+            questions=[items[i].question for i in batch],
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
             stop_strings=stop_strings(template),

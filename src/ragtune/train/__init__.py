@@ -87,7 +87,7 @@ def train(
 def calibrate_abstention(
     model: Any, tok: Any, template: PromptTemplate, val: Any, cfg: TrainConfig, out: Path
 ) -> RefusalRule | None:
-    """Choose and save the refusal bias on the validation rows (see `ragtune.abstain`)."""
+    """Choose and save the abstention rule on the validation rows (see `ragtune.abstain`)."""
     (out / ABSTAIN_FILE).unlink(missing_ok=True)  # a rule belongs to the weights it was chosen for
     if not cfg.calibrate_abstention or val is None:
         return None
@@ -98,7 +98,9 @@ def calibrate_abstention(
         rule.save(out)
         c = rule.calibration
         print(
-            f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token; on "
+            f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token"
+            + (f" or {rule.support_threshold:.3f} per question token" if rule.support_threshold is not None else "")
+            + "; on "
             f"{c['examples']} validation examples F1 {c['f1_without_rule']} -> {c['f1_with_rule']}, refusing "
             f"{c['refusal_targets_refused']}% of refusal targets and {c['answerable_refused']}% of answerable ones"
         )
