@@ -9,6 +9,7 @@ below both, and the loops only say what to feed it. This module imports no ragtu
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -42,6 +43,24 @@ def lr_schedule(kind: str, warmup_steps: int, total_steps: int = 0) -> Schedule:
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """Mixed precision in `dtype` (bf16 / fp16); fp32 runs without autocast."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc). Each step frees activations of another
+    shape, and glibc keeps what it freed: without this, LoRA on SmolLM2-135M grew from 3.3 to
+    5.3 GB RSS over 16 CPU steps (to 6.3 GB by step 40) while the live memory stayed flat."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class OptimizerStep:
@@ -89,6 +108,8 @@ class OptimizerStep:
                 loss, keep = loss_of(micro)
                 self._backward(loss)
             kept.append(keep)
+            if self.device.type == "cpu":
+                release_freed_memory()  # this micro-batch's activations, before the next one's
         self._clip()
         self.optimizer.step()
         self.scheduler.step()

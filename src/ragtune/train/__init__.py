@@ -132,12 +132,14 @@ def train_to_run(run_dir: str | Path, cfg: TrainConfig, base_model: str | None =
             train_loss=res.train_loss,
             eval_loss=res.eval_loss,
             tokens_per_s=res.tokens_per_s,
+            peak_memory_mb=res.peak_memory_mb,
             stop_reason=res.stop_reason,
         )
         # a run resumed at its last step trains no step: no loss to show
         loss = "no step left" if res.first_loss is None else f"{res.first_loss:.4f} -> {res.train_loss:.4f}"
         print(
             f"trained {res.steps} steps in {res.seconds:.0f} s ({res.stop_reason}): loss {loss}, "
-            f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s; adapter in {run.adapter}"
+            f"val {res.eval_loss}, {res.tokens_per_s:.0f} tokens/s, peak memory {res.peak_memory_mb / 1024:.1f} GB; "
+            f"adapter in {run.adapter}"
         )
     return res
