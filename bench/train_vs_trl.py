@@ -217,6 +217,7 @@ def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
         packing=args.packing,
         seed=0,
         calibrate_abstention=False,
+        loss_average=args.ragtune_loss,
     )
     t0 = time.perf_counter()
     res = train(ds, model_dir(args), cfg, out, template=PromptTemplate.load(data_dir(args)))
@@ -375,6 +376,12 @@ def main() -> None:
         help="with --model: train on steps x rows-scale x batch-size rows (scaling points)",
     )
     p.add_argument("--base-loss", action="store_true", help="also score the base model (no adapter)")
+    p.add_argument(
+        "--ragtune-loss",
+        choices=["example", "token"],
+        default="example",
+        help="ragtune's train.loss_average; token is TRL's (mean over every answer token of a step)",
+    )
     p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")
     args = p.parse_args()

@@ -63,6 +63,31 @@ def test_batch_loss_is_the_mean_of_per_example_losses(tiny_model_dir, tokenizer)
     assert torch.allclose(packed[0] / 7, alone.mean(), atol=1e-5)
 
 
+def test_token_average_is_the_causal_lm_loss_over_the_step(tiny_model_dir, tokenizer):
+    """`loss_average: token`, scaled by 1 / the step's trained tokens, gives transformers' own
+    causal-LM loss of the padded batch (mean over every answer token), whatever the micro-batches."""
+    from ragtune.train.data import collate, encode_rows
+    from ragtune.train.engine import load_for_training
+    from ragtune.train.loss import AnswerLoss
+
+    model, tok, _ = load_for_training(str(tiny_model_dir), TrainConfig(precision="fp32"), torch.device("cpu"))
+    enc = encode_rows(rag_dataset(tokenizer, 5, 1)["train"], tok, PromptTemplate.for_tokenizer(tok), None)
+    fn = AnswerLoss(model, average="token").eval()
+    idx = list(range(5))
+    n = enc.trained_tokens(idx)
+    width = max(enc.lengths)
+    ids = torch.tensor([row + [tok.pad_token_id] * (width - len(row)) for row in enc.input_ids])
+    labels = torch.tensor([row + [-100] * (width - len(row)) for row in enc.labels])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in enc.input_ids])
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        whole = fn(collate(enc, idx, tok.pad_token_id, False), 1 / n)[0]
+        pieces = sum(fn(collate(enc, part, tok.pad_token_id, False), 1 / n)[0] for part in ([0, 1], [2], [3, 4]))
+        by_example = AnswerLoss(model).eval()(collate(enc, idx, tok.pad_token_id, False), 1 / 5)[0]
+    assert torch.allclose(whole, ref, atol=1e-5) and torch.allclose(pieces, ref, atol=1e-5)
+    assert not torch.allclose(by_example, ref, atol=1e-3)  # the two averages really differ here
+
+
 def test_batch_size_times_accumulation_gives_the_same_update(tiny_model_dir, tokenizer, tmp_path):
     from ragtune.train import train
 

@@ -141,6 +141,10 @@ class TrainConfig(_Config):
     # (gradient accumulation, same update), so memory stays flat whatever the rows' lengths.
     micro_batch_tokens: int | None = Field(2048, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
+    # "example": each example's loss is the mean over its answer tokens and a step's the mean over
+    # its examples (short answers weigh as much as long ones); "token": the mean over every answer
+    # token of the step (transformers' and TRL's causal-LM loss).
+    loss_average: Literal["example", "token"] = "example"
     weight_decay: float = Field(0.0, ge=0)
     max_length: int | None = Field(None, ge=16)
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"

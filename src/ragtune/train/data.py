@@ -38,6 +38,10 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
+    def trained_tokens(self, indices: Sequence[int]) -> int:
+        """Positions whose next token is trained (the answer and its end), over `indices`."""
+        return sum(sum(t != IGNORE_INDEX for t in self.labels[i][1:]) for i in indices)
+
 
 def check_template(tokenizer: Any, template: PromptTemplate, prompts: Sequence[str]) -> None:
     """The dataset's prompts must come from this tokenizer's template (no train/serve drift).

@@ -389,7 +389,7 @@ class FinetuneRecipe:
     def _setup_model(self, model: Any) -> None:
         if not getattr(causal_lm(model), "is_loaded_in_4bit", False):  # 4-bit weights are placed at load
             model = model.to(self.device)
-        self.loss_fn = AnswerLoss(model)
+        self.loss_fn = AnswerLoss(model, self.cfg.loss_average)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -474,8 +474,10 @@ class FinetuneRecipe:
             for m in split_step(examples, lengths, self.cfg.grad_accum, self.rank, self.world)
             for piece in cap_tokens(m, lengths, self.cfg.micro_batch_tokens)
         ]
-        # Each example's loss counts 1/len(examples); x world because DDP averages the processes' gradients.
-        scale = self.world / len(examples)
+        # Each example's loss counts 1/len(examples) (or each trained token 1/their number in the
+        # step); x world because DDP averages the processes' gradients.
+        per_token = self.cfg.loss_average == "token"
+        scale = self.world / (self.train_enc.trained_tokens(examples) if per_token else len(examples))
         kept = self.step_core.run(micro, lambda idx: self._loss_step(idx, scale))
         step_loss = torch.zeros((), device=self.device)
         for per_example, n_tokens, n_answer_tokens in kept:

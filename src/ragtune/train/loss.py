@@ -5,10 +5,12 @@ forward with `labels` does) wastes most of the LM head and memory. `AnswerLoss` 
 model body, gathers the hidden states at positions whose next token is trained, and applies
 the output layer there only. It is an `nn.Module`, so DDP / FSDP wrap it and see every call.
 
-Averaging (documented choice): each example's loss is the mean over its trained tokens, and a
-step's loss is the mean over its examples. So every example weighs the same whatever its
-answer length, and padding, length grouping, packing, micro-batching and the number of
-processes change nothing but speed.
+Averaging (`train.loss_average`): by default each example's loss is the mean over its trained
+tokens, and a step's loss is the mean over its examples, so every example weighs the same
+whatever its answer length; "token" averages over every trained token of the step instead (what
+transformers' causal-LM loss and TRL do). Either way padding, length grouping, packing,
+micro-batching and the number of processes change nothing but speed: the caller's `scale` is
+1 / (the step's examples, or its trained tokens), counted over the whole step.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ def causal_lm(model: Any) -> Any:
 
 
 class AnswerLoss(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, average: str = "example") -> None:
         super().__init__()
         self.model = model
+        self.per_token = average == "token"
 
     def forward(self, batch: dict[str, torch.Tensor], scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (sum of per-example losses x `scale`, per-example losses detached)."""
+        """Returns (sum of per-example losses, or of token losses with `average="token"`, x `scale`;
+        per-example losses detached)."""
         lm = causal_lm(self.model)
         hidden = lm.get_decoder()(
             input_ids=batch["input_ids"],
@@ -49,4 +53,5 @@ class AnswerLoss(nn.Module):
         ex = batch["target_example"]
         counts = torch.zeros(n, device=token_loss.device).index_add_(0, ex, torch.ones_like(token_loss))
         per_example = torch.zeros(n, device=token_loss.device).index_add_(0, ex, token_loss) / counts
-        return per_example.sum() * scale, per_example.detach()
+        total = token_loss.sum() if self.per_token else per_example.sum()
+        return total * scale, per_example.detach()

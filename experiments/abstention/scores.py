@@ -1,0 +1,111 @@
+"""Candidate abstention scores of a tuned model, and how well each tells refusal targets from
+answerable questions (AUC), on a run's dataset split or on a SQuAD 2.0 file.
+
+Scores per item:
+- conf: the greedy answer's mean log-probability per token (the first rule `train` calibrated);
+- support: the question's mean log-probability given the system text and the context (the
+  score the rule reads now, `ragtune.abstain`);
+- closed: the same without the context ("(none)" in its place);
+- pmi: support - closed, how much the context raises the question's probability.
+Then a sweep of every threshold on each score: the best SQuAD-v2 F1, and whether any threshold
+reaches HasAns F1 >= 30 with NoAns refusals >= 50%.
+
+    python experiments/abstention/scores.py --run runs/quickstart --split test --out test.json
+    python experiments/abstention/scores.py --run runs/squad-sample \
+        --squad ../shared/data/squad2-sample/dev-sample-v2.0.json --out squad.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ragtune.abstain import question_spans
+from ragtune.ask import load_for_inference
+from ragtune.generation import greedy_completions, span_logprobs
+from ragtune.metrics import f1, gold_answers, is_refusal
+from ragtune.prompts import prompt_ids
+
+
+def rows_of(args: argparse.Namespace, tok, tpl) -> list[dict]:
+    if args.squad:
+        from ragtune.evaluate import qa_examples
+        from ragtune.qa_formats import import_file
+
+        return [
+            {"prompt": e.prompt, "question": e.question, "completion": e.completion, "answers": e.answers}
+            for e in qa_examples(import_file(args.squad), tok, tpl)
+        ]
+    from datasets import load_from_disk
+
+    return list(load_from_disk(f"{args.run}/dataset")[args.split])
+
+
+@torch.no_grad()
+def support_of(model, ids: list[int], span: tuple[int, int]) -> float:
+    states = model.get_decoder()(input_ids=torch.tensor([ids]))[0]
+    return span_logprobs(model, states, torch.tensor([ids]), [span])[0]
+
+
+def without_context(prompt: str) -> str:
+    start = prompt.index("Context:\n") + len("Context:\n")
+    return prompt[:start] + "(none)" + prompt[prompt.rindex("\n\nQuestion:") :]
+
+
+def auc(rows: list[dict], key: str) -> float:
+    pos = [-r[key] for r in rows if r["want"]]
+    neg = [-r[key] for r in rows if not r["want"]]
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def sweep(rows: list[dict], key: str) -> dict:
+    ans = [r for r in rows if not r["want"]]
+    no = [r for r in rows if r["want"]]
+    best, feasible = None, 0
+    for t in [*sorted({r[key] for r in rows}), float("inf")]:
+        refuses = [r["refused"] or r[key] < t for r in rows]
+        pairs = list(zip(rows, refuses, strict=True))
+        has_f1 = 100 * sum(0 if x else r["f1"] for r, x in pairs if not r["want"]) / len(ans)
+        no_ok = 100 * sum(x for r, x in pairs if r["want"]) / len(no)
+        total = (has_f1 * len(ans) + no_ok * len(no)) / len(rows)
+        feasible += has_f1 >= 30 and no_ok >= 50
+        if best is None or total > best["f1"]:
+            refused = 100 * sum(x for r, x in pairs if not r["want"]) / len(ans)
+            best = {"f1": round(total, 1), "threshold": round(t, 3), "hasans_f1": round(has_f1, 1),
+                    "noans_refused": round(no_ok, 1), "hasans_refused": round(refused, 1)}  # fmt: skip
+    return {"best": best, "thresholds_meeting_both_bars": feasible}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder with adapter/ (and dataset/ without --squad)")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--squad", help="score this SQuAD 2.0 file's questions, each with its own paragraph")
+    p.add_argument("--out", required=True, help="per-item scores, JSON")
+    args = p.parse_args()
+    model, tok, tpl, _ = load_for_inference(f"{args.run}/adapter")
+    data = rows_of(args, tok, tpl)
+    ids = [prompt_ids(tok, r["prompt"], tpl) for r in data]
+    spans = question_spans(tok, ids, [r["question"] for r in data])
+    done = greedy_completions(model, tok, ids, max_new_tokens=24, batch_size=8, with_confidence=True, spans=spans)
+    rows = []
+    for r, c in zip(data, done, strict=True):
+        bare = prompt_ids(tok, without_context(r["prompt"]), tpl)
+        closed = support_of(model, bare, question_spans(tok, [bare], [r["question"]])[0])
+        rows.append({
+            "want": r["completion"].strip().startswith(tpl.refusal), "text": c.text, "conf": c.confidence,
+            "support": c.support, "closed": closed, "pmi": c.support - closed,
+            "refused": is_refusal(c.text, tpl.refusal),
+            "f1": max(f1(c.text, g) for g in gold_answers(r["answers"]) or [""]),
+        })  # fmt: skip
+    with open(args.out, "w") as f:
+        json.dump(rows, f)
+    print(f"{len(rows)} items, {sum(r['want'] for r in rows)} refusal targets")
+    for key in ("support", "conf", "closed", "pmi"):
+        print(f"{key:8s} AUC {auc(rows, key):.3f}  {json.dumps(sweep(rows, key))}")
+
+
+if __name__ == "__main__":
+    main()
