@@ -8,6 +8,10 @@ ragtune dataset, so changes in machine load hit them alike. A variant is a '+'-j
     mbtN       micro_batch_tokens N (0: no cap; default 2048)
     rcompile   torch.compile of each decoder layer (regional, dynamic shapes)
     nocast     PEFT's cast of LoRA inputs to the adapter's fp32 turned off (exact under autocast)
+    trimmb     freed heap pages handed back to the OS after every micro-batch (malloc_trim)
+    trimstep   the same once per optimizer step
+    trimslack  the same after a micro-batch when RSS grew 1 GiB past its size after the last
+               trim (training_core.HeapTrimmer, what `ragtune train` does on CPU)
 
 The optimizer is SGD at lr 0, so every variant trains the same weights.
 
@@ -33,6 +37,7 @@ from ragtune.prompts import PromptTemplate  # noqa: E402
 from ragtune.train.data import cap_tokens, collate, encode_rows, plan_steps  # noqa: E402
 from ragtune.train.engine import _autocast, load_for_training  # noqa: E402
 from ragtune.train.loss import AnswerLoss, causal_lm  # noqa: E402
+from ragtune.training_core import _MALLOC_TRIM, HeapTrimmer  # noqa: E402
 
 
 def main() -> None:
@@ -59,6 +64,7 @@ def main() -> None:
     decoder = causal_lm(model).model
     eager_layers, compiled_layers = decoder.layers, None
     lora_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    slack_trim = HeapTrimmer()
 
     def run(variant: str, steps: list[int]) -> tuple[float, float, int]:
         nonlocal compiled_layers
@@ -84,8 +90,14 @@ def main() -> None:
                     loss, _ = loss_fn(batch, 1.0 / len(plan[s]))
                 loss.backward()
                 tokens += int(batch["n_tokens"])
+                if "trimmb" in parts:
+                    _MALLOC_TRIM(0)
+                if "trimslack" in parts:
+                    slack_trim()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if "trimstep" in parts:
+                _MALLOC_TRIM(0)
         dt = time.perf_counter() - t0
         return tokens / dt, dt, pads
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragtune.training_core import OptimizerStep, lr_schedule
+from ragtune.training_core import _MALLOC_TRIM, HeapTrimmer, OptimizerStep, lr_schedule, resident_bytes
 
 
 def test_the_schedule_warms_up_then_holds_or_decays_to_zero():
@@ -60,3 +60,22 @@ def test_clipping_bounds_the_gradient_norm():
     x = torch.full((4, 3), 100.0)
     assert _first_moment_norm(_step([x])) > 100
     assert _first_moment_norm(_step([x], max_grad_norm=0.5)) == pytest.approx(0.5, rel=1e-4)
+
+
+@pytest.mark.skipif(_MALLOC_TRIM is None or resident_bytes() is None, reason="glibc on Linux only")
+def test_the_heap_trimmer_hands_freed_memory_back_past_its_slack():
+    trim = HeapTrimmer(slack=64 << 20)
+    trim()  # the first call sets the floor
+    chunks = [bytearray(64 << 10) for _ in range(3200)]  # 200 MB of heap blocks under mmap's threshold
+    pin = bytearray(64 << 10)  # keeps the freed blocks off the heap's top, where free() would trim
+    grown = resident_bytes()
+    del chunks
+    held = resident_bytes()
+    assert held > grown - (50 << 20)  # glibc keeps what was freed
+    trim()
+    assert resident_bytes() < held - (100 << 20)
+    quiet = HeapTrimmer(slack=1 << 40)
+    quiet()
+    floor = quiet.floor
+    quiet()  # within the slack: no trim, the floor stays
+    assert quiet.floor == floor and pin
