@@ -58,6 +58,8 @@ def test_the_rule_replaces_unsure_or_unsupported_answers_only():
     assert rule.apply("port 8080", -0.5, "Sorry.", support=-2.0) == "port 8080"
     assert rule.apply("port 8080", -0.5, "Sorry.", support=-4.0) == "Sorry."
     assert rule.apply("port 8080", -0.5, "Sorry.", support=None) == "port 8080"
+    assert "-3.000" in rule.describe() and "-1.000" in rule.describe()
+    assert RefusalRule(threshold=-1e9).describe() == "only where the model itself refuses"
 
 
 def test_a_rule_saved_before_support_existed_still_loads(tmp_path):

@@ -49,6 +49,15 @@ class RefusalRule:
         unsupported = self.support_threshold is not None and support is not None and support < self.support_threshold
         return confidence < self.threshold or unsupported
 
+    def describe(self) -> str:
+        """When it refuses, in words (for logs)."""
+        parts = []
+        if self.support_threshold is not None:
+            parts.append(f"when the question's mean log-prob given the context is below {self.support_threshold:.3f}")
+        if self.threshold > -1e9:
+            parts.append(f"when the answer's mean log-prob per token is below {self.threshold:.3f}")
+        return " or ".join(parts) or "only where the model itself refuses"
+
     def apply(self, text: str, confidence: float, refusal: str, support: float | None = None) -> str:
         return refusal if self.refuses(confidence, support) else text
 

@@ -98,11 +98,9 @@ def calibrate_abstention(
         rule.save(out)
         c = rule.calibration
         print(
-            f"abstention: refuse below {rule.threshold:.3f} mean log-prob per answer token"
-            + (f" or {rule.support_threshold:.3f} per question token" if rule.support_threshold is not None else "")
-            + "; on "
-            f"{c['examples']} validation examples F1 {c['f1_without_rule']} -> {c['f1_with_rule']}, refusing "
-            f"{c['refusal_targets_refused']}% of refusal targets and {c['answerable_refused']}% of answerable ones"
+            f"abstention: refuse {rule.describe()}; on {c['examples']} validation examples F1 "
+            f"{c['f1_without_rule']} -> {c['f1_with_rule']}, refusing {c['refusal_targets_refused']}% of "
+            f"refusal targets and {c['answerable_refused']}% of answerable ones"
         )
     return rule
 
