@@ -220,6 +220,8 @@ def train(
     micro_batch_tokens: int | None = option(
         TrainConfig, "micro_batch_tokens", help="Padded tokens per forward/backward pass at most (0: no cap). "
         "Bounds memory."),
+    loss_average: str = option(TrainConfig, "loss_average", help="example (every answer weighs the same) or "
+                               "token (every answer token: transformers' and TRL's loss)."),
     target_modules: str = option(TrainConfig, "target_modules", help="'all-linear' or comma-separated module names."),
     dora: bool = option(TrainConfig, "use_dora", "--dora", help="Weight-decomposed LoRA (DoRA)."),
     rslora: bool = option(TrainConfig, "use_rslora", "--rslora", help="Rank-stabilised LoRA scaling."),
@@ -243,7 +245,7 @@ def train(
     cfg = validated(TrainConfig, "train", method=method, epochs=epochs, max_steps=max_steps,
                     max_minutes=max_minutes, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                     lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-                    micro_batch_tokens=micro_batch_tokens,
+                    micro_batch_tokens=micro_batch_tokens, loss_average=loss_average,
                     use_dora=dora, use_rslora=rslora, precision=precision, packing=packing,
                     eval_steps=eval_steps, save_steps=save_steps,
                     early_stopping_patience=early_stopping_patience, resume=resume, report_to=report_to,
