@@ -341,6 +341,8 @@ def span_logprobs(
     them, from the decoder's hidden states `states` (rows x positions x hidden); None where the
     row has no span. Only the span's positions go through the LM head."""
     head = model.get_output_embeddings()
+    if states.shape[-1] != getattr(head, "in_features", states.shape[-1]):  # the hook caught something else
+        return [None] * len(spans)
     out: list[float | None] = []
     for r, span in enumerate(spans):
         if span is None or span[1] <= span[0] or span[0] < 1:

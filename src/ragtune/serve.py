@@ -426,7 +426,7 @@ async def _prepare(
         passages = [Passage(title="", text=p) if isinstance(p, str) else Passage(p.title, p.text) for p in req.passages]
     # tokenising a long prompt takes a while: off the event loop, so other clients are not held
     ids, question = await asyncio.get_running_loop().run_in_executor(
-        engine.prep, _prompt, engine.tokenizer, messages, template, passages
+        engine.prep, _prompt, engine.tokenizer, messages, template, passages, engine.rule is not None
     )
     budget = min(req.budget(limits.default_max_tokens), limits.max_tokens)
     if positions is not None:
@@ -451,11 +451,16 @@ async def _prepare(
 
 
 def _prompt(
-    tokenizer: Any, messages: list[dict[str, str]], template: PromptTemplate | None, passages: list[Passage] | None
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    template: PromptTemplate | None,
+    passages: list[Passage] | None,
+    ruled: bool,
 ) -> tuple[list[int], tuple[int, int] | None]:
-    """The prompt's ids and, for a RAG prompt, its question's token span (the rule's support score)."""
+    """The prompt's ids and, for a RAG prompt under an abstention rule, its question's token span
+    (the rule's support score)."""
     ids = render_messages(tokenizer, messages, template, passages)
-    rag = rag_parts(messages, template, passages)
+    rag = rag_parts(messages, template, passages) if ruled else None
     return ids, question_span(tokenizer, ids, rag[1]) if rag is not None else None
 
 
