@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ragtune.config import TrainConfig  # noqa: E402
 from ragtune.prompts import PromptTemplate  # noqa: E402
 from ragtune.train.data import cap_tokens, collate, encode_rows, plan_steps  # noqa: E402
-from ragtune.train.engine import _autocast, load_for_training  # noqa: E402
+from ragtune.train.engine import load_for_training  # noqa: E402
 from ragtune.train.loss import AnswerLoss, causal_lm  # noqa: E402
-from ragtune.training_core import _MALLOC_TRIM, HeapTrimmer  # noqa: E402
+from ragtune.training_core import _MALLOC_TRIM, HeapTrimmer, autocast  # noqa: E402
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
             for idx in cap_tokens(plan[s], enc.lengths, cap):
                 batch = collate(enc, idx, tok.pad_token_id, False)
                 pads += batch["input_ids"].numel() - int(batch["n_tokens"])
-                with backend, _autocast(torch.device("cpu"), compute):
+                with backend, autocast(torch.device("cpu"), compute):
                     loss, _ = loss_fn(batch, 1.0 / len(plan[s]))
                 loss.backward()
                 tokens += int(batch["n_tokens"])
