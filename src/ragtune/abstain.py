@@ -99,7 +99,8 @@ def answer_with_rule(
 
     if rule is None:
         return [c.text for c in greedy_completions(model, tokenizer, prompts, **kw)]
-    spans = question_spans(tokenizer, prompts, questions) if questions is not None else None
+    scored = questions is not None and rule.support_threshold is not None
+    spans = question_spans(tokenizer, prompts, questions) if scored else None  # type: ignore[arg-type]
     done = greedy_completions(model, tokenizer, prompts, with_confidence=True, spans=spans, **kw)
     return [rule.apply(c.text, float(c.confidence), refusal, c.support) for c in done]
 
