@@ -8,6 +8,7 @@ import pytest
 from helpers_docs import make_kb
 
 from ragtune.build import assemble_examples, build, build_to_run, contains_answer, overlaps
+from ragtune.build.assembly import cut_answer, plan_item
 from ragtune.build.budget import _window
 from ragtune.config import REFUSAL, BuildConfig, IngestConfig, SynthConfig
 from ragtune.errors import RagtuneError
@@ -67,6 +68,48 @@ def test_context_rules_hold(corpus, tokenizer) -> None:
     assert result.stats["documents_shared_between_splits"] == 0
     assert all(len(e.passages) == 4 for e in rows)  # k + 1 passages whatever the target
     assert result.stats["hard_distractors"] > result.stats["random_distractors"]
+
+
+def test_cut_answer_removes_the_sentences_holding_the_answer() -> None:
+    text = "Ada joined in 1990. She led the Orion team! The team shipped Lyra in 2001. It ran on Vega."
+    chunk = Chunk(id="c1", doc_id="d", source="d.md", title="T", text=text, start=0, end=len(text))
+    cut = cut_answer(chunk, ["Lyra"])
+    assert cut is not None and cut.id != chunk.id and cut.doc_id == "d"
+    assert cut.text == "Ada joined in 1990. She led the Orion team! It ran on Vega."
+    assert cut_answer(chunk, ["Pluto"]) is None  # no sentence holds it: nothing to cut
+    assert cut_answer(chunk, ["1990", "Orion", "Lyra", "Vega"]) is None  # nothing would be left
+    assert cut_answer(chunk, ["team shipped Lyra in 2001. It ran"]) is None  # spans sentences
+
+
+def _cut_of(item: QAItem, by_id: dict[str, Chunk]) -> Chunk | None:
+    plan = plan_item(item, by_id)
+    return cut_answer((plan.oracles if plan.answerable else plan.banned)[0], plan.hidden_answers)
+
+
+def test_refusal_examples_can_show_their_own_chunk_without_the_answer(corpus, tokenizer) -> None:
+    chunks, qa = corpus
+    by_id, items = {c.id: c for c in chunks}, {q.id: q for q in qa}
+    cfg = BuildConfig(k_distractors=3, oracle_p=0.5, cut_oracle_p=1.0)
+    rows = [e for s in assemble_examples(qa, chunks, cfg, tokenizer).splits.values() for e in s]
+    cut_rows = [e for e in rows if e.meta["answer_cut"]]
+    cuttable = [e for e in rows if not e.answerable and _cut_of(items[e.qa_id], by_id) is not None]
+    assert len(cut_rows) > 10 and {e.id for e in cut_rows} == {e.id for e in cuttable}  # at p = 1, every one
+    for ex in cut_rows:
+        item = items[ex.qa_id]
+        source = by_id[item.chunk_id if item.answerable else item.meta["source_chunk"]]
+        hidden = [item.answer] if item.answerable else [item.meta["hidden_answer"]]
+        (cut,) = [t for pid, t in zip(ex.passages, ex.passage_texts, strict=True) if pid not in by_id]
+        source_sentences = re.split(r"(?<=[.!?])\s+", source.text)
+        assert set(re.split(r"(?<=[.!?])\s+", cut)) < set(source_sentences)  # whole sentences, some gone
+        assert ex.completion == REFUSAL and not ex.oracle_in_context and source.id not in ex.passages
+        assert not any(contains_answer(t, a) for t in ex.passage_texts for a in hidden)
+        assert len(ex.passages) == 4  # the cut chunk takes a distractor's place
+    answered = [e for e in rows if e.answerable]
+    assert answered and not any(e.meta["answer_cut"] for e in answered)
+    plain = assemble_examples(qa, chunks, BuildConfig(k_distractors=3, oracle_p=0.5), tokenizer)
+    assert plain.stats["answer_cut_examples"] == 0 and not any(
+        e.meta["answer_cut"] for s in plain.splits.values() for e in s
+    )
 
 
 def test_splits_never_share_a_document(corpus, tokenizer) -> None:

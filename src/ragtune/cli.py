@@ -164,6 +164,8 @@ def build(
     distractors: str = option(BuildConfig, "distractors", help="hard (retrieved), random, or mixed."),
     retriever: str = option(BuildConfig, "retriever", help="bm25, dense or hybrid."),
     unanswerable_share: float = option(BuildConfig, "unanswerable_share", help="Share of unanswerable examples."),
+    cut_oracle_p: float = option(BuildConfig, "cut_oracle_p", help="Probability a refusal example shows its "
+                                 "question's own passage with the answer's sentences cut out (on-topic)."),
     max_length: int | None = option(BuildConfig, "max_length", help="Token budget of prompt + answer."),
     dense_model: str | None = option(BuildConfig, "dense_model",
                                      help="sentence-transformers model for dense / hybrid."),
@@ -182,7 +184,8 @@ def build(
 
     cfg = validated(BuildConfig, "build", k_distractors=k_distractors, oracle_p=oracle_p,
                     distractors=distractors, retriever=retriever, dense_model=dense_model,
-                    unanswerable_share=unanswerable_share, max_length=max_length, cot=cot, cite=cite,
+                    unanswerable_share=unanswerable_share, cut_oracle_p=cut_oracle_p, max_length=max_length,
+                    cot=cot, cite=cite,
                     question_first=question_first, formats=format or None, push_to_hub=push_to_hub, seed=seed)
     build_to_run(run, cfg, tokenizer=tokenizer)
 

@@ -105,6 +105,9 @@ class BuildConfig(_Config):
     retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
     dense_model: str | None = None
     unanswerable_share: float = Field(0.1, ge=0, lt=1)
+    # Chance that an example whose target is the refusal shows the chunk its question came from
+    # with the answer's sentences cut out (an on-topic unanswerable), not only other passages.
+    cut_oracle_p: float = Field(0.0, ge=0, le=1)
     refusal: str = REFUSAL
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     max_length: int | None = Field(None, ge=16)  # tokens; None: the tokenizer's model_max_length capped at 2048

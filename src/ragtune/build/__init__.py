@@ -313,7 +313,8 @@ class _ExampleMaker:
             def count(ps: Sequence[Chunk]) -> int:
                 return enc.estimate(question, ps)
 
-        distractor_ids = [p.id for p in a.passages if p.id not in oracle_ids]
+        keep = oracle_ids | ({a.answer_cut.id} if a.answer_cut else set())
+        distractor_ids = [p.id for p in a.passages if p.id not in keep]
         fitted = fit_passages(a.passages, distractor_ids, answer, oracle_ids, count, self.max_length - n_target)
         if fitted.passages is None:
             self.counters["dropped_too_long"] += 1
@@ -340,6 +341,7 @@ def _example_meta(
         "distractors": cfg.distractors,
         "n_hard": a.n_hard,
         "n_random": a.n_random,
+        "answer_cut": a.answer_cut is not None and any(p.id == a.answer_cut.id for p in passages),
         "origin": plan.item.origin,
         "cot": cfg.cot,
         "cite": cfg.cite,
@@ -386,6 +388,7 @@ def _stats(
         "refusal_share": round(sum(not e.answerable for e in rows) / max(len(rows), 1), 4),
         "unanswerable_share": round(sum(not e.meta["question_answerable"] for e in rows) / max(len(rows), 1), 4),
         "by_kind": dict(Counter(e.meta["kind"] for e in rows)),
+        "answer_cut_examples": sum(bool(e.meta.get("answer_cut")) for e in rows),
         "passages_per_example": _lengths([len(e.passages) for e in rows]),
         "prompt_tokens": _lengths([e.n_prompt_tokens for e in rows]),
         "target_tokens": _lengths([e.n_target_tokens for e in rows]),

@@ -4,6 +4,9 @@ Rules (RAFT with its known gaps closed, plus ChatQA-style abstention):
 - the oracle chunk is shown with probability `oracle_p`; without it the target is the refusal;
 - distractors are never the oracle, never overlap it, never contain a gold answer;
 - unanswerable items show no chunk they came from and no chunk holding their hidden answer;
+- with probability `cut_oracle_p`, a refusal example shows the chunk its question was written
+  from with every sentence holding the answer cut out: the context is on topic and still lacks
+  the answer, as SQuAD 2.0's unanswerable questions are;
 - passages come only from documents of the example's own split, in random order.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from ragtune.config import BuildConfig
 from ragtune.records import Chunk, QAItem, content_id
 
 _NON_WORD = re.compile(r"[^\w]+")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 
 
 def normalise(text: str) -> str:
@@ -40,6 +44,20 @@ def contains_answer(passage: str, answer: str) -> bool:
         return False
     grams = {" ".join(words[i : i + 4]) for i in range(len(words) - 3)}
     return sum(f" {g} " in text for g in grams) / len(grams) >= 0.5
+
+
+def cut_answer(chunk: Chunk, answers: Sequence[str]) -> Chunk | None:
+    """`chunk` without the sentences that hold any of `answers`; None when no sentence holds
+    one, when nothing else is left, or when an answer still shows (it spans sentences)."""
+    answers = [a for a in answers if a.strip()]
+    sentences = _SENTENCE_BREAK.split(chunk.text)
+    kept = [s for s in sentences if not any(contains_answer(s, a) for a in answers)]
+    if not answers or len(kept) == len(sentences) or not kept:
+        return None
+    text = " ".join(kept)
+    if any(contains_answer(text, a) for a in answers):
+        return None
+    return replace(chunk, id=content_id(chunk.id, "answer-cut"), text=text)
 
 
 def overlaps(a: Chunk, b: Chunk) -> bool:
@@ -142,6 +160,7 @@ class Assembled:
     oracle_index: int | None
     n_hard: int
     n_random: int
+    answer_cut: Chunk | None = None  # the question's own chunk, shown with its answer cut out
 
 
 def pick_distractors(
@@ -196,9 +215,24 @@ def assemble(
     else:
         shown_fixed = plan.oracles  # an imported unanswerable item's own passages
         n = max(cfg.k_distractors + 1 - len(shown_fixed), 0)
+    cut = None if keep_oracle or shown_fixed else _answer_cut_source(plan, cfg, rng)
+    if cut is not None:
+        shown_fixed, n = [cut], max(n - 1, 0)
     distractors, n_hard, n_random = pick_distractors(plan, ranked, pool, by_id, n, cfg.distractors, rng)
     passages = list(shown_fixed) + distractors
     rng.shuffle(passages)
     oracle_ids = {o.id for o in plan.oracles}
     idx = next((i for i, p in enumerate(passages) if p.id in oracle_ids), None) if keep_oracle else None
-    return Assembled(passages, keep_oracle, idx, n_hard, n_random)
+    return Assembled(passages, keep_oracle, idx, n_hard, n_random, cut)
+
+
+def _answer_cut_source(plan: Plan, cfg: BuildConfig, rng: random.Random) -> Chunk | None:
+    """With probability cut_oracle_p, the chunk this refusal example's question came from, its
+    answer cut out; None otherwise or when it cannot be cut. No draw is made at p = 0, so
+    builds without the option stay as they were."""
+    if cfg.cut_oracle_p <= 0 or rng.random() >= cfg.cut_oracle_p:
+        return None
+    sources = plan.oracles if plan.answerable else plan.banned
+    if len(sources) != 1:  # an imported item's several contexts: which sentence to cut is unclear
+        return None
+    return cut_answer(sources[0], plan.hidden_answers)

@@ -93,6 +93,7 @@ def _recipe(stats: dict[str, Any], cfg: BuildConfig, template_style: str, tokeni
             ("distractor mode", cfg.distractors),
             ("retriever", cfg.retriever + (f" ({cfg.dense_model})" if cfg.dense_model else "")),
             ("target unanswerable share", cfg.unanswerable_share),
+            ("refusal examples showing their own chunk with the answer cut out (cut_oracle_p)", cfg.cut_oracle_p),
             ("refusal text", f"`{cfg.refusal}`"),
             ("split shares (train / validation / test), by document", " / ".join(str(x) for x in cfg.split)),
             ("token budget (prompt + target)", stats["max_length"]),
@@ -115,6 +116,7 @@ def _counts(stats: dict[str, Any]) -> str:
             ("unanswerable questions", f"{stats['unanswerable_share']:.1%}"),
             ("examples by kind", ", ".join(f"{k}: {v}" for k, v in sorted(stats["by_kind"].items()))),
             ("hard / random distractors", f"{stats['hard_distractors']} / {stats['random_distractors']}"),
+            ("refusal examples showing their own chunk, answer cut out", stats.get("answer_cut_examples", 0)),
             ("documents shared between splits", stats["documents_shared_between_splits"]),
             (
                 "examples fitted to the budget (distractors dropped / passages shortened)",
