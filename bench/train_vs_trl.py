@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -245,6 +246,8 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
 
         enc = encoded_rows(args)
         ds = Dataset.from_dict({"input_ids": enc.input_ids, "labels": enc.labels})
+        if args.same_steps:  # ragtune's steps, in ragtune's order, batched in sequence below
+            ds = ds.select([i for step in ragtune_steps(enc.lengths, args) for i in step])
     else:
         ds = subset(load_from_disk(str(data_dir(args)))["train"], args).select_columns(["prompt", "completion"])
     t0 = time.perf_counter()
@@ -275,7 +278,8 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
         seed=0,
         dataset_num_proc=1,
     )
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config(args))
+    trainer_cls = same_steps_trainer(SFTTrainer) if args.same_steps else SFTTrainer
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config(args))
     prepared = trainer.train_dataset
     tokens = sum(len(x) for x in prepared["input_ids"])
     answer_tokens = sum(sum(t != -100 for t in lab) for lab in prepared["labels"])
@@ -293,6 +297,39 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
         "steps": steps,
         "final_train_loss": out_train.training_loss,
     }
+
+
+def ragtune_steps(lengths: list[int], args: argparse.Namespace) -> list[list[int]]:
+    """The rows of each optimizer step as `ragtune train` plans its first epoch (seed 0, length-grouped)."""
+    from ragtune.config import TrainConfig
+    from ragtune.train.data import plan_steps
+
+    steps = plan_steps(lengths, args.batch_size, 0, 0, TrainConfig().group_by_length)
+    if any(len(s) != args.batch_size for s in steps):
+        raise SystemExit(f"--same-steps needs a row count divisible by --batch-size {args.batch_size}")
+    return steps
+
+
+def same_steps_trainer(base: type) -> type:
+    """SFTTrainer taking the rows in the order given (ragtune's steps, one after another) and
+    ragtune's LR schedule: warmup from lr/warmup at step 0 where HF's starts at 0, then the
+    same cosine. Everything else (loss, optimizer, clipping, padding, precision) stays TRL's."""
+    import torch
+
+    from ragtune.training_core import lr_schedule
+
+    class SameStepsTrainer(base):
+        def _get_train_sampler(self, train_dataset=None):
+            return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                warmup = math.ceil(0.05 * num_training_steps)
+                schedule = lr_schedule("cosine", warmup, num_training_steps)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
+            return self.lr_scheduler
+
+    return SameStepsTrainer
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -314,13 +351,10 @@ def worker(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- driver
 def run_worker(args: argparse.Namespace, kind: str, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--out", str(out)] + [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if k not in ("worker", "out", "rounds", "packing", "base_loss") and v is not None
-    ]
-    if args.packing:
-        cmd.append("--packing")
+    passed = {k: v for k, v in vars(args).items() if k not in ("worker", "out", "rounds", "base_loss")}
+    cmd = [sys.executable, __file__, "--worker", kind, "--out", str(out)]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in passed.items() if v is not None and not isinstance(v, bool)]
+    cmd += [f"--{k.replace('_', '-')}" for k, v in passed.items() if v is True]  # store_true flags
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -381,6 +415,12 @@ def main() -> None:
         choices=["example", "token"],
         default="example",
         help="ragtune's train.loss_average; token is TRL's (mean over every answer token of a step)",
+    )
+    p.add_argument(
+        "--same-steps",
+        action="store_true",
+        help="with --model: TRL trains on ragtune's steps in ragtune's order with ragtune's LR schedule "
+        "(warmup starting at lr/warmup, not 0), so the two differ only in how they compute a step",
     )
     p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")
