@@ -278,7 +278,8 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
         seed=0,
         dataset_num_proc=1,
     )
-    trainer_cls = same_steps_trainer(SFTTrainer) if args.same_steps else SFTTrainer
+    aligned = args.same_steps or args.same_schedule
+    trainer_cls = aligned_trainer(SFTTrainer, args.same_steps) if aligned else SFTTrainer
     trainer = trainer_cls(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=lora_config(args))
     prepared = trainer.train_dataset
     tokens = sum(len(x) for x in prepared["input_ids"])
@@ -310,16 +311,19 @@ def ragtune_steps(lengths: list[int], args: argparse.Namespace) -> list[list[int
     return steps
 
 
-def same_steps_trainer(base: type) -> type:
-    """SFTTrainer taking the rows in the order given (ragtune's steps, one after another) and
-    ragtune's LR schedule: warmup from lr/warmup at step 0 where HF's starts at 0, then the
-    same cosine. Everything else (loss, optimizer, clipping, padding, precision) stays TRL's."""
+def aligned_trainer(base: type, in_order: bool) -> type:
+    """SFTTrainer with ragtune's LR schedule (warmup from lr/warmup at step 0, where HF's starts
+    at 0, then the same cosine), and with `in_order` taking the rows in the order given
+    (ragtune's steps, one after another) instead of shuffling them. Everything else (loss,
+    optimizer, clipping, padding, precision) stays TRL's."""
     import torch
 
     from ragtune.training_core import lr_schedule
 
-    class SameStepsTrainer(base):
+    class AlignedTrainer(base):
         def _get_train_sampler(self, train_dataset=None):
+            if not in_order:
+                return super()._get_train_sampler(train_dataset)
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -329,7 +333,7 @@ def same_steps_trainer(base: type) -> type:
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
             return self.lr_scheduler
 
-    return SameStepsTrainer
+    return AlignedTrainer
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -421,6 +425,11 @@ def main() -> None:
         action="store_true",
         help="with --model: TRL trains on ragtune's steps in ragtune's order with ragtune's LR schedule "
         "(warmup starting at lr/warmup, not 0), so the two differ only in how they compute a step",
+    )
+    p.add_argument(
+        "--same-schedule",
+        action="store_true",
+        help="TRL uses ragtune's LR schedule but keeps its own shuffled batches",
     )
     p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")

@@ -6,7 +6,10 @@ Scores per item:
 - support: the question's mean log-probability given the system text and the context (the
   score the rule reads now, `ragtune.abstain`);
 - closed: the same without the context ("(none)" in its place);
-- pmi: support - closed, how much the context raises the question's probability.
+- pmi: support - closed, how much the context raises the question's probability;
+- null: the refusal's mean log-probability per token, teacher-forced after the prompt;
+- margin: conf - null, the best answer's score over the refusal's (the SQuAD 2.0 practice of
+  comparing the null answer's score with the best span's; low margin: refuse).
 Then a sweep of every threshold on each score: the best SQuAD-v2 F1, and whether any threshold
 reaches HasAns F1 >= 30 with NoAns refusals >= 50%.
 
@@ -90,20 +93,23 @@ def main() -> None:
     ids = [prompt_ids(tok, r["prompt"], tpl) for r in data]
     spans = question_spans(tok, ids, [r["question"] for r in data])
     done = greedy_completions(model, tok, ids, max_new_tokens=24, batch_size=8, with_confidence=True, spans=spans)
+    refusal = tok(tpl.refusal, add_special_tokens=False)["input_ids"]
     rows = []
     for r, c in zip(data, done, strict=True):
         bare = prompt_ids(tok, without_context(r["prompt"]), tpl)
         closed = support_of(model, bare, question_spans(tok, [bare], [r["question"]])[0])
+        null = support_of(model, ids[len(rows)] + refusal, (len(ids[len(rows)]), len(ids[len(rows)]) + len(refusal)))
         rows.append({
             "want": r["completion"].strip().startswith(tpl.refusal), "text": c.text, "conf": c.confidence,
             "support": c.support, "closed": closed, "pmi": c.support - closed,
+            "null": null, "margin": c.confidence - null,
             "refused": is_refusal(c.text, tpl.refusal),
             "f1": max(f1(c.text, g) for g in gold_answers(r["answers"]) or [""]),
         })  # fmt: skip
     with open(args.out, "w") as f:
         json.dump(rows, f)
     print(f"{len(rows)} items, {sum(r['want'] for r in rows)} refusal targets")
-    for key in ("support", "conf", "closed", "pmi"):
+    for key in ("support", "conf", "closed", "pmi", "null", "margin"):
         print(f"{key:8s} AUC {auc(rows, key):.3f}  {json.dumps(sweep(rows, key))}")
 
 
