@@ -116,7 +116,7 @@ def _counts(stats: dict[str, Any]) -> str:
             ("unanswerable questions", f"{stats['unanswerable_share']:.1%}"),
             ("examples by kind", ", ".join(f"{k}: {v}" for k, v in sorted(stats["by_kind"].items()))),
             ("hard / random distractors", f"{stats['hard_distractors']} / {stats['random_distractors']}"),
-            ("refusal examples showing their own chunk, answer cut out", stats.get("answer_cut_examples", 0)),
+            ("refusal examples showing their own chunk, answer cut out", stats["answer_cut_examples"]),
             ("documents shared between splits", stats["documents_shared_between_splits"]),
             (
                 "examples fitted to the budget (distractors dropped / passages shortened)",
