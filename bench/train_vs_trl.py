@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+WARMUP = 0.05  # both trainers' warmup, a share of the steps
+
+
 # ---------------------------------------------------------------- data
 def prepare(args: argparse.Namespace) -> None:
     from datasets import Dataset, DatasetDict
@@ -214,7 +217,7 @@ def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
         lora_r=16,
         lora_alpha=32,
         lora_dropout=args.lora_dropout,
-        warmup_ratio=0.05,
+        warmup_ratio=WARMUP,
         packing=args.packing,
         seed=0,
         calibrate_abstention=False,
@@ -261,7 +264,7 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         lr_scheduler_type="cosine",
-        warmup_steps=0.05,
+        warmup_steps=WARMUP,  # a float below 1: a share of the steps
         weight_decay=0.0,
         max_grad_norm=1.0,
         completion_only_loss=True,
@@ -328,7 +331,7 @@ def aligned_trainer(base: type, in_order: bool) -> type:
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
             if self.lr_scheduler is None:
-                warmup = math.ceil(0.05 * num_training_steps)
+                warmup = math.ceil(WARMUP * num_training_steps)
                 schedule = lr_schedule("cosine", warmup, num_training_steps)
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
             return self.lr_scheduler
