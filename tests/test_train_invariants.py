@@ -5,6 +5,7 @@ resume = uninterrupted, and the template saved with the adapter = the one traine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -86,6 +87,52 @@ def test_token_average_is_the_causal_lm_loss_over_the_step(tiny_model_dir, token
         by_example = AnswerLoss(model).eval()(collate(enc, idx, tok.pad_token_id, False), 1 / 5)[0]
     assert torch.allclose(whole, ref, atol=1e-5) and torch.allclose(pieces, ref, atol=1e-5)
     assert not torch.allclose(by_example, ref, atol=1e-3)  # the two averages really differ here
+
+
+def test_lora_inputs_stay_in_the_compute_dtype_with_the_same_loss_and_gradients(tiny_model_dir, tokenizer):
+    """Under bf16 autocast, PEFT's cast of each LoRA input to fp32 is undone by the matmul's own
+    cast: training turns it off, so backward keeps fewer bytes, and the loss and every gradient
+    stay bit-identical. In fp32 there is nothing to turn off."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from ragtune.train.data import collate, encode_rows
+    from ragtune.train.engine import load_for_training, no_lora_input_cast
+    from ragtune.train.loss import AnswerLoss
+    from ragtune.training_core import autocast
+
+    cpu = torch.device("cpu")
+    model, tok, compute = load_for_training(str(tiny_model_dir), TrainConfig(precision="bf16"), cpu)
+    enc = encode_rows(rag_dataset(tokenizer, 4, 1)["train"], tok, PromptTemplate.for_tokenizer(tok), None)
+    batch = collate(enc, [0, 1, 2, 3], tok.pad_token_id, False)
+    fn = AnswerLoss(model).eval()  # no dropout: the two passes see the same activations
+    trained = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # LoRA B starts at zero: give the A matrices gradients too
+        for p in trained:
+            p.normal_(0, 0.02)
+
+    def step(cast_off: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        saved: dict[int, int] = {}  # storage -> bytes, each tensor kept for backward counted once
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        model.zero_grad(set_to_none=True)
+        off = no_lora_input_cast(model, compute) if cast_off else contextlib.nullcontext()
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), off, autocast(cpu, compute):
+            loss = fn(batch)[0]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trained], sum(saved.values())
+
+    cast_loss, cast_grads, cast_bytes = step(cast_off=False)
+    loss, grads, kept_bytes = step(cast_off=True)
+    assert torch.equal(loss, cast_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, cast_grads, strict=True))
+    assert kept_bytes < 0.9 * cast_bytes
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)  # restored on the way out
+    with no_lora_input_cast(model, torch.float32):
+        assert all(m.cast_input_dtype_enabled for m in layers)
 
 
 def test_batch_size_times_accumulation_gives_the_same_update(tiny_model_dir, tokenizer, tmp_path):

@@ -64,18 +64,26 @@ def test_clipping_bounds_the_gradient_norm():
 
 @pytest.mark.skipif(_MALLOC_TRIM is None or resident_bytes() is None, reason="glibc on Linux only")
 def test_the_heap_trimmer_hands_freed_memory_back_past_its_slack():
+    def heap_churn() -> tuple[int, bytearray]:
+        """Allocate and free 200 MB of heap blocks (under mmap's threshold); the RSS they leave."""
+        chunks = [bytearray(64 << 10) for _ in range(3200)]
+        pin = bytearray(64 << 10)  # keeps the freed blocks off the heap's top, where free() would trim
+        grown = resident_bytes()
+        del chunks
+        held = resident_bytes()
+        assert held > grown - (50 << 20)  # glibc keeps what was freed
+        return held, pin
+
     trim = HeapTrimmer(slack=64 << 20)
-    trim()  # the first call sets the floor
-    chunks = [bytearray(64 << 10) for _ in range(3200)]  # 200 MB of heap blocks under mmap's threshold
-    pin = bytearray(64 << 10)  # keeps the freed blocks off the heap's top, where free() would trim
-    grown = resident_bytes()
-    del chunks
-    held = resident_bytes()
-    assert held > grown - (50 << 20)  # glibc keeps what was freed
-    trim()
-    assert resident_bytes() < held - (100 << 20)
+    trim()  # the first call reads the working set
+    held, pin = heap_churn()
+    trim()  # grown past the slack: trimmed
+    assert resident_bytes() < held - (100 << 20) and trim.working_set is None
+    held, pin2 = heap_churn()  # the next micro-batch faults its pages in again
+    trim()  # ... and that is the working set, not growth: no trim
+    assert resident_bytes() > held - (50 << 20) and trim.working_set is not None
     quiet = HeapTrimmer(slack=1 << 40)
     quiet()
-    floor = quiet.floor
-    quiet()  # within the slack: no trim, the floor stays
-    assert quiet.floor == floor and pin
+    working_set = quiet.working_set
+    quiet()  # within the slack: no trim, the working set stays
+    assert quiet.working_set == working_set and pin and pin2

@@ -23,6 +23,7 @@ from ragtune.train.engine import (
     TRAIN_LOG,
     TrainResult,
     load_for_training,
+    no_lora_input_cast,
     result_dict,
     run_training,
     write_text_atomic,
@@ -68,7 +69,8 @@ def train(
         if cfg.eval_limit and len(val) > cfg.eval_limit:
             val = val.select(range(cfg.eval_limit))
         val_enc = encode_rows(val, tok, template, max_length)
-    res = run_training(train_enc, val_enc, model, tok, template, cfg, out, compute)
+    with no_lora_input_cast(model, compute):  # restored after: calibration generates outside autocast
+        res = run_training(train_enc, val_enc, model, tok, template, cfg, out, compute)
     res.dropped = {"too_long": train_enc.dropped_too_long, "no_target": train_enc.dropped_no_target}
     info = {
         "base_model": str(base_model),

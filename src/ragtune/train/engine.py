@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,19 @@ def load_for_training(base_model: str, cfg: TrainConfig, device: torch.device) -
             "use 'all-linear' or names of its linear layers"
         ) from None
     return model, tok, compute
+
+
+def no_lora_input_cast(model: Any, compute: torch.dtype) -> AbstractContextManager:
+    """Within it, PEFT leaves LoRA layers' inputs in the compute dtype (a no-op in fp32).
+
+    Every training and validation forward runs under autocast in `compute`, which casts a LoRA
+    layer's input to `compute` for its matmul anyway; PEFT's own cast of that input to the fp32
+    adapter's dtype only adds a copy per layer that backward keeps. Without it the losses are the
+    same and SmolLM2-135M's peak RSS over 16 steps fell from 5.2 to 4.5 GB (and ran 2% faster).
+    """
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=compute != torch.float32)
 
 
 # ---------------------------------------------------------------- evaluation
