@@ -1,11 +1,33 @@
 """Peak RSS per optimizer step of `ragtune.train.train`, read by a 0.25 s sampler beside it.
 
-Before `training_core.HeapTrimmer` landed it showed glibc keeping freed activations: LoRA on
-SmolLM2-135M at the quickstart's settings grew from 3.3 to 5.3 GB RSS over 16 steps (1 thread),
-and held at 3.9 GB with a `malloc_trim` after every micro-batch. Training now runs with the
-trimmer, so this shows its effect.
-
     python experiments/memory/rss_per_step.py --dataset RUN/dataset --steps 16 --out /tmp/rss
+
+Memory levers, measured in pairs (two runs at once, 1 thread each, the quickstart's dataset,
+batch 8, SmolLM2-135M LoRA r16; 2026-12-07 04:42-05:40 UTC). Compare within a pair only:
+
+| pair | variant | tokens/s | peak RSS (MB) |
+|---|---|---|---|
+| 1, 16 steps | no trim | 177.2 | 5,161 |
+| | no trim, `THP_MEM_ALLOC_ENABLE=1` (torch's huge-page allocations) | 179.0 | 5,085 |
+| 2, 16 steps | no trim, `MALLOC_MMAP_THRESHOLD_=2097152` | 164.3 | 4,673 |
+| | the same with `THP_MEM_ALLOC_ENABLE=1` | 157.4 | 4,480 |
+| 3, stopped at step 8-9 | no trim | 160.1 | 4,480 at step 9 |
+| | no trim, `--micro-batch-tokens 1024` | 146.2 | 3,050 at step 8 |
+| 4, 16 steps | no trim | 178.2 | 5,229 |
+| | no trim, `--keep-grads` | 179.4 | 5,317 |
+| 5, 16 steps | no trim, `--input-cast` (PEFT's cast, before 2026-12-07) | 205.3 | 5,243 |
+| | no trim, LoRA inputs left in bf16 (now what `train` does) | 209.9 | 4,458 |
+| 6, 40 steps | no trim | 175.2 | 5,776 |
+| | the first trimmer policy (slack from the trimmed RSS), 2 GiB | 165.4 | 4,393 |
+| 7, stopped at step 23 | no trim | 194.2 | 4,954 at step 23 |
+| | `HeapTrimmer` now (1 GiB over the working set after a trim) | 190.4 | 4,591 at step 23 |
+
+Handing memory back to the OS costs throughput on this VM whichever way (mmap'd tensors,
+trims): each returned page is faulted in again. What pays is keeping less: PEFT's fp32 copy of
+every LoRA input was kept for backward (pair 5: -785 MB, same losses). The first trimmer policy
+measured its slack from the RSS just after a trim, which the next micro-batch alone exceeds, so
+it trimmed after nearly every micro-batch (pair 6: RSS swinging 3.3-4.4 GB step by step); it
+now waits for growth past the working set (pair 7: 0.98x untrimmed).
 """
 
 from __future__ import annotations
