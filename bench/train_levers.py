@@ -7,11 +7,12 @@ ragtune dataset, so changes in machine load hit them alike. A variant is a '+'-j
     math       SDPA limited to the math backend (else PyTorch's choice: flash on CPU)
     mbtN       micro_batch_tokens N (0: no cap; default 2048)
     rcompile   torch.compile of each decoder layer (regional, dynamic shapes)
-    nocast     PEFT's cast of LoRA inputs to the adapter's fp32 turned off (exact under autocast)
+    nocast     PEFT's cast of LoRA inputs to the adapter's fp32 turned off (exact under autocast;
+               what `train` does since 2026-12-07, while this loop's baseline keeps the cast)
     trimmb     freed heap pages handed back to the OS after every micro-batch (malloc_trim)
     trimstep   the same once per optimizer step
-    trimslack  the same after a micro-batch when RSS grew 1 GiB past its size after the last
-               trim (training_core.HeapTrimmer, what `ragtune train` does on CPU)
+    trimslack  training_core.HeapTrimmer after every micro-batch (what `ragtune train` does on
+               CPU: a trim once RSS grew 1 GiB past the working set read after the last trim)
 
 The optimizer is SGD at lr 0, so every variant trains the same weights.
 
