@@ -222,6 +222,7 @@ def worker_ragtune(args: argparse.Namespace, out: Path) -> dict:
         seed=0,
         calibrate_abstention=False,
         loss_average=args.ragtune_loss,
+        group_by_length=not args.no_length_grouping,
     )
     t0 = time.perf_counter()
     res = train(ds, model_dir(args), cfg, out, template=PromptTemplate.load(data_dir(args)))
@@ -304,11 +305,13 @@ def worker_trl(args: argparse.Namespace, out: Path) -> dict:
 
 
 def ragtune_steps(lengths: list[int], args: argparse.Namespace) -> list[list[int]]:
-    """The rows of each optimizer step as `ragtune train` plans its first epoch (seed 0, length-grouped)."""
+    """The rows of each optimizer step as `ragtune train` plans its first epoch (seed 0,
+    length-grouped unless --no-length-grouping)."""
     from ragtune.config import TrainConfig
     from ragtune.train.data import plan_steps
 
-    steps = plan_steps(lengths, args.batch_size, 0, 0, TrainConfig().group_by_length)
+    group = TrainConfig().group_by_length and not args.no_length_grouping
+    steps = plan_steps(lengths, args.batch_size, 0, 0, group)
     if any(len(s) != args.batch_size for s in steps):
         raise SystemExit(f"--same-steps needs a row count divisible by --batch-size {args.batch_size}")
     return steps
@@ -433,6 +436,12 @@ def main() -> None:
         "--same-schedule",
         action="store_true",
         help="TRL uses ragtune's LR schedule but keeps its own shuffled batches",
+    )
+    p.add_argument(
+        "--no-length-grouping",
+        action="store_true",
+        help="ragtune plans its steps without length grouping (random rows in each step, as TRL's "
+        "sampler draws them); with --same-steps TRL gets those steps: the same padding work for both",
     )
     p.add_argument("--worker", choices=["ragtune", "trl", "base"])
     p.add_argument("--out")
