@@ -11,11 +11,15 @@ Scores per item:
 - margin: conf - null, the best answer's score over the refusal's (the SQuAD 2.0 practice of
   comparing the null answer's score with the best span's; low margin: refuse).
 Then a sweep of every threshold on each score: the best SQuAD-v2 F1, and whether any threshold
-reaches HasAns F1 >= 30 with NoAns refusals >= 50%.
+reaches HasAns F1 >= 30 with NoAns refusals >= 50%. Last, `combined`: a logistic regression
+over all six scores, fitted by 10-fold cross-validation on the very items it is scored on (their
+own labels, so an upper bound on what any rule over these scores could do, not a rule).
+`--scores` re-reads a saved `--out` file instead of running the model.
 
     python experiments/abstention/scores.py --run runs/quickstart --split test --out test.json
     python experiments/abstention/scores.py --run runs/squad-sample \
         --squad ../shared/data/squad2-sample/dev-sample-v2.0.json --out squad.json
+    python experiments/abstention/scores.py --scores squad.json
 """
 
 from __future__ import annotations
@@ -81,13 +85,59 @@ def sweep(rows: list[dict], key: str) -> dict:
     return {"best": best, "thresholds_meeting_both_bars": feasible}
 
 
+SCORES = ("support", "conf", "closed", "pmi", "null", "margin")
+
+
+def logistic_fit(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Weights (last: bias) of an L2-regularised logistic regression of y on x."""
+    w = torch.zeros(x.shape[1] + 1, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200)
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y)
+        value = value + 1e-3 * w[:-1].square().sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    return w.detach()
+
+
+def combined(rows: list[dict], folds: int = 10) -> list[float]:
+    """Out-of-fold scores of a logistic regression over SCORES (low: a refusal target)."""
+    x = torch.tensor([[r[k] for k in SCORES] for r in rows], dtype=torch.float64)
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-9)
+    y = torch.tensor([float(r["want"]) for r in rows], dtype=torch.float64)
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    for k in range(folds):
+        test = torch.arange(len(rows)) % folds == k
+        w = logistic_fit(x[~test], y[~test])
+        out[test] = -(x[test] @ w[:-1] + w[-1])
+    return out.tolist()
+
+
+def report(rows: list[dict]) -> None:
+    print(f"{len(rows)} items, {sum(r['want'] for r in rows)} refusal targets")
+    for r, c in zip(rows, combined(rows), strict=True):
+        r["combined"] = c
+    for key in (*SCORES, "combined"):
+        print(f"{key:8s} AUC {auc(rows, key):.3f}  {json.dumps(sweep(rows, key))}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run folder with adapter/ (and dataset/ without --squad)")
+    p.add_argument("--run", help="run folder with adapter/ (and dataset/ without --squad)")
     p.add_argument("--split", default="validation")
     p.add_argument("--squad", help="score this SQuAD 2.0 file's questions, each with its own paragraph")
-    p.add_argument("--out", required=True, help="per-item scores, JSON")
+    p.add_argument("--out", help="per-item scores, JSON")
+    p.add_argument("--scores", help="report on this saved --out file instead of running the model")
     args = p.parse_args()
+    if args.scores:
+        with open(args.scores) as f:
+            return report(json.load(f))
+    if not (args.run and args.out):
+        p.error("--run and --out are needed unless --scores names a saved file")
     model, tok, tpl, _ = load_for_inference(f"{args.run}/adapter")
     data = rows_of(args, tok, tpl)
     ids = [prompt_ids(tok, r["prompt"], tpl) for r in data]
@@ -108,9 +158,7 @@ def main() -> None:
         })  # fmt: skip
     with open(args.out, "w") as f:
         json.dump(rows, f)
-    print(f"{len(rows)} items, {sum(r['want'] for r in rows)} refusal targets")
-    for key in ("support", "conf", "closed", "pmi", "null", "margin"):
-        print(f"{key:8s} AUC {auc(rows, key):.3f}  {json.dumps(sweep(rows, key))}")
+    report(rows)
 
 
 if __name__ == "__main__":
