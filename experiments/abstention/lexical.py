@@ -19,15 +19,13 @@ import argparse
 import json
 import re
 
+from scores import pairwise_auc  # this folder's scores.py: the script's folder is on sys.path
+
 from ragtune.synth.extractive import STOPWORDS, sentences
 
 
 def stems(text: str) -> list[str]:
     return [w[:5] for w in re.findall(r"\w+", text.lower()) if w not in STOPWORDS and len(w) > 1]
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
 def overlaps(question: str, paragraph: str, answer: str) -> dict[str, float]:
@@ -59,7 +57,7 @@ def main() -> None:
     for key in scored[0][1]:
         pos = [s[key] for answerable, s in scored if answerable]
         neg = [s[key] for answerable, s in scored if not answerable]
-        print(f"{key:24s} AUC {auc(pos, neg):.3f} (answerable above unanswerable)")
+        print(f"{key:24s} AUC {pairwise_auc(pos, neg):.3f} (answerable above unanswerable)")
 
 
 if __name__ == "__main__":

@@ -61,10 +61,14 @@ def without_context(prompt: str) -> str:
     return prompt[:start] + "(none)" + prompt[prompt.rindex("\n\nQuestion:") :]
 
 
-def auc(rows: list[dict], key: str) -> float:
-    pos = [-r[key] for r in rows if r["want"]]
-    neg = [-r[key] for r in rows if not r["want"]]
+def pairwise_auc(pos: list[float], neg: list[float]) -> float:
+    """The chance that a positive scores above a negative (ties count half)."""
     return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def auc(rows: list[dict], key: str) -> float:
+    """How well a low `key` picks out the refusal targets."""
+    return pairwise_auc([-r[key] for r in rows if r["want"]], [-r[key] for r in rows if not r["want"]])
 
 
 def sweep(rows: list[dict], key: str) -> dict:
